@@ -1,0 +1,3 @@
+"""Version of the channels-valkey-sentinel distribution, read by hatch at build time."""
+
+__version__ = "1.0.0"

@@ -1,0 +1,1 @@
+"""The ``channels-valkey`` command line tool, shipped by the meta-package."""
