@@ -1,0 +1,141 @@
+"""Fixtures shared by every test folder: real Valkey servers on free loopback ports, and a key prefix per test.
+
+Servers that tests only read from or write under their own prefix are started once per session (per xdist
+worker); tests that break a server (kill, failover) ask for a private one from a factory. Every fixture hands out a
+server only after checking it is alive, so a crashed server fails the next test with the path of its log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers.process import ValkeyProcess
+from servers.topologies import (
+    SERVER_PASSWORD,
+    SentinelGroup,
+    Shards,
+    add_acl_user,
+    start_standalone,
+)
+
+#: The ACL user of the ``secured_valkey`` server, allowed every command and key.
+ACL_USER = ("app-user", "app-secret")
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding each session server's config, data and log (short, so unix socket paths fit)."""
+    return tmp_path_factory.mktemp("srv", numbered=True)
+
+
+def _alive(server: ValkeyProcess) -> ValkeyProcess:
+    server.ensure_running()
+    return server
+
+
+@pytest.fixture(scope="session")
+def _standalone(servers_dir: Path) -> Iterator[ValkeyProcess]:
+    server = start_standalone(servers_dir, "standalone")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def valkey_server(_standalone: ValkeyProcess) -> ValkeyProcess:
+    """The session's plain Valkey server; isolate data with :func:`key_prefix`, never FLUSHALL."""
+    return _alive(_standalone)
+
+
+@pytest.fixture
+def valkey_url(valkey_server: ValkeyProcess) -> str:
+    return valkey_server.url()
+
+
+@pytest.fixture
+def key_prefix(request: pytest.FixtureRequest) -> str:
+    """A prefix no other test (or parallel worker) uses, so tests on a shared server never see each other's keys."""
+    return f"t-{uuid.uuid4().hex[:12]}-"
+
+
+@pytest.fixture(scope="session")
+def _shards(servers_dir: Path) -> Iterator[Shards]:
+    shards = Shards(servers_dir / "shards", 3).start()
+    yield shards
+    shards.stop()
+
+
+@pytest.fixture
+def valkey_shards(_shards: Shards) -> Shards:
+    """Three independent servers, as a sharded ``hosts`` list uses them."""
+    for server in _shards:
+        _alive(server)
+    return _shards
+
+
+@pytest.fixture(scope="session")
+def _secured(servers_dir: Path) -> Iterator[ValkeyProcess]:
+    server = start_standalone(servers_dir, "secured", password=SERVER_PASSWORD)
+    add_acl_user(server, *ACL_USER, ["~*", "&*", "+@all"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secured_valkey(_secured: ValkeyProcess) -> ValkeyProcess:
+    """A server whose ``default`` user needs :data:`SERVER_PASSWORD`, with the ACL user :data:`ACL_USER`."""
+    return _alive(_secured)
+
+
+@pytest.fixture(scope="session")
+def _unix(servers_dir: Path) -> Iterator[ValkeyProcess]:
+    socket_path = servers_dir / "unix" / "valkey.sock"
+    server = start_standalone(servers_dir, "unix", unixsocket=str(socket_path), unixsocketperm=700)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def unix_valkey(_unix: ValkeyProcess) -> ValkeyProcess:
+    """A server that also listens on a unix socket (``unix_valkey.unix_socket``)."""
+    return _alive(_unix)
+
+
+@pytest.fixture(scope="session")
+def _sentinel_group(servers_dir: Path) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(servers_dir / "sentinel").start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def sentinel_group(_sentinel_group: SentinelGroup) -> SentinelGroup:
+    """A shared primary + replica + 3 Sentinels; tests that fail it over use :func:`private_sentinel_group`."""
+    _sentinel_group.wait_ready()
+    return _sentinel_group
+
+
+@pytest.fixture
+def private_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A Sentinel group of this test's own, free to be killed and failed over."""
+    group = SentinelGroup(tmp_path / "sentinel").start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ValkeyProcess]]:
+    """Start private servers (``server_factory(maxmemory_policy="allkeys-lru")``); all stop after the test."""
+    started: list[ValkeyProcess] = []
+
+    def start(name: str | None = None, **config: Any) -> ValkeyProcess:
+        server = start_standalone(tmp_path, name or f"private{len(started)}", **config)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
