@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import valkey
+from conftest import ACL_USER
 from servers.process import ServerError, ValkeyProcess
 from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, Shards, add_acl_user
-
-from conftest import ACL_USER
 
 
 def test_standalone_server_is_real_and_not_on_the_default_port(valkey_server: ValkeyProcess) -> None:
@@ -19,10 +18,12 @@ def test_standalone_server_is_real_and_not_on_the_default_port(valkey_server: Va
     assert int(info["valkey_version"].split(".")[0]) >= 7
 
 
-def test_each_test_gets_its_own_key_prefix(key_prefix: str, request: pytest.FixtureRequest) -> None:
-    other = request.getfixturevalue("key_prefix")
-    assert other == key_prefix  # one value per test...
-    assert key_prefix.startswith("t-") and len(key_prefix) > 10  # ...and random enough to be unique across tests
+@pytest.mark.parametrize("run", range(3))
+def test_each_test_starts_with_an_empty_key_prefix(valkey_server: ValkeyProcess, key_prefix: str, run: int) -> None:
+    # Each run leaves a key behind; the next run's prefix must not see it (nor anything else).
+    with valkey_server.client() as client:
+        assert list(client.scan_iter(match=f"{key_prefix}*", count=1000)) == []
+        client.set(f"{key_prefix}left-behind", run)
 
 
 def test_shards_are_independent_servers(valkey_shards: Shards, key_prefix: str) -> None:
@@ -47,7 +48,9 @@ def test_secured_server_needs_the_password_and_knows_the_acl_user(secured_valkey
         assert app.acl_whoami() == "app-user"
 
 
-def test_restricted_acl_user_is_refused_other_commands(secured_valkey: ValkeyProcess, key_prefix: str) -> None:
+def test_restricted_acl_user_is_refused_other_commands(
+    secured_valkey: ValkeyProcess, key_prefix: str
+) -> None:
     add_acl_user(secured_valkey, "zadd-only", "pw", [f"~{key_prefix}*", "+zadd", "+ping"])
     with secured_valkey.client(username="zadd-only", password="pw") as client:
         assert client.zadd(f"{key_prefix}q", {"m": 1}) == 1

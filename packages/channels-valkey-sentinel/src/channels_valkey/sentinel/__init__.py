@@ -1,8 +1,44 @@
 """Connections to Valkey for the channel layers (``channels_valkey.sentinel``).
 
-Host decoding, per-event-loop clients, the shard ring and Sentinel failover live here, once, for both layers.
+Host decoding, per-event-loop clients, the shard ring, retries and Sentinel failover live here, once, for both
+layers. The layers use four things: :func:`decode_hosts` (``CONFIG["hosts"]`` to shard specs),
+:class:`ShardRing` / :func:`consistent_hash` (which shard holds a name), :class:`ConnectionManager` (a client for a
+shard on the running event loop, commands with retries, closing) and :class:`ResiliencePolicy` (timeouts and retries).
 """
 
 from channels_valkey.sentinel.__about__ import __version__
+from channels_valkey.sentinel.connections import ConnectionManager
+from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError, ShardUnavailable
+from channels_valkey.sentinel.failures import Failure, classify
+from channels_valkey.sentinel.hosts import (
+    HostSpec,
+    SentinelDiscovery,
+    SentinelHost,
+    ServerHost,
+    decode_hosts,
+    discover_services,
+)
+from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
+from channels_valkey.sentinel.ring import ShardRing, consistent_hash
+from channels_valkey.sentinel.shard import Shard
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "ConnectionManager",
+    "Failure",
+    "HostConfigError",
+    "HostSpec",
+    "ResiliencePolicy",
+    "SentinelDiscovery",
+    "SentinelDiscoveryError",
+    "SentinelHost",
+    "ServerHost",
+    "Shard",
+    "ShardRing",
+    "ShardUnavailable",
+    "__version__",
+    "classify",
+    "consistent_hash",
+    "decode_hosts",
+    "discover_services",
+]

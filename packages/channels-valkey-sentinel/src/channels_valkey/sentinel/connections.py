@@ -1,0 +1,215 @@
+"""The one object a layer holds to reach Valkey: shards per event loop, commands with retries, closing.
+
+A layer instance is shared by every event loop of a process (``async_to_sync`` makes a new loop per call, in
+another thread), and asyncio connections belong to the loop that opened them. So each loop gets its own clients,
+created on first use and closed when that loop closes, and no loop ever touches another loop's connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import valkey.asyncio as avalkey
+
+from channels_valkey.sentinel.exceptions import ShardUnavailable
+from channels_valkey.sentinel.failures import Failure, classify, is_not_primary
+from channels_valkey.sentinel.hosts import HostSpec, SentinelDiscovery, discover_services
+from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
+from channels_valkey.sentinel.shard import Shard
+
+logger = logging.getLogger("channels_valkey.sentinel")
+
+T = TypeVar("T")
+Operation = Callable[[avalkey.Valkey], Awaitable[T]]
+
+
+class ConnectionManager:
+    """Clients for every shard, one set per event loop, and the retry policy the layers' commands run under.
+
+    ``hosts`` are decoded host specs (:func:`decode_hosts` of the layer's ``CONFIG["hosts"]``), one per shard.
+    ``block_seconds`` is the longest block time the layer passes to blocking commands; their connections read
+    that long plus the policy's margin before timing out.
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[HostSpec],
+        policy: ResiliencePolicy = DEFAULT_POLICY,
+        *,
+        block_seconds: float = 5.0,
+    ) -> None:
+        if not hosts:
+            raise ValueError("ConnectionManager needs at least one host spec (see decode_hosts)")
+        self.specs: list[HostSpec] = list(hosts)
+        if not isinstance(policy, ResiliencePolicy):
+            raise TypeError(f"policy must be a ResiliencePolicy, not {policy!r}")
+        self.policy = policy
+        self.block_seconds = block_seconds
+        self._lock = threading.Lock()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShards] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # Shards ----------------------------------------------------------------------------------------------------
+
+    @property
+    def static_shard_count(self) -> int | None:
+        """Number of shards when it is known without asking any server (no ``services: []`` Sentinel entry)."""
+        if any(isinstance(spec, SentinelDiscovery) for spec in self.specs):
+            return None
+        return len(self.specs)
+
+    async def shards(self) -> list[Shard]:
+        """This event loop's shards, connecting lazily (and discovering Sentinel services on first use)."""
+        return await self._loop_shards().get()
+
+    async def shard_count(self) -> int:
+        return len(await self.shards())
+
+    async def shard(self, index: int) -> Shard:
+        shards = await self.shards()
+        if not 0 <= index < len(shards):
+            raise IndexError(f"shard index {index} out of range: there are {len(shards)} shards")
+        return shards[index]
+
+    async def client(self, index: int = 0, *, blocking: bool = False) -> avalkey.Valkey:
+        """The client of shard ``index`` on this loop (``blocking=True``: the one for blocking commands).
+
+        Commands sent on it directly get no retries; use :meth:`execute` for those.
+        """
+        shard = await self.shard(index)
+        return shard.blocking_client if blocking else shard.client
+
+    # Commands --------------------------------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        index: int,
+        operation: Operation[T],
+        *,
+        idempotent: bool,
+        blocking: bool = False,
+    ) -> T:
+        """Run ``operation(client)`` on shard ``index``, retrying under the policy when the connection fails.
+
+        A command refused before it ran (connection refused, ``READONLY``, ``LOADING``, no primary known yet) is
+        always retried; one whose reply was lost only when ``idempotent`` is true, since it may have run. A shard
+        that has never answered, bad credentials and TLS failures raise :class:`ShardUnavailable` at once.
+        """
+        shard = await self.shard(index)
+        backoff = self.policy.backoff()
+        deadline = time.monotonic() + self.policy.retry_deadline
+        attempt = 0
+        while True:
+            client = shard.blocking_client if blocking else shard.client
+            try:
+                result = await operation(client)
+            except Exception as error:
+                failure = classify(error)
+                if failure is None:
+                    raise
+                if is_not_primary(error):
+                    await shard.reset()
+                retry = failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
+                if failure is Failure.FATAL or not shard.ever_connected:
+                    raise ShardUnavailable(shard.describe(), error) from error
+                attempt += 1
+                if not retry or attempt > self.policy.retry_attempts or time.monotonic() >= deadline:
+                    raise
+                delay = backoff.compute(attempt)
+                logger.info(
+                    "%s: %s (%s); retry %d in %.2fs", shard.describe(), failure.value, error, attempt, delay
+                )
+                await asyncio.sleep(delay)
+            else:
+                shard.ever_connected = True
+                return result
+
+    # Closing ---------------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close this event loop's connections; the manager stays usable and reconnects on the next command."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._loops.pop(loop, None)
+        if state is not None:
+            await state.aclose()
+
+    def _loop_shards(self) -> _LoopShards:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._loops.get(loop)
+            if state is None:
+                state = self._loops[loop] = _LoopShards(self)
+                _close_with_loop(loop, self)
+        return state
+
+
+class _LoopShards:
+    """The shards of one manager on one event loop, built once (with Sentinel discovery if needed)."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self.manager = manager
+        self.shards: list[Shard] | None = None
+        self._building = asyncio.Lock()
+
+    async def get(self) -> list[Shard]:
+        if self.shards is not None:
+            return self.shards
+        async with self._building:
+            if self.shards is None:
+                self.shards = await self._build()
+        return self.shards
+
+    async def _build(self) -> list[Shard]:
+        manager = self.manager
+        resolved: list[HostSpec] = []
+        for spec in manager.specs:
+            if isinstance(spec, SentinelDiscovery):
+                resolved.extend(await discover_services(spec))
+            else:
+                resolved.append(spec)
+        return [
+            Shard(index, spec, manager.policy, manager.block_seconds) for index, spec in enumerate(resolved)
+        ]
+
+    async def aclose(self) -> None:
+        shards, self.shards = self.shards or [], None
+        for shard in shards:
+            await shard.aclose()
+
+
+def _close_with_loop(loop: asyncio.AbstractEventLoop, manager: ConnectionManager) -> None:
+    """Make ``loop.close()`` close this manager's connections on that loop first.
+
+    ``async_to_sync`` and ``asyncio.run`` close their loop when the call returns; connections left open then
+    would be reported as unclosed and leak server-side clients.
+    """
+    original = loop.close
+    manager_ref = weakref.ref(manager)
+
+    def close_connections_then_loop(self: asyncio.AbstractEventLoop) -> None:
+        self.close = original  # type: ignore[method-assign]
+        owner = manager_ref()
+        if owner is not None and not self.is_closed() and not self.is_running():
+            with owner._lock:
+                state = owner._loops.pop(self, None)
+            if state is not None:
+                try:
+                    self.run_until_complete(state.aclose())
+                except Exception:
+                    logger.exception("closing Valkey connections of a closing event loop failed")
+        original()
+
+    try:
+        loop.close = types.MethodType(close_connections_then_loop, loop)  # type: ignore[method-assign]
+    except AttributeError:
+        # Loops implemented in C (uvloop) do not take the hook; call ConnectionManager.close() before closing them.
+        logger.debug("event loop %r does not allow a close hook", loop)

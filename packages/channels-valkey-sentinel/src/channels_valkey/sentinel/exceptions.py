@@ -1,0 +1,26 @@
+"""Errors of the connection package; the connection ones are valkey ConnectionErrors, so handlers keep working."""
+
+from __future__ import annotations
+
+import valkey.exceptions
+
+
+class HostConfigError(ValueError):
+    """A ``hosts`` setting that cannot be used; the message names the entry (passwords masked) and the fix."""
+
+
+class SentinelDiscoveryError(valkey.exceptions.ConnectionError):
+    """No Sentinel listed the primaries it monitors, so the shards of a ``services: []`` entry are unknown.
+
+    It is a valkey ``ConnectionError`` because the usual cause is an unreachable or misconfigured Sentinel,
+    and code that retries connection failures should retry this one too.
+    """
+
+
+class ShardUnavailable(valkey.exceptions.ConnectionError):
+    """A shard that cannot be used at all (never reached, credentials refused, TLS failed), by name."""
+
+    def __init__(self, shard: str, cause: BaseException) -> None:
+        super().__init__(f"{shard} is unavailable: {type(cause).__name__}: {cause}")
+        self.shard = shard
+        self.cause = cause

@@ -1,0 +1,128 @@
+"""One shard's clients on one event loop: the command client, the client for blocking commands, and for a
+Sentinel-managed shard the Sentinel connections and the watcher that follows ``+switch-master``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import valkey.asyncio as avalkey
+from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from channels_valkey.sentinel.hosts import HostSpec, SentinelHost, ServerHost
+from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.watcher import SwitchWatcher
+
+logger = logging.getLogger("channels_valkey.sentinel")
+
+
+class Shard:
+    """The clients of one shard, bound to the event loop that created them and closed with it."""
+
+    def __init__(self, index: int, spec: HostSpec, policy: ResiliencePolicy, block_seconds: float) -> None:
+        if not isinstance(spec, ServerHost | SentinelHost):
+            raise TypeError(f"shard {index} needs a resolved host, not {spec!r}")
+        self.index = index
+        self.spec = spec
+        self.policy = policy
+        self.block_seconds = block_seconds
+        #: True once any command on this shard has succeeded: until then failures are configuration errors.
+        self.ever_connected = False
+        self._sentinel: Sentinel | None = None
+        self._watcher: SwitchWatcher | None = None
+        self.client = self._make_client(policy.connection_options())
+        self.blocking_client = self._make_client(policy.connection_options(block_seconds=block_seconds))
+        if isinstance(spec, SentinelHost):
+            self._watcher = SwitchWatcher(spec, policy, self._on_promoting, self._on_switch)
+            self._watcher.start()
+
+    def describe(self) -> str:
+        return f"shard {self.index} ({self.spec.describe()})"
+
+    def _make_client(self, defaults: dict[str, Any]) -> avalkey.Valkey:
+        options = {**defaults, **self.spec.options}
+        if isinstance(self.spec, ServerHost):
+            return avalkey.Valkey.from_pool(avalkey.ConnectionPool(**options))
+        if self._sentinel is None:
+            sentinel_options = {
+                "socket_connect_timeout": self.policy.connect_timeout,
+                "socket_timeout": self.policy.socket_timeout,
+                **self.spec.sentinel_options,
+            }
+            self._sentinel = Sentinel(list(self.spec.sentinels), sentinel_kwargs=sentinel_options)
+        client: avalkey.Valkey = self._sentinel.master_for(
+            self.spec.service_name, connection_pool_class=FollowingPool, **options
+        )
+        return client
+
+    def _pools(self) -> list[FollowingPool]:
+        return [
+            client.connection_pool
+            for client in (self.client, self.blocking_client)
+            if isinstance(client.connection_pool, FollowingPool)
+        ]
+
+    async def reset(self) -> None:
+        """Drop every connection, in use or idle, so that the next command connects afresh (re-asking Sentinels)."""
+        for client in (self.client, self.blocking_client):
+            pool = client.connection_pool
+            await pool.disconnect(inuse_connections=True)
+
+    async def _on_promoting(self, address: tuple[str, int]) -> None:
+        logger.warning(
+            "%s: Sentinels are promoting %s:%s; moving connections there", self.describe(), *address
+        )
+        for pool in self._pools():
+            pool.pin(address, self.policy.retry_deadline)
+        await self.reset()
+
+    async def _on_switch(self, address: tuple[str, int]) -> None:
+        already_there = all(pool.pinned == address for pool in self._pools())
+        for pool in self._pools():
+            pool.unpin()
+        if not already_there:
+            logger.warning(
+                "%s: Sentinels switched the primary to %s:%s; reconnecting", self.describe(), *address
+            )
+            await self.reset()
+
+    async def aclose(self) -> None:
+        """Stop the watcher and close every connection of this shard."""
+        if self._watcher is not None:
+            await self._watcher.stop()
+        for client in (self.client, self.blocking_client):
+            await client.aclose()
+        if self._sentinel is not None:
+            for sentinel_client in self._sentinel.sentinels:
+                with contextlib.suppress(Exception):
+                    await sentinel_client.aclose()
+
+
+class FollowingPool(SentinelConnectionPool):
+    """A Sentinel pool that can be pointed at the replica being promoted before the Sentinels announce it.
+
+    The pin expires by itself, so a failover the Sentinels abort cannot leave the pool on a replica for good.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self.pinned: tuple[str, int] | None = None
+        self._pinned_until = 0.0
+
+    def pin(self, address: tuple[str, int], seconds: float) -> None:
+        self.pinned = address
+        self._pinned_until = time.monotonic() + seconds
+
+    def unpin(self) -> None:
+        self.pinned = None
+
+    async def get_master_address(self) -> tuple[str, int]:
+        if self.pinned is not None and time.monotonic() < self._pinned_until:
+            self.master_address = self.pinned
+            return self.pinned
+        self.pinned = None
+        address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+        return address

@@ -1,0 +1,130 @@
+"""Follows the Sentinels' failover announcements for one service, so no connection stays on a demoted primary.
+
+valkey-py re-asks the Sentinels only when it opens a connection; after a graceful ``SENTINEL FAILOVER`` the old
+primary keeps accepting writes for about ten seconds, and whatever is written there is lost when it resyncs as a
+replica. Even ``+switch-master`` comes about a second after the chosen replica stopped replicating. So the watcher
+acts on ``+selected-slave``, the moment the Sentinels pick the replica to promote: the shard moves its connections
+there at once (writes are refused with ``READONLY``, and retried, until the promotion lands) and
+``+switch-master`` then confirms or corrects the address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+
+import valkey.asyncio as avalkey
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.sentinel.hosts import SentinelHost
+from channels_valkey.sentinel.policy import ResiliencePolicy
+
+logger = logging.getLogger("channels_valkey.sentinel")
+
+SWITCH_CHANNEL = "+switch-master"
+SELECTED_CHANNEL = "+selected-slave"
+Address = tuple[str, int]
+
+
+class SwitchWatcher:
+    """A task on the current event loop that listens to one Sentinel at a time and reports failovers.
+
+    ``on_promoting(address)`` is called when the Sentinels select the replica at ``address`` for promotion,
+    ``on_switch(address)`` when they announce (or a reconnected watcher finds) a new primary at ``address``.
+    """
+
+    def __init__(
+        self,
+        spec: SentinelHost,
+        policy: ResiliencePolicy,
+        on_promoting: Callable[[Address], Awaitable[None]],
+        on_switch: Callable[[Address], Awaitable[None]],
+    ) -> None:
+        self.spec = spec
+        self.policy = policy
+        self.on_promoting = on_promoting
+        self.on_switch = on_switch
+        self.known_primary: Address | None = None
+        #: Set each time the watcher is subscribed on a Sentinel (tests wait on it).
+        self.listening = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"channels-valkey switch watcher {self.spec.service_name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = self.policy.backoff()
+        for failures, (host, port) in enumerate(itertools.cycle(self.spec.sentinels)):
+            try:
+                await self._listen(host, port)
+            except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as exc:
+                self.listening.clear()
+                logger.debug(
+                    "switch watcher: Sentinel %s:%s unavailable (%s); trying the next", host, port, exc
+                )
+                await asyncio.sleep(backoff.compute(min(failures, 10)))
+
+    async def _listen(self, host: str, port: int) -> None:
+        options = {
+            "socket_connect_timeout": self.policy.connect_timeout,
+            "socket_timeout": self.policy.socket_timeout,
+            "socket_keepalive": self.policy.keepalive,
+            **self.spec.sentinel_options,
+        }
+        client = avalkey.Valkey(host=host, port=port, **options)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(SELECTED_CHANNEL, SWITCH_CHANNEL)
+                # A switch may have happened while no Sentinel was being listened to.
+                await self._report(await self._primary_now(client))
+                self.listening.set()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None:
+                        await pubsub.ping()  # notices a Sentinel that vanished without closing the socket
+                    elif message["type"] == "message":
+                        await self._dispatch(message["channel"], message["data"])
+        finally:
+            await client.aclose()
+
+    async def _primary_now(self, client: avalkey.Valkey) -> Address | None:
+        reply = await client.sentinel_get_master_addr_by_name(self.spec.service_name)
+        if not reply:
+            return None
+        host, port = reply
+        return (host.decode() if isinstance(host, bytes) else str(host), int(port))
+
+    async def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        parts = (data.decode() if isinstance(data, bytes) else data).split()
+        # +switch-master: "<service> <old ip> <old port> <new ip> <new port>"
+        if name == SWITCH_CHANNEL and len(parts) == 5 and parts[0] == self.spec.service_name:
+            await self._report((parts[3], int(parts[4])))
+        # +selected-slave: "slave <ip>:<port> <ip> <port> @ <service> <primary ip> <primary port>"
+        elif name == SELECTED_CHANNEL and len(parts) == 8 and parts[5] == self.spec.service_name:
+            await self._call(self.on_promoting, (parts[2], int(parts[3])))
+
+    async def _report(self, address: Address | None) -> None:
+        if address is None or address == self.known_primary:
+            return
+        previous, self.known_primary = self.known_primary, address
+        if previous is not None:
+            await self._call(self.on_switch, address)
+
+    async def _call(self, callback: Callable[[Address], Awaitable[None]], address: Address) -> None:
+        try:
+            await callback(address)
+        except Exception:
+            logger.exception("switch watcher: moving %s to %s:%s failed", self.spec.service_name, *address)
