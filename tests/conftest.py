@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from servers.certificates import CertificateFiles, create_certificates
+from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
+from servers.tls_proxy import TLSProxy
 from servers.topologies import (
     SERVER_PASSWORD,
     SentinelGroup,
@@ -102,6 +106,34 @@ def _unix(servers_dir: Path) -> Iterator[ValkeyProcess]:
 def unix_valkey(_unix: ValkeyProcess) -> ValkeyProcess:
     """A server that also listens on a unix socket (``unix_valkey.unix_socket``)."""
     return _alive(_unix)
+
+
+@pytest.fixture(scope="session")
+def certificates(servers_dir: Path) -> CertificateFiles:
+    """A throwaway CA, a server certificate for 127.0.0.1 and localhost, and an unrelated CA for negative tests."""
+    directory = servers_dir / "tls"
+    directory.mkdir()
+    return create_certificates(directory)
+
+
+@pytest.fixture(scope="session")
+def _tls_proxy(_standalone: ValkeyProcess, certificates: CertificateFiles) -> Iterator[TLSProxy]:
+    with TLSProxy(_standalone.host, _standalone.port, certificates).start() as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def tls_valkey(_tls_proxy: TLSProxy, valkey_server: ValkeyProcess) -> TLSProxy:
+    """A TLS endpoint (``tls_valkey.url()`` is ``valkeys://...``, CA in ``tls_valkey.ca_file``) in front of
+    :func:`valkey_server`; the server binary has no TLS of its own."""
+    return _tls_proxy
+
+
+@pytest.fixture
+def fault_proxy(valkey_server: ValkeyProcess) -> Iterator[FaultProxy]:
+    """A TCP proxy of this test's own in front of :func:`valkey_server`: latency, pause, cut, refuse."""
+    with FaultProxy(valkey_server.host, valkey_server.port).start() as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,10 @@ import threading
 from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
-from servers.process import ValkeyProcess, wait_until
 
 from channels_valkey.sentinel import ConnectionManager, decode_hosts
+
+from servers.process import ValkeyProcess, wait_until
 
 
 def _manager(server: ValkeyProcess) -> ConnectionManager:

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 
 import pytest
 import valkey
-from servers.process import wait_until
-from servers.topologies import SentinelGroup
 
 from channels_valkey.sentinel import ConnectionManager, decode_hosts
+
+from servers.process import wait_until
+from servers.topologies import SentinelGroup
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,6 @@ from urllib.parse import quote
 import pytest
 import valkey.asyncio
 from channels_redis.utils import create_pool as peer_create_pool
-from servers.process import ValkeyProcess, free_port
-from servers.topologies import SENTINEL_PASSWORD, SentinelGroup, add_acl_user
 from valkey.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from valkey.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
@@ -24,6 +22,9 @@ from channels_valkey.sentinel.hosts import (
     decode_hosts,
     discover_services,
 )
+
+from servers.process import ValkeyProcess, free_port
+from servers.topologies import SENTINEL_PASSWORD, SentinelGroup, add_acl_user
 
 SECRET = "s3cr3t-Pw"
 ACCEPTED_HINT = "Each hosts entry is one of"

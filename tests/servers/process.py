@@ -207,7 +207,7 @@ class ValkeyProcess:
             command.append("--sentinel")
         # Errors the server prints before it opens its log file (a bad config) land in the same file.
         with self.log_file.open("ab") as console:
-            self._process = subprocess.Popen(  # noqa: S603 - the binary and its arguments are ours
+            self._process = subprocess.Popen(
                 command,
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,

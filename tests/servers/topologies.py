@@ -15,9 +15,9 @@ import valkey
 from servers.process import ConfigValue, ServerError, ValkeyProcess, wait_until
 
 #: Password of the ``default`` user on the secured server.
-SERVER_PASSWORD = "server-secret"  # noqa: S105 - a throwaway password of a loopback test server
+SERVER_PASSWORD = "server-secret"
 #: Password Sentinels require from clients and from each other.
-SENTINEL_PASSWORD = "sentinel-secret"  # noqa: S105
+SENTINEL_PASSWORD = "sentinel-secret"
 #: Name under which the Sentinels monitor the primary.
 SERVICE_NAME = "mymaster"
 #: Sentinel timings for tests (the binary's defaults are 30 s / 180 s).
@@ -74,7 +74,10 @@ class SentinelGroup:
         self.workdir = workdir
         self.service_name = service_name
         # No delay before a full sync: replicas are in sync within a second of starting.
-        node_config: dict[str, ConfigValue] = {"repl-diskless-sync-delay": 0, "replica-announce-ip": "127.0.0.1"}
+        node_config: dict[str, ConfigValue] = {
+            "repl-diskless-sync-delay": 0,
+            "replica-announce-ip": "127.0.0.1",
+        }
         self.primary = ValkeyProcess(workdir, "node0", node_config)
         self.replica = ValkeyProcess(
             workdir, "node1", {**node_config, "replicaof": f"{self.primary.host} {self.primary.port}"}
@@ -199,7 +202,10 @@ class SentinelGroup:
                 return node if client.info("replication")["role"] == "master" else None
 
         result: ValkeyProcess = wait_until(
-            promoted, timeout=timeout, message=f"a primary other than {old.name}", retry_on=(valkey.ValkeyError, OSError, ServerError)
+            promoted,
+            timeout=timeout,
+            message=f"a primary other than {old.name}",
+            retry_on=(valkey.ValkeyError, OSError, ServerError),
         )
         return result
 

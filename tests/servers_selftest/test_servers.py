@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import valkey
+
 from conftest import ACL_USER
 from servers.process import ServerError, ValkeyProcess
 from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, Shards, add_acl_user
@@ -19,7 +20,9 @@ def test_standalone_server_is_real_and_not_on_the_default_port(valkey_server: Va
 
 
 @pytest.mark.parametrize("run", range(3))
-def test_each_test_starts_with_an_empty_key_prefix(valkey_server: ValkeyProcess, key_prefix: str, run: int) -> None:
+def test_each_test_starts_with_an_empty_key_prefix(
+    valkey_server: ValkeyProcess, key_prefix: str, run: int
+) -> None:
     # Each run leaves a key behind; the next run's prefix must not see it (nor anything else).
     with valkey_server.client() as client:
         assert list(client.scan_iter(match=f"{key_prefix}*", count=1000)) == []

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import valkey.asyncio as avalkey
+from valkey.asyncio.connection import UnixDomainSocketConnection
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from channels_valkey.sentinel.hosts import HostSpec, SentinelHost, ServerHost
@@ -45,6 +46,8 @@ class Shard:
     def _make_client(self, defaults: dict[str, Any]) -> avalkey.Valkey:
         options = {**defaults, **self.spec.options}
         if isinstance(self.spec, ServerHost):
+            if issubclass(options["connection_class"], UnixDomainSocketConnection):
+                options.pop("socket_keepalive")  # a TCP option
             return avalkey.Valkey.from_pool(avalkey.ConnectionPool(**options))
         if self._sentinel is None:
             sentinel_options = {

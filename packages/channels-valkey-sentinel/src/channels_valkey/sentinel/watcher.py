@@ -11,7 +11,6 @@ there at once (writes are refused with ``READONLY``, and retried, until the prom
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -58,11 +57,17 @@ class SwitchWatcher:
         )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Cancel the task and wait for it to end.
+
+        A cancellation that lands while valkey-py's read timeout is firing can be swallowed (the read just
+        returns nothing), so the task is cancelled again until it has really ended.
+        """
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.05)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            logger.error("switch watcher ended with an error", exc_info=task.exception())
 
     async def _run(self) -> None:
         backoff = self.policy.backoff()

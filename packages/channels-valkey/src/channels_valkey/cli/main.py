@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("versions", help="list the installed channels-valkey distributions and their versions")
+    commands.add_parser(
+        "versions", help="list the installed channels-valkey distributions and their versions"
+    )
     return parser
 
 
@@ -57,4 +59,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_versions()
     parser.print_help()
     return 2
-
