@@ -1,8 +1,12 @@
 """The sorted-set channel layer for Django Channels (``channels_valkey.core``).
 
-The layer itself lands with the channels-valkey-core issue; this package holds its version and type marker.
+``CHANNEL_LAYERS = {"default": {"BACKEND": "channels_valkey.core.ValkeyChannelLayer", "CONFIG": {...}}}``
 """
 
-from channels_valkey.core.__about__ import __version__
+from channels.exceptions import ChannelFull
 
-__all__ = ["__version__"]
+from channels_valkey.core.__about__ import __version__
+from channels_valkey.core.layer import ValkeyChannelLayer
+from channels_valkey.core.stats import DropCounters
+
+__all__ = ["ChannelFull", "DropCounters", "ValkeyChannelLayer", "__version__"]

@@ -9,7 +9,7 @@ shard on the running event loop, commands with retries, closing) and :class:`Res
 from channels_valkey.sentinel.__about__ import __version__
 from channels_valkey.sentinel.connections import ConnectionManager
 from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError, ShardUnavailable
-from channels_valkey.sentinel.failures import Failure, classify
+from channels_valkey.sentinel.failures import Failure, classify, refuses_health_check
 from channels_valkey.sentinel.hosts import (
     HostSpec,
     SentinelDiscovery,
@@ -41,4 +41,5 @@ __all__ = [
     "consistent_hash",
     "decode_hosts",
     "discover_services",
+    "refuses_health_check",
 ]

@@ -19,7 +19,7 @@ from typing import TypeVar
 import valkey.asyncio as avalkey
 
 from channels_valkey.sentinel.exceptions import ShardUnavailable
-from channels_valkey.sentinel.failures import Failure, classify, is_not_primary
+from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.hosts import HostSpec, SentinelDiscovery, discover_services
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.shard import Shard
@@ -112,6 +112,9 @@ class ConnectionManager:
             try:
                 result = await operation(client)
             except Exception as error:
+                if refuses_health_check(error):
+                    shard.stop_health_checks()
+                    continue  # the PING came before the command: nothing ran
                 failure = classify(error)
                 if failure is None:
                     raise

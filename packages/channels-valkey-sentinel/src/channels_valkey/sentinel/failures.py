@@ -48,6 +48,11 @@ def classify(error: BaseException) -> Failure | None:
     return None
 
 
+def refuses_health_check(error: BaseException) -> bool:
+    """Whether ``error`` is an ACL refusing the PING of a connection health check (not the command itself)."""
+    return isinstance(error, valkey_errors.NoPermissionError) and "'ping'" in str(error).lower()
+
+
 def is_not_primary(error: BaseException) -> bool:
     """Whether ``error`` says the node is no (longer a) primary, so the connections must be re-resolved."""
     if _in_chain(error, valkey_errors.ReadOnlyError):

@@ -68,6 +68,24 @@ class Shard:
             if isinstance(client.connection_pool, FollowingPool)
         ]
 
+    def stop_health_checks(self) -> None:
+        """Turn off PING health checks on every connection of this shard (for users whose ACL refuses PING).
+
+        The pools copy ``health_check_interval`` into each connection they make, so the connections they hold
+        already are changed too.
+        """
+        logger.warning(
+            "%s: the ACL refuses PING; idle connections are no longer health-checked", self.describe()
+        )
+        for client in (self.client, self.blocking_client):
+            pool = client.connection_pool
+            pool.connection_kwargs["health_check_interval"] = 0
+            held = [*pool._available_connections, *pool._in_use_connections]
+            if client.connection is not None:
+                held.append(client.connection)
+            for connection in held:
+                connection.health_check_interval = 0
+
     async def reset(self) -> None:
         """Drop every connection, in use or idle, so that the next command connects afresh (re-asking Sentinels)."""
         for client in (self.client, self.blocking_client):

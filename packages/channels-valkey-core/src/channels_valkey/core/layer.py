@@ -1,0 +1,378 @@
+"""``ValkeyChannelLayer``: the channel layer on sorted-set queues, a drop-in for channels-valkey 0.3.
+
+Settings, keys and bytes on the server are those of channels-valkey 0.3 and channels_redis 4 (see names.py), so
+both can run side by side on one server. What differs is how the work is done: ``send`` is one script call,
+receiving goes through readers that cannot lose a message to a cancelled receive (receiver.py), ``group_send``
+makes one call per shard touched, shards in parallel, and ``flush`` never uses ``KEYS`` when ``SCAN`` is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import valkey.asyncio as avalkey
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.core import scripts
+from channels_valkey.core.blocking import BlockingPop, Entry
+from channels_valkey.core.names import check_channel, check_group, is_process_channel, non_local_name
+from channels_valkey.core.receiver import LoopReceiver
+from channels_valkey.core.stats import DropCounters
+from channels_valkey.sentinel import (
+    ConnectionManager,
+    ResiliencePolicy,
+    ShardRing,
+    decode_hosts,
+    refuses_health_check,
+)
+from channels_valkey.serializers import MessageDecodeError, registry
+
+logger = logging.getLogger("channels_valkey.core")
+
+
+#: Keys deleted per DEL call by ``flush``.
+FLUSH_BATCH = 500
+
+
+class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
+
+    Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts
+    and retries of :class:`channels_valkey.sentinel.ResiliencePolicy`.
+    """
+
+    brpop_timeout = 5
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Any = None,
+        prefix: str = "asgi",
+        expiry: int = 60,
+        group_expiry: int = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[Any, int] | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        random_prefix_length: int = 12,
+        serializer_format: str = "msgpack",
+        policy: ResiliencePolicy | None = None,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {prefix!r}")
+        for name, value in (
+            ("expiry", expiry),
+            ("group_expiry", group_expiry),
+            ("capacity", capacity),
+            # The random prefix is what keeps two equal messages apart in a sorted set.
+            ("random_prefix_length", random_prefix_length),
+        ):
+            _require_whole_number(name, value)
+        patterns = dict(channel_capacity or {})
+        for pattern, limit in patterns.items():
+            if not isinstance(pattern, str) and not hasattr(pattern, "match"):
+                raise TypeError(
+                    f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
+                )
+            _require_whole_number(f"channel_capacity[{pattern!r}]", limit)
+        self.prefix = prefix
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.channel_capacity = self.compile_capacities(patterns)
+        self.hosts = decode_hosts(hosts)
+        self.ring_size = len(self.hosts)
+        self._ring = ShardRing(self.ring_size)
+        self._serializer = registry.get_serializer(
+            serializer_format,
+            random_prefix_length=random_prefix_length,
+            expiry=self.expiry,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+        )
+        self.policy = policy or ResiliencePolicy()
+        self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
+        self.client_prefix = uuid.uuid4().hex
+        self.counters = DropCounters()
+        self._send_shards = itertools.cycle(range(self.ring_size))
+        self._use_eval: set[int] = set()
+        self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._poppers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, BlockingPop]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}(hosts={self.hosts}, prefix={self.prefix!r})"
+
+    # Naming ------------------------------------------------------------------------------------------------------
+
+    def consistent_hash(self, value: str | bytes) -> int:
+        """The shard of a name, placed as channels-valkey 0.3 places it."""
+        return self._ring.index(value)
+
+    def _queue_key(self, channel: str) -> str:
+        return self.prefix + non_local_name(channel)
+
+    def _group_key(self, group: str) -> str:
+        return f"{self.prefix}:group:{group}"
+
+    def _shard_of_channel(self, channel: str) -> int:
+        # Process channels live on the shard of their "name!" part, wherever they are sent from (the peers
+        # hash the full name on send but the "name!" part on receive, which loses messages when sharded).
+        return self.consistent_hash(non_local_name(channel))
+
+    # Serialization -----------------------------------------------------------------------------------------------
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        data: bytes = self._serializer.serialize(message)
+        return data
+
+    def deserialize(self, message: bytes) -> dict[str, Any]:
+        data: dict[str, Any] = self._serializer.deserialize(message)
+        return data
+
+    def decode(self, member: bytes) -> dict[str, Any] | None:
+        """A popped message, or None (logged and counted) when it cannot be read."""
+        try:
+            return self.deserialize(member)
+        except (MessageDecodeError, ValueError, TypeError) as error:
+            self.counters.undecodable += 1
+            logger.warning("skipped a message that cannot be read: %s", error)
+            return None
+
+    # Sending -----------------------------------------------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``; raise ChannelFull when its queue is at capacity."""
+        check_channel(channel)
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        if "__asgi_channel__" in message:
+            raise ValueError("message must not contain the reserved key '__asgi_channel__'")
+        if is_process_channel(channel):
+            message = {**message, "__asgi_channel__": channel}
+            shard = self._shard_of_channel(channel)
+        else:
+            shard = next(self._send_shards)
+        member = self.serialize(message)
+        args = [repr(time.time()), int(self.expiry), self.get_capacity(channel), member]
+        added = await self._script(
+            shard, scripts.SEND_SCRIPT, [self._queue_key(channel)], args, idempotent=True
+        )
+        if not added:
+            raise ChannelFull(f"channel {channel!r} is at capacity ({self.get_capacity(channel)})")
+
+    # Receiving ---------------------------------------------------------------------------------------------------
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message of ``channel``; cancelling the wait never loses a message."""
+        check_channel(channel)
+        receiver = self._receiver()
+        if is_process_channel(channel):
+            key = self._queue_key(channel)
+            shard = self._shard_of_channel(channel)
+            queues = [receiver.queue(shard, key, non_local_name(channel), process=True)]
+        else:
+            key = self._queue_key(channel)
+            queues = [receiver.queue(shard, key, channel, process=False) for shard in range(self.ring_size)]
+        return await receiver.receive(channel, queues)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process channel name, received by this process only."""
+        channel = f"{prefix}.{self.client_prefix}!{uuid.uuid4().hex}"
+        check_channel(channel)
+        return channel
+
+    def _receiver(self) -> LoopReceiver:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            receiver = self._receivers.get(loop)
+            if receiver is None:
+                receiver = self._receivers[loop] = LoopReceiver(self)
+        return receiver
+
+    # What the receivers call (QueueSource) -----------------------------------------------------------------------
+
+    async def blocking_pop(
+        self, shard: int, key: str, timeout: float, on_interrupted: Callable[[Entry], Awaitable[None]]
+    ) -> Entry | None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            poppers = self._poppers.setdefault(loop, {})
+        state = await self._connections.shard(shard)
+        popper = poppers.get(shard)
+        if popper is None:
+            popper = poppers[shard] = BlockingPop(state.blocking_client.connection_pool, state.client)
+        try:
+            return await popper.pop(key, timeout, on_interrupted)
+        except valkey_errors.NoPermissionError as error:
+            if not refuses_health_check(error):
+                raise
+            state.stop_health_checks()
+            return await popper.pop(key, timeout, on_interrupted)
+
+    async def pop_batch(self, shard: int, key: str, count: int) -> list[Entry]:
+        popped = await self._connections.execute(
+            shard, lambda client: client.zpopmin(key, count), idempotent=False
+        )
+        return [(member, float(score)) for member, score in popped]
+
+    async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
+        """Put popped entries back at the head of their queue (their original scores keep the order)."""
+        mapping = dict(entries)
+        await self._connections.execute(shard, lambda client: client.zadd(key, mapping), idempotent=True)
+
+    # Groups ------------------------------------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        check_group(group)
+        check_channel(channel)
+        args = [repr(time.time()), channel, int(self.group_expiry)]
+        await self._script(
+            self.consistent_hash(group),
+            scripts.GROUP_ADD_SCRIPT,
+            [self._group_key(group)],
+            args,
+            idempotent=True,
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        check_group(group)
+        check_channel(channel)
+        key = self._group_key(group)
+        await self._connections.execute(
+            self.consistent_hash(group), lambda client: client.zrem(key, channel), idempotent=True
+        )
+
+    async def group_channels(self, group: str) -> list[str]:
+        """The channels in ``group`` now (members older than ``group_expiry`` are removed first)."""
+        check_group(group)
+        members = await self._script(
+            self.consistent_hash(group),
+            scripts.GROUP_MEMBERS_SCRIPT,
+            [self._group_key(group)],
+            [repr(time.time() - self.group_expiry)],
+            idempotent=True,
+        )
+        return [member.decode() for member in members]
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every channel of ``group``; full queues drop it (counted and logged)."""
+        check_group(group)
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        if "__asgi_channel__" in message:
+            raise ValueError("message must not contain the reserved key '__asgi_channel__'")
+        channels = await self.group_channels(group)
+        # One queue key per destination; process channels of one process share theirs and one message names them all.
+        by_key: dict[str, list[str]] = defaultdict(list)
+        for channel in channels:
+            by_key[self._queue_key(channel)].append(channel)
+        by_shard: dict[int, list[tuple[str, bytes, int]]] = defaultdict(list)
+        for key, names in by_key.items():
+            first = names[0]
+            payload = {**message, "__asgi_channel__": names} if is_process_channel(first) else message
+            by_shard[self._shard_of_channel(first)].append(
+                (key, self.serialize(payload), self.get_capacity(first))
+            )
+        dropped = await asyncio.gather(
+            *(self._group_send_shard(shard, targets) for shard, targets in by_shard.items())
+        )
+        if sum(dropped):
+            self.counters.group_over_capacity += sum(dropped)
+            logger.info("group_send to %s: %d of %d queues at capacity", group, sum(dropped), len(by_key))
+
+    async def _group_send_shard(self, shard: int, targets: list[tuple[str, bytes, int]]) -> int:
+        now = repr(time.time())
+        dropped = 0
+        for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL):
+            batch = targets[start : start + scripts.MAX_KEYS_PER_CALL]
+            keys = [key for key, _, _ in batch]
+            args = [now, int(self.expiry), *(cap for _, _, cap in batch), *(member for _, member, _ in batch)]
+            # Not idempotent: each member carries a fresh random prefix, so a retry after a lost reply could
+            # deliver twice. Only calls refused before they ran are retried.
+            dropped += int(await self._script(shard, scripts.GROUP_SEND_SCRIPT, keys, args, idempotent=False))
+        return dropped
+
+    # Flush and close ---------------------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Delete every key of this prefix on every shard, and drop local buffers; the layer stays usable."""
+        await self._close_receiver()
+        pattern = _glob_escape(self.prefix) + "*"
+        for shard in range(self.ring_size):
+            await self._connections.execute(
+                shard, lambda client: _delete_matching(client, pattern), idempotent=True
+            )
+
+    async def close_pools(self) -> None:
+        """Close this event loop's readers and connections (they reopen on next use)."""
+        await self._close_receiver()
+        await self._connections.close()
+
+    async def wait_received(self) -> None:
+        """Kept for channels-valkey 0.3 compatibility: receiving leaves no background clean-up to wait for."""
+
+    async def _close_receiver(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            receiver = self._receivers.pop(loop, None)
+            self._poppers.pop(loop, None)  # their connections close with the loop's shards
+        if receiver is not None:
+            await receiver.aclose()
+
+    # Script calls ------------------------------------------------------------------------------------------------
+
+    async def _script(
+        self, shard: int, script: scripts.Script, keys: list[str], args: list[Any], *, idempotent: bool
+    ) -> Any:
+        async def call(client: avalkey.Valkey) -> Any:
+            try:
+                return await script(client, keys, args, use_eval=shard in self._use_eval)
+            except valkey_errors.NoPermissionError as error:
+                if not scripts.refuses_evalsha(error):
+                    raise
+                logger.info("shard %d refuses EVALSHA; using EVAL from now on", shard)
+                self._use_eval.add(shard)
+                return await script(client, keys, args, use_eval=True)
+
+        return await self._connections.execute(shard, call, idempotent=idempotent)
+
+
+def _require_whole_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+async def _delete_matching(client: avalkey.Valkey, pattern: str) -> None:
+    """Delete keys matching ``pattern`` with SCAN, or with KEYS where the ACL refuses SCAN (as 0.3 needed)."""
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= FLUSH_BATCH:
+                await client.delete(*batch)
+                batch = []
+        if batch:
+            await client.delete(*batch)
+    except valkey_errors.NoPermissionError:
+        keys = await client.keys(pattern)
+        for start in range(0, len(keys), FLUSH_BATCH):
+            await client.delete(*keys[start : start + FLUSH_BATCH])
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with the glob characters of SCAN MATCH escaped, so a prefix like ``a*`` matches only itself."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -1,0 +1,96 @@
+"""The Lua scripts of the core layer, and how they are called.
+
+Every script declares the keys it touches in KEYS and calls only commands that channels-valkey 0.3 documented for
+its ACL (ZADD, ZCOUNT, ZRANGE, ZREMRANGEBYSCORE, EXPIRE, ...), so a user restricted to that list keeps working.
+Scripts run by SHA (EVALSHA) and are loaded on a NOSCRIPT reply; where EVALSHA itself is refused by an ACL, the
+shard falls back to EVAL for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import valkey.asyncio as avalkey
+from valkey import exceptions as valkey_errors
+
+#: Most keys one script call may touch: larger groups are sent in several calls, so the server never blocks long.
+MAX_KEYS_PER_CALL = 500
+
+_SEND = """
+local queue = KEYS[1]
+local now, expiry, capacity, member = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+-- Already there (a retried call whose first reply was lost): report success, add nothing.
+for _, existing in ipairs(redis.call('ZRANGE', queue, now, now, 'BYSCORE')) do
+    if existing == member then return 1 end
+end
+redis.call('ZREMRANGEBYSCORE', queue, 0, now - expiry)
+if redis.call('ZCOUNT', queue, '-inf', '+inf') >= capacity then return 0 end
+redis.call('ZADD', queue, now, member)
+redis.call('EXPIRE', queue, expiry)
+return 1
+"""
+
+_GROUP_SEND = """
+local count = #KEYS
+local now, expiry = ARGV[1], ARGV[2]
+local dropped = 0
+for i = 1, count do
+    local queue = KEYS[i]
+    redis.call('ZREMRANGEBYSCORE', queue, 0, now - expiry)
+    if redis.call('ZCOUNT', queue, '-inf', '+inf') < tonumber(ARGV[2 + i]) then
+        redis.call('ZADD', queue, now, ARGV[2 + count + i])
+        redis.call('EXPIRE', queue, expiry)
+    else
+        dropped = dropped + 1
+    end
+end
+return dropped
+"""
+
+_GROUP_ADD = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_GROUP_MEMBERS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+class Script:
+    """One Lua script, called by SHA with EVAL as the fallback."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(
+        self,
+        client: avalkey.Valkey,
+        keys: Sequence[str | bytes],
+        args: Sequence[Any],
+        *,
+        use_eval: bool = False,
+    ) -> Any:
+        """Run on ``client``; ``use_eval`` skips EVALSHA for shards whose ACL refuses it."""
+        if not use_eval:
+            try:
+                return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            except valkey_errors.NoScriptError:
+                pass
+        return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+
+
+def refuses_evalsha(error: BaseException) -> bool:
+    """Whether ``error`` is an ACL refusing EVALSHA (channels-valkey 0.3 documented EVAL only)."""
+    return isinstance(error, valkey_errors.NoPermissionError) and "evalsha" in str(error).lower()
+
+
+SEND_SCRIPT = Script(_SEND)
+GROUP_SEND_SCRIPT = Script(_GROUP_SEND)
+GROUP_ADD_SCRIPT = Script(_GROUP_ADD)
+GROUP_MEMBERS_SCRIPT = Script(_GROUP_MEMBERS)

@@ -1,0 +1,145 @@
+"""Fixtures of the core layer's tests: the layer on each server topology, and a view of what it wrote.
+
+``topology`` runs a test once on a single server, once on three shards and once behind Sentinel; a test file that
+needs fewer topologies narrows it with ``pytest.mark.parametrize("topology", [...], indirect=True)``. Every layer
+made here writes under the test's own ``key_prefix`` and is flushed and closed after the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from channels_valkey.core import ValkeyChannelLayer
+
+from servers.process import ValkeyProcess
+from servers.topologies import SentinelGroup, Shards
+
+#: Longest wait for a message that was sent: generous, so only a lost message fails the test.
+RECEIVE_TIMEOUT = 10.0
+
+TOPOLOGIES = ("single", "shards", "sentinel")
+
+
+@dataclass
+class Topology:
+    """Where a layer under test connects (``hosts``) and the data servers behind it, in shard order."""
+
+    name: str
+    hosts: list[Any]
+    servers: list[ValkeyProcess]
+    #: The same servers as ``redis://`` URLs for channels_redis (None where the peer is not used: Sentinel).
+    peer_hosts: list[str] | None
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.servers)
+
+    def keys(self, prefix: str) -> list[bytes]:
+        """Every key on every server that starts with ``prefix`` (found with SCAN, compared literally)."""
+        found: list[bytes] = []
+        wanted = prefix.encode()
+        for server in self.servers:
+            with server.client() as client:
+                found.extend(key for key in client.scan_iter(count=1000) if key.startswith(wanted))
+        return found
+
+    def members(self, key: str) -> list[bytes]:
+        """The members of the sorted set ``key`` on every server, oldest first per server."""
+        result: list[bytes] = []
+        for server in self.servers:
+            with server.client() as client:
+                result.extend(client.zrange(key, 0, -1))
+        return result
+
+    def blocked_clients(self) -> int:
+        """Connections blocked in a command such as BZPOPMIN, summed over the servers."""
+        return sum(int(server.info("clients")["blocked_clients"]) for server in self.servers)
+
+    def count(self, key: str) -> int:
+        """How many members the sorted set ``key`` holds, summed over the servers."""
+        total = 0
+        for server in self.servers:
+            with server.client() as client:
+                total += int(client.zcard(key))
+        return total
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """One server, three shards, or a Sentinel-managed primary (the servers are started once per session)."""
+    if request.param == "single":
+        server: ValkeyProcess = request.getfixturevalue("valkey_server")
+        return Topology("single", [server.url()], [server], [server.url("redis")])
+    if request.param == "shards":
+        shards: Shards = request.getfixturevalue("valkey_shards")
+        return Topology("shards", shards.urls(), list(shards), [server.url("redis") for server in shards])
+    if request.param == "sentinel":
+        group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        return Topology("sentinel", [group.host_entry()], [group.current_primary()], None)
+    raise ValueError(f"unknown topology {request.param!r}")
+
+
+@pytest.fixture
+def hosts(topology: Topology) -> list[Any]:
+    """The ``hosts`` setting of the topology under test."""
+    return topology.hosts
+
+
+@pytest.fixture
+def layer_prefix(key_prefix: str) -> str:
+    """The layer's ``prefix``: unique to this test, so no other test's keys are ever seen or flushed."""
+    return key_prefix + "asgi"
+
+
+@pytest.fixture
+async def make_layer(hosts: list[Any], layer_prefix: str) -> AsyncIterator[Callable[..., ValkeyChannelLayer]]:
+    """Build layers on the topology under test (``make_layer(capacity=3)``); all are flushed and closed after."""
+    made: list[ValkeyChannelLayer] = []
+
+    def make(**config: Any) -> ValkeyChannelLayer:
+        config.setdefault("prefix", layer_prefix)
+        layer = ValkeyChannelLayer(hosts=hosts, **config)
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        await layer.flush()
+        await layer.close_pools()
+
+
+@pytest.fixture
+def layer(make_layer: Callable[..., ValkeyChannelLayer]) -> ValkeyChannelLayer:
+    """A layer with the default settings on the topology under test."""
+    return make_layer()
+
+
+@pytest.fixture
+def receive() -> Callable[..., Awaitable[dict[str, Any]]]:
+    """``await receive(layer, channel)``: a receive that fails the test after a timeout instead of hanging."""
+
+    async def receive_within(layer: Any, channel: str, timeout: float = RECEIVE_TIMEOUT) -> dict[str, Any]:
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
+        return message
+
+    return receive_within
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Awaitable[None]]:
+    """``await eventually(lambda: cond, "what")``: poll a condition on the event loop, fail after a timeout."""
+
+    async def wait(condition: Callable[[], object], what: str, timeout: float = RECEIVE_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    return wait

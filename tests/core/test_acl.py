@@ -1,0 +1,53 @@
+"""An operator who restricted the layer's user to the commands channels-valkey 0.3 documented keeps everything
+working after the upgrade: newer commands the ACL refuses fall back to the documented ones."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.sentinel import ResiliencePolicy
+
+from servers.process import ValkeyProcess
+from servers.topologies import add_acl_user
+
+#: What channels-valkey 0.3 told operators its core layer needs.
+DOCUMENTED_COMMANDS = [
+    "bzpopmin", "del", "eval", "expire", "keys", "zadd", "zcount", "zpopmin", "zrange", "zrem",
+    "zremrangebyscore", "multi", "exec",
+]  # fmt: skip
+
+
+async def test_a_user_limited_to_the_documented_commands_keeps_working(
+    secured_valkey: ValkeyProcess, key_prefix: str
+) -> None:
+    add_acl_user(
+        secured_valkey, "legacy-layer", "pw", [f"~{key_prefix}*", *(f"+{c}" for c in DOCUMENTED_COMMANDS)]
+    )
+    host, port = secured_valkey.address
+    # Health checks every 50 ms, so that the idle-connection check (PING) is exercised too.
+    policy = ResiliencePolicy(health_check_interval=0.05)
+    layer = ValkeyChannelLayer(
+        hosts=[f"valkey://legacy-layer:pw@{host}:{port}"], prefix=key_prefix, policy=policy
+    )
+    try:
+        await layer.send("plain", {"type": "one"})
+        assert await asyncio.wait_for(layer.receive("plain"), 5) == {"type": "one"}
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        await asyncio.sleep(0.1)  # let the connections go idle past the health-check interval
+        await layer.group_send("room", {"type": "grouped"})
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "grouped"}
+        assert await layer.group_channels("room") == [channel]
+        await layer.group_discard("room", channel)
+        receiving = asyncio.create_task(layer.receive("later"))
+        await asyncio.sleep(0.1)
+        receiving.cancel()  # cancelling a waiting receive must not need CLIENT UNBLOCK to be safe
+        await layer.send("later", {"type": "kept"})
+        assert await asyncio.wait_for(layer.receive("later"), 10) == {"type": "kept"}
+        await layer.send("left-over", {"type": "x"})
+        await layer.flush()
+        with secured_valkey.client() as admin:
+            assert list(admin.scan_iter(match=f"{key_prefix}*")) == []
+    finally:
+        await layer.close_pools()

@@ -1,0 +1,79 @@
+"""A stream of messages through the core layer while the Sentinel-managed primary is killed: every message whose
+send was acknowledged is received, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import valkey
+
+from channels_valkey.core import ValkeyChannelLayer
+
+from servers.process import wait_until
+from servers.topologies import SentinelGroup
+
+pytestmark = pytest.mark.slow
+
+
+async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
+    private_sentinel_group: SentinelGroup, key_prefix: str
+) -> None:
+    group = private_sentinel_group
+    layer = ValkeyChannelLayer(hosts=[group.host_entry()], prefix=key_prefix, capacity=100_000)
+    acked: list[int] = []
+    uncertain: list[int] = []
+    received: list[int] = []
+    stop = asyncio.Event()
+
+    async def send() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                await layer.send("stream", {"type": "n", "n": n})
+            except (valkey.ConnectionError, valkey.TimeoutError):
+                uncertain.append(n)
+            else:
+                acked.append(n)
+            n += 1
+            if n % 10 == 0:
+                await asyncio.sleep(0.001)
+
+    async def receive() -> None:
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive("stream"), 1)
+            except TimeoutError:
+                if stop.is_set():
+                    return
+                continue
+            received.append(message["n"])
+
+    sender, receiver = asyncio.create_task(send()), asyncio.create_task(receive())
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: len(received) >= 300, timeout=15, message="messages to flow"
+        )
+        old = await asyncio.to_thread(group.kill_primary)
+        killed = time.monotonic()
+        await asyncio.to_thread(group.wait_for_new_primary, old, 20)
+        count = len(received)
+        await asyncio.to_thread(
+            wait_until, lambda: len(received) >= count + 300, timeout=15, message="messages again"
+        )
+        resumed = time.monotonic() - killed
+    finally:
+        stop.set()
+        await sender
+        await receiver
+        await layer.flush()
+        await layer.close_pools()
+    lost = set(acked) - set(received)
+    duplicated = len(received) - len(set(received))
+    print(
+        f"\nkill -9 under a stream: acked {len(acked)}, uncertain {len(uncertain)}, received {len(received)}, "
+        f"lost {len(lost)}, duplicated {duplicated}, flowing again after {resumed:.2f}s"
+    )
+    assert not lost
+    assert duplicated == 0
