@@ -121,3 +121,38 @@ async def test_graceful_failover_loses_at_most_a_second_and_moves_the_writer(
     assert len(stored) == len(set(stored))
     # The writer ended up on the new primary: its last acknowledged writes are stored there.
     assert set(log.acked[-100:]) <= set(stored)
+
+
+async def test_graceful_failover_moves_pub_sub_connections_too(
+    private_sentinel_group: SentinelGroup, key_prefix: str
+) -> None:
+    """A subscriber on the shard's client is dropped from the demoted primary and resubscribes on the new one."""
+    group = private_sentinel_group
+    manager = ConnectionManager(decode_hosts([group.host_entry()]))
+    channel = f"{key_prefix}news"
+    client = await manager.client(0)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(channel)
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+        old = await asyncio.to_thread(group.current_primary)
+        await asyncio.to_thread(group.failover)
+        new = await asyncio.to_thread(group.wait_for_new_primary, old, 20)
+
+        async def published_on_new_primary_arrives() -> bool:
+            with new.client() as publisher:
+                publisher.publish(channel, "after the switch")
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            except valkey.ConnectionError:
+                return False  # dropped from the old primary; the next read reconnects and resubscribes
+            return message is not None and message["data"] == b"after the switch"
+
+        deadline = time.monotonic() + 5
+        while not await published_on_new_primary_arrives():
+            assert time.monotonic() < deadline, "the subscriber never reached the new primary"
+        with new.client() as admin:
+            assert admin.pubsub_numsub(channel) == [(channel.encode(), 1)]
+    finally:
+        await pubsub.aclose()
+        await manager.close()
