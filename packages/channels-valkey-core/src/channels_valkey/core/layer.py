@@ -26,7 +26,13 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import scripts
 from channels_valkey.core.blocking import BlockingPop, Entry
-from channels_valkey.core.names import check_channel, check_group, is_process_channel, non_local_name
+from channels_valkey.core.names import (
+    check_channel,
+    check_group,
+    check_message,
+    is_process_channel,
+    non_local_name,
+)
 from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
@@ -157,10 +163,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` to ``channel``; raise ChannelFull when its queue is at capacity."""
         check_channel(channel)
-        if not isinstance(message, dict):
-            raise TypeError(f"message must be a dict, not {type(message).__name__}")
-        if "__asgi_channel__" in message:
-            raise ValueError("message must not contain the reserved key '__asgi_channel__'")
+        check_message(message)
         if is_process_channel(channel):
             message = {**message, "__asgi_channel__": channel}
             shard = self._shard_of_channel(channel)
@@ -271,10 +274,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every channel of ``group``; full queues drop it (counted and logged)."""
         check_group(group)
-        if not isinstance(message, dict):
-            raise TypeError(f"message must be a dict, not {type(message).__name__}")
-        if "__asgi_channel__" in message:
-            raise ValueError("message must not contain the reserved key '__asgi_channel__'")
+        check_message(message)
         channels = await self.group_channels(group)
         # One queue key per destination; process channels of one process share theirs and one message names them all.
         by_key: dict[str, list[str]] = defaultdict(list)

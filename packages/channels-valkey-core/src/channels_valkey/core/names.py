@@ -1,4 +1,4 @@
-"""Channel and group names: strict validation, and the keys they map to on the server.
+"""Channel and group names and messages: strict validation, and the keys names map to on the server.
 
 The key layout is channels-valkey 0.3's (and channels_redis 4's), so a mixed fleet shares queues and groups:
 a channel's queue is ``{prefix}{channel}``, every ``name!suffix`` process channel of a process shares the queue
@@ -30,6 +30,14 @@ def check_group(name: object) -> str:
     if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _GROUP.fullmatch(name):
         raise TypeError(f"invalid group name {name!r}: a group name is {_RULE}")
     return name
+
+
+def check_message(message: object) -> None:
+    """Raise unless ``message`` is a dict a layer may send (``__asgi_channel__`` is the layer's own key)."""
+    if not isinstance(message, dict):
+        raise TypeError(f"message must be a dict, not {type(message).__name__}")
+    if "__asgi_channel__" in message:
+        raise ValueError("message must not contain the reserved key '__asgi_channel__'")
 
 
 def non_local_name(channel: str) -> str:

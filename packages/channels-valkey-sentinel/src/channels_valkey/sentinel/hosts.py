@@ -113,9 +113,7 @@ class SentinelHost(_SafeRepr):
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sentinels", tuple((str(host), int(port)) for host, port in self.sentinels))
-        object.__setattr__(self, "sentinel_options", _frozen(self.sentinel_options))
-        object.__setattr__(self, "options", _frozen(self.options))
+        _freeze_sentinel_fields(self)
 
     def describe(self) -> str:
         """The primary and its Sentinels for logs and errors, without passwords."""
@@ -132,9 +130,7 @@ class SentinelDiscovery(_SafeRepr):
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sentinels", tuple((str(host), int(port)) for host, port in self.sentinels))
-        object.__setattr__(self, "sentinel_options", _frozen(self.sentinel_options))
-        object.__setattr__(self, "options", _frozen(self.options))
+        _freeze_sentinel_fields(self)
 
     def describe(self) -> str:
         """The Sentinels whose primaries this entry stands for, without passwords."""
@@ -142,6 +138,13 @@ class SentinelDiscovery(_SafeRepr):
 
 
 HostSpec: TypeAlias = ServerHost | SentinelHost | SentinelDiscovery
+
+
+def _freeze_sentinel_fields(spec: SentinelHost | SentinelDiscovery) -> None:
+    """Normalise the Sentinel addresses and make the option mappings read-only (the specs are frozen)."""
+    object.__setattr__(spec, "sentinels", tuple((str(host), int(port)) for host, port in spec.sentinels))
+    object.__setattr__(spec, "sentinel_options", _frozen(spec.sentinel_options))
+    object.__setattr__(spec, "options", _frozen(spec.options))
 
 
 def _auth_part(options: Mapping[str, Any]) -> str:
