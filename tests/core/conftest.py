@@ -110,8 +110,11 @@ async def make_layer(hosts: list[Any], layer_prefix: str) -> AsyncIterator[Calla
 
     yield make
     for layer in made:
-        await layer.flush()
-        await layer.close_pools()
+        # Bounded, so that a layer bug fails the test instead of hanging the suite.
+        try:
+            await asyncio.wait_for(layer.flush(), RECEIVE_TIMEOUT)
+        finally:
+            await asyncio.wait_for(layer.close_pools(), RECEIVE_TIMEOUT)
 
 
 @pytest.fixture

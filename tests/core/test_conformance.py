@@ -27,6 +27,9 @@ Receive = Callable[..., Awaitable[dict[str, Any]]]
 Eventually = Callable[..., Awaitable[None]]
 MakeLayer = Callable[..., ValkeyChannelLayer]
 
+#: Longest wait for a message that was sent, or for a flush.
+RECEIVE_TIMEOUT = 10.0
+
 
 def _process_queue(layer: ValkeyChannelLayer, channel: str) -> str:
     """The server key of a process channel: ``{prefix}name!``, shared by every channel of that process."""
@@ -63,11 +66,16 @@ async def test_send_receive_process_channel(layer: ValkeyChannelLayer, receive: 
     assert await receive(layer, channel) == {"type": "test.message", "text": "hello"}
 
 
-async def test_receive_waits_for_a_later_send(layer: ValkeyChannelLayer, receive: Receive) -> None:
+async def test_receive_waits_for_a_later_send(
+    layer: ValkeyChannelLayer, receive: Receive, eventually: Eventually, topology: Topology
+) -> None:
+    before = topology.blocked_clients()
     channel = await layer.new_channel()
     waiting = asyncio.ensure_future(receive(layer, channel))
     normal = asyncio.ensure_future(receive(layer, "conformance.later"))
-    await asyncio.sleep(0)
+    await eventually(
+        lambda: topology.blocked_clients() >= before + topology.shard_count, "the receives to block"
+    )
     await layer.send(channel, {"type": "late", "to": "process"})
     await layer.send("conformance.later", {"type": "late", "to": "normal"})
     assert await waiting == {"type": "late", "to": "process"}
@@ -499,6 +507,24 @@ async def test_flush_deletes_only_this_prefix(
     assert await receive(layer, "conformance.after-flush") == {"type": "after"}
     await layer.send(process, {"type": "after"})
     assert await receive(layer, process) == {"type": "after"}
+
+
+async def test_flush_is_prompt_while_receives_start(layer: ValkeyChannelLayer) -> None:
+    # A flush (or close_pools) that lands while a receive is still setting up its blocking pop must stop it,
+    # not wait out the pop's 5 s block. The race window is a few loop turns wide: sweep through it.
+    for attempt in range(60):
+        idle = asyncio.ensure_future(layer.receive(f"conformance.idle-{attempt}"))
+        for _ in range(attempt % 8):
+            await asyncio.sleep(0)
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(layer.flush(), RECEIVE_TIMEOUT)
+        except TimeoutError:
+            pytest.fail(f"flush did not return within {RECEIVE_TIMEOUT:.0f}s at attempt {attempt}")
+        elapsed = time.monotonic() - started
+        idle.cancel()  # flush ends pending receives; one that had not started yet is still waiting
+        await asyncio.gather(idle, return_exceptions=True)
+        assert elapsed < 2.0, f"flush took {elapsed:.1f}s at attempt {attempt}"
 
 
 async def test_flush_prefix_with_glob_characters(

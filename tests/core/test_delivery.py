@@ -235,3 +235,24 @@ async def test_receive_survives_a_cut_connection(fault_proxy: FaultProxy, key_pr
     finally:
         await layer.flush()
         await layer.close_pools()
+
+
+async def test_channels_used_once_leave_nothing_behind_in_the_receiver(layer: ValkeyChannelLayer) -> None:
+    for index in range(300):
+        channel = f"once-{index}"
+        await layer.send(channel, {"type": "n", "n": index})
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "n", "n": index}
+        process_channel = await layer.new_channel(prefix=f"once{index}")
+        await layer.send(process_channel, {"type": "n", "n": index})
+        assert await asyncio.wait_for(layer.receive(process_channel), 5) == {"type": "n", "n": index}
+    receiver = layer._receiver()
+
+    def idle() -> bool:
+        return not receiver._queues and not receiver._buffers
+
+    deadline = time.monotonic() + 5
+    while not idle():
+        assert time.monotonic() < deadline, (
+            f"{len(receiver._queues)} queues, {len(receiver._buffers)} buffers kept"
+        )
+        await asyncio.sleep(0.01)

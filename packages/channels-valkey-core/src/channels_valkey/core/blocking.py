@@ -11,10 +11,10 @@ delays another queue's reader.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
@@ -23,6 +23,9 @@ from valkey.asyncio.connection import AbstractConnection, ConnectionPool
 logger = logging.getLogger("channels_valkey.core")
 
 Entry = tuple[bytes, float]
+
+#: Seconds between two ``CLIENT UNBLOCK`` attempts while the pop has not reached the server yet.
+UNBLOCK_RETRY = 0.02
 
 
 class BlockingPop:
@@ -47,10 +50,14 @@ class BlockingPop:
         try:
             client_id = await self._client_id(connection)
             popping = asyncio.ensure_future(_command(connection, "BZPOPMIN", key, timeout))
+            popping.add_done_callback(_retrieve)
             try:
                 return _entry(await asyncio.shield(popping))
             except asyncio.CancelledError:
-                await self._interrupt(popping, client_id, on_interrupted)
+                # Shielded too: a second cancellation (a closing loop insists) must not drop what was popped.
+                interrupting = asyncio.ensure_future(self._interrupt(popping, client_id, on_interrupted))
+                interrupting.add_done_callback(_retrieve)
+                await asyncio.shield(interrupting)
                 raise
         finally:
             await self._pool.release(connection)
@@ -78,9 +85,15 @@ class BlockingPop:
         client_id: int | bool,
         on_interrupted: Callable[[Entry], Awaitable[None]],
     ) -> None:
-        if client_id and not popping.done():
-            with contextlib.suppress(valkey_errors.ValkeyError, OSError):
-                await self._control.client_unblock(int(client_id))
+        # The unblock can reach the server before the pop does (it travels on another connection), and then
+        # unblocks nothing: repeat it until the pop has ended.
+        while client_id and not popping.done():
+            try:
+                if await self._control.client_unblock(int(client_id)):
+                    break
+            except (valkey_errors.ValkeyError, OSError):
+                break
+            await asyncio.wait({popping}, timeout=UNBLOCK_RETRY)
         try:
             result = await popping
         except (valkey_errors.ValkeyError, OSError):
@@ -93,6 +106,12 @@ class BlockingPop:
 async def _command(connection: AbstractConnection, *args: object) -> object:
     await connection.send_command(*args)
     return await connection.read_response()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a task whose caller may have gone, so a failure is logged, not left unretrieved."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("blocking pop ended with %r", task.exception())
 
 
 def _entry(result: object) -> Entry | None:

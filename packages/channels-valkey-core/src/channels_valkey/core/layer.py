@@ -309,8 +309,11 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     # Flush and close ---------------------------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Delete every key of this prefix on every shard, and drop local buffers; the layer stays usable."""
-        await self._close_receiver()
+        """Delete every key of this prefix on every shard and the messages held locally; receives waiting now keep
+        waiting, and the layer stays usable."""
+        receiver = self._receivers.get(asyncio.get_running_loop())
+        if receiver is not None:
+            receiver.drop_messages()
         pattern = _glob_escape(self.prefix) + "*"
         for shard in range(self.ring_size):
             await self._connections.execute(

@@ -14,7 +14,6 @@ Buffered messages expire by age, and each channel's buffer is bounded by its cap
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -26,7 +25,7 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.core.blocking import Entry
 from channels_valkey.core.stats import DropCounters
-from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable
+from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -116,7 +115,7 @@ class LoopReceiver:
                 self._give_back(channel, waiter.result())
             raise
         finally:
-            with contextlib.suppress(ValueError):
+            if waiter in buffer.waiters:  # usually already taken by the reader that answered it
                 buffer.waiters.remove(waiter)
             if not buffer.items and not buffer.waiters:
                 self._buffers.pop(channel, None)
@@ -153,6 +152,9 @@ class LoopReceiver:
                 await self._settle_returned(queue)
             wanted = self._waiting(queue)
             if wanted == 0:
+                # Forget the queue (a process may use many channel names once); a later receive makes it anew.
+                if self._queues.get((queue.shard, queue.key)) is queue:
+                    del self._queues[(queue.shard, queue.key)]
                 return
             try:
                 entry = await source.blocking_pop(
@@ -227,8 +229,9 @@ class LoopReceiver:
             buffer = self._buffers.setdefault(channel, _Buffer())
             buffer.items.appendleft((time.monotonic(), handover.message))
             return
-        handover.origin.returned.append((handover.entry, handover.message))
-        self._ensure_reader(handover.origin)
+        origin = self._queues.setdefault((handover.origin.shard, handover.origin.key), handover.origin)
+        origin.returned.append((handover.entry, handover.message))
+        self._ensure_reader(origin)
 
     async def _settle_returned(self, queue: _Queue) -> None:
         """Hand returned messages to local waiters, oldest first; put the rest back at the head of the queue."""
@@ -277,12 +280,19 @@ class LoopReceiver:
         """Messages held in local buffers right now (for tests and monitoring)."""
         return sum(len(buffer.items) for buffer in self._buffers.values())
 
+    def drop_messages(self) -> None:
+        """Forget every message held locally (``flush``); waiting receives keep waiting for new ones."""
+        for queue in self._queues.values():
+            queue.returned.clear()
+        for channel, buffer in list(self._buffers.items()):
+            buffer.items.clear()
+            if not buffer.waiters:
+                del self._buffers[channel]
+
     async def aclose(self) -> None:
         """Stop every reader (each hands back what it popped) and release the waiters."""
         readers = [queue.reader for queue in self._queues.values() if queue.reader is not None]
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(reader) for reader in readers))
         for queue in self._queues.values():
             if queue.returned:
                 await self.source.requeue(queue.shard, queue.key, [entry for entry, _ in queue.returned])

@@ -21,6 +21,7 @@ from channels_valkey.sentinel.hosts import (
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.shard import Shard
+from channels_valkey.sentinel.tasks import cancel_and_wait
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -37,6 +38,7 @@ __all__ = [
     "ShardRing",
     "ShardUnavailable",
     "__version__",
+    "cancel_and_wait",
     "classify",
     "consistent_hash",
     "decode_hosts",

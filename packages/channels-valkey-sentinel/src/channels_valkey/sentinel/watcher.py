@@ -20,6 +20,7 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel.hosts import SentinelHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.tasks import cancel_and_wait
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -57,16 +58,12 @@ class SwitchWatcher:
         )
 
     async def stop(self) -> None:
-        """Cancel the task and wait for it to end.
-
-        A cancellation that lands while valkey-py's read timeout is firing can be swallowed (the read just
-        returns nothing), so the task is cancelled again until it has really ended.
-        """
+        """Cancel the task and wait until it has really ended."""
         task, self._task = self._task, None
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.05)
-        if task is not None and not task.cancelled() and task.exception() is not None:
+        if task is None:
+            return
+        await cancel_and_wait(task)
+        if not task.cancelled() and task.exception() is not None:
             logger.error("switch watcher ended with an error", exc_info=task.exception())
 
     async def _run(self) -> None:
