@@ -25,7 +25,6 @@ from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import scripts
-from channels_valkey.core.blocking import BlockingPop, Entry
 from channels_valkey.core.names import (
     check_channel,
     check_group,
@@ -33,14 +32,13 @@ from channels_valkey.core.names import (
     is_process_channel,
     non_local_name,
 )
-from channels_valkey.core.receiver import LoopReceiver
+from channels_valkey.core.receiver import Entry, LoopReceiver
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
     ConnectionManager,
     ResiliencePolicy,
     ShardRing,
     decode_hosts,
-    refuses_health_check,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
 
@@ -112,9 +110,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._send_shards = itertools.cycle(range(self.ring_size))
         self._use_eval: set[int] = set()
         self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._poppers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, BlockingPop]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -211,20 +206,13 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def blocking_pop(
         self, shard: int, key: str, timeout: float, on_interrupted: Callable[[Entry], Awaitable[None]]
     ) -> Entry | None:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            poppers = self._poppers.setdefault(loop, {})
+        async def put_back(reply: object) -> None:
+            entry = _entry(reply)
+            if entry is not None:
+                await on_interrupted(entry)
+
         state = await self._connections.shard(shard)
-        popper = poppers.get(shard)
-        if popper is None:
-            popper = poppers[shard] = BlockingPop(state.blocking_client.connection_pool, state.client)
-        try:
-            return await popper.pop(key, timeout, on_interrupted)
-        except valkey_errors.NoPermissionError as error:
-            if not refuses_health_check(error):
-                raise
-            state.stop_health_checks()
-            return await popper.pop(key, timeout, on_interrupted)
+        return _entry(await state.blocking_call(("BZPOPMIN", key, timeout), put_back))
 
     async def pop_batch(self, shard: int, key: str, count: int) -> list[Entry]:
         popped = await self._connections.execute(
@@ -332,7 +320,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         with self._lock:
             receiver = self._receivers.pop(loop, None)
-            self._poppers.pop(loop, None)  # their connections close with the loop's shards
         if receiver is not None:
             await receiver.aclose()
 
@@ -352,6 +339,16 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 return await script(client, keys, args, use_eval=True)
 
         return await self._connections.execute(shard, call, idempotent=idempotent)
+
+
+def _entry(reply: object) -> Entry | None:
+    """The (member, score) of a ``BZPOPMIN`` reply, or None when it timed out."""
+    if not reply:
+        return None
+    if not isinstance(reply, list | tuple) or len(reply) != 3:
+        raise valkey_errors.DataError(f"unexpected BZPOPMIN reply {reply!r}")
+    _key, member, score = reply
+    return (bytes(member), float(score))
 
 
 def _require_whole_number(name: str, value: object) -> None:

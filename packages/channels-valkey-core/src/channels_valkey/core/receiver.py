@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.core.blocking import Entry
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait
 
 logger = logging.getLogger("channels_valkey.core")
+
+#: A queue member and its score (the send time), as popped.
+Entry = tuple[bytes, float]
 
 #: How often (seconds) buffers of channels nobody receives from are swept for expired messages.
 SWEEP_INTERVAL = 1.0

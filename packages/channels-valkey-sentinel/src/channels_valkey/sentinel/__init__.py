@@ -7,6 +7,7 @@ shard on the running event loop, commands with retries, closing) and :class:`Res
 """
 
 from channels_valkey.sentinel.__about__ import __version__
+from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
 from channels_valkey.sentinel.connections import ConnectionManager
 from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError, ShardUnavailable
 from channels_valkey.sentinel.failures import Failure, classify, refuses_health_check
@@ -29,6 +30,8 @@ __all__ = [
     "Failure",
     "HostConfigError",
     "HostSpec",
+    "InterruptibleCalls",
+    "OnInterrupted",
     "ResiliencePolicy",
     "SentinelDiscovery",
     "SentinelDiscoveryError",

@@ -7,12 +7,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import valkey.asyncio as avalkey
+from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import UnixDomainSocketConnection
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
+from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
+from channels_valkey.sentinel.failures import refuses_health_check
 from channels_valkey.sentinel.hosts import HostSpec, SentinelHost, ServerHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.watcher import SwitchWatcher
@@ -36,6 +40,7 @@ class Shard:
         self._watcher: SwitchWatcher | None = None
         self.client = self._make_client(policy.connection_options())
         self.blocking_client = self._make_client(policy.connection_options(block_seconds=block_seconds))
+        self._blocking_calls = InterruptibleCalls(self.blocking_client.connection_pool, self.client)
         if isinstance(spec, SentinelHost):
             self._watcher = SwitchWatcher(spec, policy, self._on_promoting, self._on_switch)
             self._watcher.start()
@@ -60,6 +65,21 @@ class Shard:
             self.spec.service_name, connection_pool_class=FollowingPool, **options
         )
         return client
+
+    async def blocking_call(self, args: Sequence[object], on_interrupted: OnInterrupted) -> object:
+        """Run the blocking command ``args`` (``BZPOPMIN key 5``...) on a connection of its own, safe to cancel.
+
+        A cancelled caller loses nothing: the command is unblocked and its reply, if any, goes to
+        ``on_interrupted`` (see :mod:`channels_valkey.sentinel.blocking`). No retries here: the caller decides,
+        since a lost reply may have popped data.
+        """
+        try:
+            return await self._blocking_calls.call(args, on_interrupted)
+        except valkey_errors.NoPermissionError as error:
+            if not refuses_health_check(error):
+                raise
+            self.stop_health_checks()  # the PING came before the command: nothing ran
+            return await self._blocking_calls.call(args, on_interrupted)
 
     def _pools(self) -> list[FollowingPool]:
         return [
