@@ -16,7 +16,7 @@ import pytest
 
 from servers.certificates import CertificateFiles, create_certificates
 from servers.fault_proxy import FaultProxy
-from servers.process import ValkeyProcess
+from servers.process import ValkeyProcess, install_shutdown_handlers
 from servers.tls_proxy import TLSProxy
 from servers.topologies import (
     SERVER_PASSWORD,
@@ -25,6 +25,12 @@ from servers.topologies import (
     add_acl_user,
     start_standalone,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Servers outlive a killed pytest unless SIGTERM/SIGHUP stop them (here and in each xdist worker)."""
+    install_shutdown_handlers()
+
 
 #: The ACL user of the ``secured_valkey`` server, allowed every command and key.
 ACL_USER = ("app-user", "app-secret")

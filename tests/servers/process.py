@@ -2,18 +2,26 @@
 
 Every process lives in its own folder with its config, log and data files, so that a failure can always name the
 log that explains it. Ports come from the kernel (bind to port 0 on loopback); the default 6379 is never assumed.
+
+Servers run in a session of their own, so a Ctrl-C in the terminal reaches pytest, not them. The price is that
+nothing stops them when pytest dies, so this module keeps every server it started: they are stopped when the
+interpreter exits (atexit), and :func:`install_shutdown_handlers` (called by tests/conftest.py in pytest and in
+every xdist worker) turns SIGTERM and SIGHUP into that same exit. Only SIGKILL of pytest still orphans them.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import valkey
@@ -25,6 +33,11 @@ STOP_TIMEOUT = 5.0
 LOOPBACK = "127.0.0.1"
 
 _ports_handed_out: set[int] = set()
+
+#: Server processes this interpreter started and has not stopped yet, by PID.
+_running: dict[int, subprocess.Popen[bytes]] = {}
+#: Signals that ask a process to finish (``timeout``, ``kill``, a closed terminal) and can be caught.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class ServerError(RuntimeError):
@@ -69,6 +82,49 @@ def free_port() -> int:
             _ports_handed_out.add(port)
             return port
     raise ServerError("could not find a free loopback port in 100 tries")
+
+
+def stop_running_servers(timeout: float = STOP_TIMEOUT) -> None:
+    """Stop every server this interpreter started and has not stopped: SIGTERM to all, SIGKILL to stragglers."""
+    processes = list(_running.values())
+    _running.clear()
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+
+
+atexit.register(stop_running_servers)
+
+
+def _shut_down(signum: int, frame: FrameType | None) -> None:
+    # Stop the servers first: whatever the interrupted code does with the KeyboardInterrupt, they are gone.
+    stop_running_servers()
+    for handled in SHUTDOWN_SIGNALS:
+        if signal.getsignal(handled) is _shut_down:
+            signal.signal(handled, signal.SIG_DFL)  # a second signal ends the process at once
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+def install_shutdown_handlers() -> None:
+    """Make SIGTERM and SIGHUP stop this interpreter's servers, then interrupt it like Ctrl-C does.
+
+    pytest then tears down and reports as after a Ctrl-C. Signals that already have a handler or are ignored
+    (``nohup`` ignores SIGHUP) are left alone; so is every thread but the main one, where Python runs handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SHUTDOWN_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _shut_down)
 
 
 def wait_until(
@@ -215,6 +271,7 @@ class ValkeyProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _running[self._process.pid] = self._process
         try:
             wait_until(self._answers_ping, timeout=timeout, message=f"{self.name} to answer PING")
         except TimeoutError as exc:
@@ -244,6 +301,7 @@ class ValkeyProcess:
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 self._process.wait(timeout)
+        _running.pop(self._process.pid, None)
         self._process = None
 
     def kill(self) -> None:
@@ -252,6 +310,7 @@ class ValkeyProcess:
             return
         self._signal(signal.SIGKILL)
         self._process.wait(STOP_TIMEOUT)
+        _running.pop(self._process.pid, None)
         self._process = None
 
     def restart(self, timeout: float = START_TIMEOUT) -> ValkeyProcess:
