@@ -14,7 +14,7 @@ import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import valkey.asyncio as avalkey
 
@@ -104,13 +104,32 @@ class ConnectionManager:
         that has never answered, bad credentials and TLS failures raise :class:`ShardUnavailable` at once.
         """
         shard = await self.shard(index)
+        return await self._with_retries(
+            shard,
+            lambda: operation(shard.blocking_client if blocking else shard.client),
+            idempotent=idempotent,
+        )
+
+    async def execute_command(self, index: int, *args: Any, idempotent: bool) -> Any:
+        """Send one command on shard ``index``'s pipelined lane, with :meth:`execute`'s retries.
+
+        The lane (:class:`channels_valkey.sentinel.lane.CommandLane`) shares one connection between concurrent
+        callers, so this is the cheap way to send short commands; the reply is raw (no valkey-py callbacks).
+        """
+        shard = await self.shard(index)
+        return await self._with_retries(
+            shard, lambda: shard.lane.execute_command(*args), idempotent=idempotent
+        )
+
+    async def _with_retries(
+        self, shard: Shard, attempt_once: Callable[[], Awaitable[T]], *, idempotent: bool
+    ) -> T:
         backoff = self.policy.backoff()
         deadline = time.monotonic() + self.policy.retry_deadline
         attempt = 0
         while True:
-            client = shard.blocking_client if blocking else shard.client
             try:
-                result = await operation(client)
+                result = await attempt_once()
             except Exception as error:
                 if refuses_health_check(error):
                     shard.stop_health_checks()

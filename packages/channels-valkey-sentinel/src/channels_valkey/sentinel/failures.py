@@ -45,6 +45,9 @@ def classify(error: BaseException) -> Failure | None:
         if "connecting to" in str(error) or type(error).__name__ == "MasterNotFoundError":
             return Failure.NOT_RUN
         return Failure.MAYBE_RUN
+    if type(error) is valkey_errors.ValkeyError and str(error) == "Buffer is closed.":
+        # valkey-py's pool checking a connection that a failover reset closed under it: nothing was sent yet.
+        return Failure.NOT_RUN
     return None
 
 

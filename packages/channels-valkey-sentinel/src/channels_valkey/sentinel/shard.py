@@ -18,6 +18,7 @@ from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
 from channels_valkey.sentinel.failures import refuses_health_check
 from channels_valkey.sentinel.hosts import HostSpec, SentinelHost, ServerHost
+from channels_valkey.sentinel.lane import CommandLane
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.watcher import SwitchWatcher
 
@@ -41,6 +42,8 @@ class Shard:
         self.client = self._make_client(policy.connection_options())
         self.blocking_client = self._make_client(policy.connection_options(block_seconds=block_seconds))
         self._blocking_calls = InterruptibleCalls(self.blocking_client.connection_pool, self.client)
+        #: Pipelined hot commands (see lane.py); its connection comes from the command client's pool.
+        self.lane = CommandLane(self.client.connection_pool)
         if isinstance(spec, SentinelHost):
             self._watcher = SwitchWatcher(spec, policy, self._on_promoting, self._on_switch)
             self._watcher.start()
@@ -134,6 +137,7 @@ class Shard:
         """Stop the watcher and close every connection of this shard."""
         if self._watcher is not None:
             await self._watcher.stop()
+        await self.lane.aclose()
         for client in (self.client, self.blocking_client):
             await client.aclose()
         if self._sentinel is not None:
