@@ -37,7 +37,9 @@ from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
     ConnectionManager,
     ResiliencePolicy,
+    Shard,
     ShardRing,
+    ShardUnavailable,
     decode_hosts,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
@@ -109,6 +111,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.counters = DropCounters()
         self._send_shards = itertools.cycle(range(self.ring_size))
         self._use_eval: set[int] = set()
+        self._no_bzmpop: set[int] = set()
         self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
             weakref.WeakKeyDictionary()
         )
@@ -204,21 +207,34 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     # What the receivers call (QueueSource) -----------------------------------------------------------------------
 
     async def blocking_pop(
-        self, shard: int, key: str, timeout: float, on_interrupted: Callable[[Entry], Awaitable[None]]
-    ) -> Entry | None:
-        async def put_back(reply: object) -> None:
-            entry = _entry(reply)
-            if entry is not None:
-                await on_interrupted(entry)
+        self,
+        shard: int,
+        key: str,
+        timeout: float,
+        count: int,
+        on_interrupted: Callable[[list[Entry]], Awaitable[None]],
+    ) -> list[Entry]:
+        """Up to ``count`` messages of ``key``, oldest first, waiting up to ``timeout`` seconds for the first.
 
+        One ``BZMPOP`` round trip; where the ACL (or an old server) refuses it, ``BZPOPMIN`` then ``ZPOPMIN`` for
+        the rest, as channels-valkey 0.3's ACL allows.
+        """
         state = await self._connections.shard(shard)
-        return _entry(await state.blocking_call(("BZPOPMIN", key, timeout), put_back))
-
-    async def pop_batch(self, shard: int, key: str, count: int) -> list[Entry]:
-        popped = await self._connections.execute(
-            shard, lambda client: client.zpopmin(key, count), idempotent=False
-        )
-        return [(member, float(score)) for member, score in popped]
+        if shard not in self._no_bzmpop:
+            try:
+                return await _pop_many(state, key, timeout, count, on_interrupted)
+            except valkey_errors.ResponseError as error:
+                if "bzmpop" not in str(error).lower():
+                    raise
+                logger.info("shard %d refuses BZMPOP (%s); using BZPOPMIN from now on", shard, error)
+                self._no_bzmpop.add(shard)
+        entries = await _pop_one(state, key, timeout, on_interrupted)
+        if entries and count > 1:
+            popped = await self._connections.execute(
+                shard, lambda client: client.zpopmin(key, count - 1), idempotent=False
+            )
+            entries += [(member, float(score)) for member, score in popped]
+        return entries
 
     async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
         """Put popped entries back at the head of their queue (their original scores keep the order)."""
@@ -328,27 +344,67 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def _script(
         self, shard: int, script: scripts.Script, keys: list[str], args: list[Any], *, idempotent: bool
     ) -> Any:
-        async def call(client: avalkey.Valkey) -> Any:
+        """Run ``script`` on ``shard``'s pipelined lane: by SHA, loaded with EVAL on ``NOSCRIPT``, and with EVAL
+        for good on a shard whose ACL refuses EVALSHA."""
+        if shard not in self._use_eval:
             try:
-                return await script(client, keys, args, use_eval=shard in self._use_eval)
-            except valkey_errors.NoPermissionError as error:
-                if not scripts.refuses_evalsha(error):
+                return await self._connections.execute_command(
+                    shard, "EVALSHA", script.sha, len(keys), *keys, *args, idempotent=idempotent
+                )
+            except valkey_errors.NoScriptError:
+                pass
+            except (
+                ShardUnavailable
+            ) as error:  # the connections call an ACL refusal fatal; EVALSHA has a way out
+                if not scripts.refuses_evalsha(error.cause):
                     raise
                 logger.info("shard %d refuses EVALSHA; using EVAL from now on", shard)
                 self._use_eval.add(shard)
-                return await script(client, keys, args, use_eval=True)
+        return await self._connections.execute_command(
+            shard, "EVAL", script.source, len(keys), *keys, *args, idempotent=idempotent
+        )
 
-        return await self._connections.execute(shard, call, idempotent=idempotent)
+
+async def _pop_many(
+    shard: Shard,
+    key: str,
+    timeout: float,
+    count: int,
+    on_interrupted: Callable[[list[Entry]], Awaitable[None]],
+) -> list[Entry]:
+    async def put_back(reply: object) -> None:
+        await on_interrupted(_bzmpop_entries(reply))
+
+    reply = await shard.blocking_call(("BZMPOP", timeout, 1, key, "MIN", "COUNT", count), put_back)
+    return _bzmpop_entries(reply)
 
 
-def _entry(reply: object) -> Entry | None:
-    """The (member, score) of a ``BZPOPMIN`` reply, or None when it timed out."""
+async def _pop_one(
+    shard: Shard, key: str, timeout: float, on_interrupted: Callable[[list[Entry]], Awaitable[None]]
+) -> list[Entry]:
+    async def put_back(reply: object) -> None:
+        await on_interrupted(_bzpopmin_entries(reply))
+
+    return _bzpopmin_entries(await shard.blocking_call(("BZPOPMIN", key, timeout), put_back))
+
+
+def _bzmpop_entries(reply: object) -> list[Entry]:
+    """The (member, score) pairs of a ``BZMPOP`` reply (``[key, [[member, score], ...]]``; empty on timeout)."""
     if not reply:
-        return None
+        return []
+    if not isinstance(reply, list | tuple) or len(reply) != 2 or not isinstance(reply[1], list | tuple):
+        raise valkey_errors.DataError(f"unexpected BZMPOP reply {reply!r}")
+    return [(bytes(member), float(score)) for member, score in reply[1]]
+
+
+def _bzpopmin_entries(reply: object) -> list[Entry]:
+    """The (member, score) of a ``BZPOPMIN`` reply (``[key, member, score]``), as a list; empty on timeout."""
+    if not reply:
+        return []
     if not isinstance(reply, list | tuple) or len(reply) != 3:
         raise valkey_errors.DataError(f"unexpected BZPOPMIN reply {reply!r}")
     _key, member, score = reply
-    return (bytes(member), float(score))
+    return [(bytes(member), float(score))]
 
 
 def _require_whole_number(name: str, value: object) -> None:

@@ -9,10 +9,7 @@ shard falls back to EVAL for good.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any
 
-import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
 
 #: Most keys one script call may touch: larger groups are sent in several calls, so the server never blocks long.
@@ -62,27 +59,11 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
 
 class Script:
-    """One Lua script, called by SHA with EVAL as the fallback."""
+    """One Lua script and its SHA: called by SHA, with EVAL as the fallback (see ``ValkeyChannelLayer._script``)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(
-        self,
-        client: avalkey.Valkey,
-        keys: Sequence[str | bytes],
-        args: Sequence[Any],
-        *,
-        use_eval: bool = False,
-    ) -> Any:
-        """Run on ``client``; ``use_eval`` skips EVALSHA for shards whose ACL refuses it."""
-        if not use_eval:
-            try:
-                return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-            except valkey_errors.NoScriptError:
-                pass
-        return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
 
 
 def refuses_evalsha(error: BaseException) -> bool:
