@@ -20,6 +20,7 @@ from channels_valkey import utils
 #: What 0.3 code imports, module by module, that we promise to keep.
 KEPT = {
     "channels_valkey.core": ["ValkeyChannelLayer", "ChannelFull"],
+    "channels_valkey.pubsub": ["ValkeyPubSubChannelLayer"],
     "channels_valkey.serializers": [
         "BaseMessageSerializer",
         "JSONSerializer",

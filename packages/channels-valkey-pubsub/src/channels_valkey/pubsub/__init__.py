@@ -1,8 +1,12 @@
 """The Pub/Sub channel layer for Django Channels (``channels_valkey.pubsub``).
 
-The layer itself lands with the channels-valkey-pubsub issue; this package holds its version and type marker.
+``CHANNEL_LAYERS = {"default": {"BACKEND": "channels_valkey.pubsub.ValkeyPubSubChannelLayer", "CONFIG": {...}}}``
 """
 
-from channels_valkey.pubsub.__about__ import __version__
+from channels.exceptions import ChannelFull
 
-__all__ = ["__version__"]
+from channels_valkey.pubsub.__about__ import __version__
+from channels_valkey.pubsub.layer import ValkeyPubSubChannelLayer
+from channels_valkey.pubsub.stats import DropCounters
+
+__all__ = ["ChannelFull", "DropCounters", "ValkeyPubSubChannelLayer", "__version__"]

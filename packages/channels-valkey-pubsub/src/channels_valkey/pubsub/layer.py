@@ -1,0 +1,502 @@
+"""``ValkeyPubSubChannelLayer``: the Pub/Sub channel layer, a drop-in for channels-valkey 0.3's.
+
+Process channels (``name!suffix``) and groups travel on Pub/Sub exactly as in 0.3: one ``PUBLISH`` per send under
+the same channel names, with the same payload bytes. Normal (worker) channels default to a queue per channel, so
+each message reaches exactly one receiving process as the channels spec requires; ``worker_channels="pubsub"``
+keeps 0.3's behaviour (every subscribed process gets it) for fleets that still have 0.3 receivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import types
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import valkey.asyncio as avalkey
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.pubsub import scripts
+from channels_valkey.pubsub.local import Item, LocalChannel, LoopState
+from channels_valkey.pubsub.names import (
+    check_channel,
+    check_group,
+    check_message,
+    group_channel,
+    is_peer_process_channel,
+    worker_queue,
+)
+from channels_valkey.pubsub.stats import DropCounters
+from channels_valkey.pubsub.worker import Entry, Popped, QueueReader
+from channels_valkey.sentinel import (
+    ConnectionManager,
+    ResiliencePolicy,
+    Shard,
+    ShardRing,
+    ShardUnavailable,
+    decode_hosts,
+)
+from channels_valkey.serializers import MessageDecodeError, registry
+
+logger = logging.getLogger("channels_valkey.pubsub")
+
+#: Random bytes in front of a worker queue member, so that equal messages stay distinct in the sorted set.
+MEMBER_PREFIX = 12
+#: Keys deleted per DEL by ``flush``.
+FLUSH_BATCH = 500
+WORKER_MODES = ("queue", "pubsub")
+_OPTIONS = (
+    "hosts", "prefix", "on_disconnect", "on_reconnect", "symmetric_encryption_keys", "serializer_format",
+    "expiry", "group_expiry", "capacity", "channel_capacity", "worker_channels", "policy",
+)  # fmt: skip
+
+
+class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """The Valkey Pub/Sub channel layer: process channels and groups on Pub/Sub, worker channels on queues.
+
+    ``hosts``, ``prefix``, ``on_disconnect``, ``on_reconnect``, ``symmetric_encryption_keys`` and
+    ``serializer_format`` are channels-valkey 0.3's settings; ``expiry``, ``capacity`` and ``channel_capacity``
+    bound the local buffers and the worker queues, ``group_expiry`` is accepted for settings shared with the core
+    layer, ``worker_channels`` picks how normal channels travel, ``policy`` sets connection timeouts and retries.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+    #: Seconds one blocking pop of a worker queue waits on the server.
+    brpop_timeout = 5
+
+    def __init__(
+        self,
+        hosts: Any = None,
+        prefix: str = "asgi",
+        on_disconnect: str | None = None,
+        on_reconnect: str | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        serializer_format: str = "msgpack",
+        *,
+        expiry: int = 60,
+        group_expiry: int = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[Any, int] | None = None,
+        worker_channels: str = "queue",
+        policy: ResiliencePolicy | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
+                f"the options are {', '.join(_OPTIONS)}"
+            )
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {prefix!r}")
+        for name, notice in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
+            if notice is not None and (not isinstance(notice, str) or not notice):
+                raise TypeError(f"{name} must be a message type (a non-empty str) or None, not {notice!r}")
+        for name, value in (("expiry", expiry), ("group_expiry", group_expiry), ("capacity", capacity)):
+            _require_whole_number(name, value)
+        patterns = dict(channel_capacity or {})
+        for pattern, limit in patterns.items():
+            if not isinstance(pattern, str) and not hasattr(pattern, "match"):
+                raise TypeError(
+                    f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
+                )
+            _require_whole_number(f"channel_capacity[{pattern!r}]", limit)
+        if worker_channels not in WORKER_MODES:
+            raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
+        if policy is not None and not isinstance(policy, ResiliencePolicy):
+            raise TypeError(f"policy must be a channels_valkey.sentinel.ResiliencePolicy, not {policy!r}")
+        super().__init__(expiry=expiry, capacity=capacity)
+        self.prefix = prefix
+        self.on_disconnect = on_disconnect
+        self.on_reconnect = on_reconnect
+        self.group_expiry = group_expiry
+        self.channel_capacity = self.compile_capacities(patterns)
+        self.worker_channels = worker_channels
+        self.hosts = decode_hosts(hosts)
+        # Payloads exactly as 0.3 publishes them: no random prefix, no TTL on encrypted ones.
+        self._serializer = registry.get_serializer(
+            serializer_format, random_prefix_length=0, symmetric_encryption_keys=symmetric_encryption_keys
+        )
+        self.policy = policy or ResiliencePolicy()
+        self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
+        count = self._connections.static_shard_count
+        self._ring: ShardRing | None = ShardRing(count) if count else None
+        self.counters = DropCounters()
+        self.client_prefix = uuid.uuid4().hex[:12]
+        #: Shards where the ACL refuses the queue commands: their normal channels use Pub/Sub.
+        self.pubsub_shards: set[int] = set()
+        self._use_eval: set[int] = set()
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}(hosts={self.hosts}, prefix={self.prefix!r})"
+
+    # Names ------------------------------------------------------------------------------------------------------
+
+    def consistent_hash(self, value: str | bytes) -> int:
+        """The shard of a channel or group Pub/Sub name, as channels-valkey 0.3 places it."""
+        ring = self._ring or ShardRing(len(self.hosts))
+        return ring.index(value)
+
+    def pubsub_shard(self, name: str) -> int:
+        return self.consistent_hash(name)
+
+    def _is_worker(self, channel: str) -> bool:
+        return (
+            self.worker_channels == "queue"
+            and "!" not in channel
+            and not is_peer_process_channel(self.prefix, channel)
+        )
+
+    def queue_enabled(self, shard: int) -> bool:
+        return shard not in self.pubsub_shards
+
+    # Serialization ----------------------------------------------------------------------------------------------
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        data: bytes = self._serializer.serialize(message)
+        return data
+
+    def deserialize(self, message: bytes) -> dict[str, Any]:
+        data: dict[str, Any] = self._serializer.deserialize(message)
+        return data
+
+    def _decode(self, channel: str, data: bytes) -> dict[str, Any] | None:
+        try:
+            return self.deserialize(data)
+        except (MessageDecodeError, ValueError, TypeError) as error:
+            self.counters.undecodable += 1
+            logger.warning("skipped a message for %s that cannot be read: %s", channel, error)
+            return None
+
+    def open_entry(self, channel: str, entry: Entry) -> dict[str, Any] | None:
+        """The message of a popped queue entry, or None when it expired or cannot be read (counted)."""
+        member, score = entry
+        if time.time() - score > self.expiry:
+            self.counters.expired += 1
+            logger.info("a message queued for %s expired before anyone received it", channel)
+            return None
+        return self._decode(channel, member[MEMBER_PREFIX:])
+
+    # Sending ----------------------------------------------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``channel``: published, or queued for one receiver on a worker channel.
+
+        Raises ChannelFull when a worker channel's queue holds ``capacity`` messages.
+        """
+        check_channel(channel)
+        check_message(message)
+        payload = self.serialize(message)
+        shard = self.consistent_hash(channel)
+        if self._is_worker(channel) and shard not in self.pubsub_shards:
+            if await self._enqueue(shard, channel, payload):
+                return
+            if shard not in self.pubsub_shards:
+                capacity = self.get_capacity(channel)
+                raise ChannelFull(f"channel {channel!r} is at capacity ({capacity} messages queued)")
+        await self._publish(shard, channel, payload)
+
+    async def _publish(self, shard: int, name: str, payload: bytes) -> None:
+        # Not idempotent: a retried PUBLISH whose reply was lost would deliver twice; only refused ones retry.
+        await self._connections.execute(shard, lambda client: client.publish(name, payload), idempotent=False)
+
+    async def _enqueue(self, shard: int, channel: str, payload: bytes) -> bool:
+        """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""
+        member = os.urandom(MEMBER_PREFIX) + payload
+        args = [repr(time.time()), self.expiry, self.get_capacity(channel), member]
+        key = worker_queue(self.prefix, channel)
+
+        async def call(client: avalkey.Valkey) -> Any:
+            try:
+                return await scripts.SEND_SCRIPT.run(client, [key], args, use_eval=shard in self._use_eval)
+            except valkey_errors.NoPermissionError as error:
+                if not scripts.refuses_evalsha(error):
+                    raise
+                self._use_eval.add(shard)
+                return await scripts.SEND_SCRIPT.run(client, [key], args, use_eval=True)
+
+        try:
+            # Idempotent: the script adds nothing when a retried call finds its member already queued.
+            return bool(await self._connections.execute(shard, call, idempotent=True))
+        except ShardUnavailable as error:
+            if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                raise
+            self.fall_back(shard, error.cause)
+            return False
+
+    def fall_back(self, shard: int, error: BaseException) -> None:
+        """Carry this shard's worker channels on Pub/Sub from now on (its ACL refuses the queue commands)."""
+        if shard in self.pubsub_shards:
+            return
+        self.pubsub_shards.add(shard)
+        logger.warning(
+            "shard %d refuses the worker queue commands (%s); its normal channels use Pub/Sub as in "
+            "channels-valkey 0.3 (every receiving process gets each message)",
+            shard,
+            error,
+        )
+
+    # Receiving --------------------------------------------------------------------------------------------------
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message of ``channel``. Cancelling the wait keeps the subscription and loses no message."""
+        check_channel(channel)
+        state = await self._state()
+        while True:
+            local, created = state.channel(channel)
+            if created:
+                # Not waited for: the receive below waits anyway. Worker channels subscribe too, for messages
+                # that 0.3 processes publish during a rolling upgrade.
+                await state.subscribe(channel, wait=False)
+            item = local.take() if not local.waiters else None
+            if item is None:
+                item = await self._wait(local)
+            message = self._open(channel, item)
+            if message is not None:
+                return message
+
+    async def _wait(self, local: LocalChannel) -> Item:
+        waiter: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
+        local.waiters.append(waiter)
+        if self._is_worker(local.name) and local.shard not in self.pubsub_shards:
+            if local.reader is None:
+                local.reader = QueueReader(self, local, local.shard, worker_queue(self.prefix, local.name))
+            local.reader.ensure_running()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # Handed over just as this receive was cancelled: the next receive gets it.
+                self._give_back(local, waiter.result())
+            raise
+        finally:
+            if waiter in local.waiters:
+                local.waiters.remove(waiter)
+            local.last_active = time.monotonic()
+
+    def _give_back(self, local: LocalChannel, item: Item) -> None:
+        if isinstance(item, Popped):
+            item.reader.give_back(item)
+        else:
+            local.deliver(item, first=True)
+
+    def _open(self, channel: str, item: Item) -> dict[str, Any] | None:
+        if isinstance(item, Popped):
+            return item.message
+        if isinstance(item, dict):
+            return item
+        return self._decode(channel, item)
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """A new process channel, subscribed before it is returned, so nothing sent to it afterwards is missed."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"new_channel prefix must be a str, not {prefix!r}")
+        channel = f"{self.prefix}{prefix}{self.client_prefix}!{uuid.uuid4().hex}"
+        try:
+            check_channel(channel)
+        except TypeError:
+            raise TypeError(
+                f"new_channel prefix {prefix!r} makes the invalid channel name {channel!r} (layer prefix "
+                f"{self.prefix!r}): names are at most 99 ASCII letters, digits, '-', '_' or '.', with one '!'"
+            ) from None
+        state = await self._state()
+        local, _ = state.channel(channel)
+        try:
+            await state.subscribe(channel, wait=True)
+        except BaseException:
+            await state.drop_channel(local)
+            raise
+        return channel
+
+    # Groups -----------------------------------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add a channel received in this process to ``group``; returns once the group is subscribed."""
+        check_group(group)
+        check_channel(channel)
+        state = await self._state()
+        local = state.channels.get(channel)
+        if local is None:
+            raise RuntimeError(
+                f"group_add({group!r}, {channel!r}): the channel is not received on this event loop. With Pub/Sub "
+                "a group's messages reach only the processes subscribed to it, so only a channel made with "
+                "new_channel() (or being received) here can join; consumers do "
+                f"`await self.channel_layer.group_add({group!r}, self.channel_name)`"
+            )
+        name = group_channel(self.prefix, group)
+        state.join_group(name, local)
+        local.last_active = time.monotonic()  # its consumer is alive
+        try:
+            await state.subscribe(name, wait=True)
+        except BaseException:
+            if state.leave_group(name, channel):
+                await state.unsubscribe([name])
+            raise
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group`` here; the group is unsubscribed when its last local member goes."""
+        check_group(group)
+        check_channel(channel)
+        state = self._states.get(asyncio.get_running_loop())
+        if state is None:
+            return
+        name = group_channel(self.prefix, group)
+        if state.leave_group(name, channel):
+            await state.unsubscribe([name])
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Publish ``message`` to every process subscribed to ``group``."""
+        check_group(group)
+        check_message(message)
+        name = group_channel(self.prefix, group)
+        await self._publish(self.consistent_hash(name), name, self.serialize(message))
+
+    # Flush and close --------------------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Unsubscribe and forget everything local, delete this prefix's worker queues; the layer stays usable.
+
+        Receives waiting right now keep waiting (their channels stay subscribed).
+        """
+        state = self._states.get(asyncio.get_running_loop())
+        if state is not None:
+            await state.flush()
+        pattern = _glob_escape(worker_queue(self.prefix, "")) + "*"
+        for shard in range(len(await self._connections.shards())):
+            try:
+                await self._connections.execute(
+                    shard, lambda client: _delete_matching(client, pattern), idempotent=True
+                )
+            except ShardUnavailable as error:
+                if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                    raise
+                # A user limited to Pub/Sub (as 0.3 needed) has no queues to delete.
+                logger.info(
+                    "flush: shard %d refuses deleting keys (%s); no worker queues deleted", shard, error
+                )
+
+    async def close_pools(self) -> None:
+        """Close this event loop's subscriptions, readers and connections (they reopen on next use)."""
+        with self._lock:
+            state = self._states.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.aclose()
+        await self._connections.close()
+
+    # What the loop state and readers call -------------------------------------------------------------------------
+
+    async def shard(self, index: int) -> Shard:
+        return await self._connections.shard(index)
+
+    async def pop(
+        self, shard: int, key: str, on_interrupted: Callable[[Entry], Awaitable[None]]
+    ) -> Entry | None:
+        async def put_back(reply: object) -> None:
+            entry = _entry(reply)
+            if entry is not None:
+                await on_interrupted(entry)
+
+        state = await self._connections.shard(shard)
+        return _entry(await state.blocking_call(("BZPOPMIN", key, self.brpop_timeout), put_back))
+
+    async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
+        """Put popped entries back at the head of their queue (their scores keep the order)."""
+        mapping = dict(entries)
+        await self._connections.execute(shard, lambda client: client.zadd(key, mapping), idempotent=True)
+
+    # Event loops ------------------------------------------------------------------------------------------------
+
+    async def _state(self) -> LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is not None:
+            return state
+        # The connection manager's close hook goes on the loop first, so ours (added after) runs before it and
+        # stops the tasks before their connections close.
+        shards = await self._connections.shards()
+        if self._ring is None:
+            self._ring = ShardRing(len(shards))
+        with self._lock:
+            state = self._states.get(loop)
+            if state is None:
+                state = self._states[loop] = LoopState(self)
+                _close_with_loop(loop, self)
+        return state
+
+    def loop_state(self) -> LoopState | None:
+        """This event loop's state, if it has one (for tests and monitoring)."""
+        return self._states.get(asyncio.get_running_loop())
+
+
+def _close_with_loop(loop: asyncio.AbstractEventLoop, layer: ValkeyPubSubChannelLayer) -> None:
+    """Make ``loop.close()`` stop this layer's tasks on that loop first (``async_to_sync``, ``asyncio.run``)."""
+    original = loop.close
+    layer_ref = weakref.ref(layer)
+
+    def close_layer_then_loop(self: asyncio.AbstractEventLoop) -> None:
+        self.close = original  # type: ignore[method-assign]
+        owner = layer_ref()
+        if owner is not None and not self.is_closed() and not self.is_running():
+            with owner._lock:
+                state = owner._states.pop(self, None)
+            if state is not None:
+                try:
+                    self.run_until_complete(state.aclose())
+                except Exception:
+                    logger.exception("closing the Pub/Sub layer's tasks of a closing event loop failed")
+        original()
+
+    try:
+        loop.close = types.MethodType(close_layer_then_loop, loop)  # type: ignore[method-assign]
+    except AttributeError:
+        logger.debug("event loop %r does not allow a close hook; call close_pools() before closing it", loop)
+
+
+def _entry(reply: object) -> Entry | None:
+    """The (member, score) of a ``BZPOPMIN`` reply, or None when it timed out."""
+    if not reply:
+        return None
+    if not isinstance(reply, list | tuple) or len(reply) != 3:
+        raise valkey_errors.DataError(f"unexpected BZPOPMIN reply {reply!r}")
+    _key, member, score = reply
+    return (bytes(member), float(score))
+
+
+def _require_whole_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+async def _delete_matching(client: avalkey.Valkey, pattern: str) -> None:
+    """Delete the keys matching ``pattern``: with SCAN, or KEYS where the ACL refuses SCAN."""
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= FLUSH_BATCH:
+                await client.delete(*batch)
+                batch = []
+        if batch:
+            await client.delete(*batch)
+    except valkey_errors.NoPermissionError as error:
+        if "scan" not in str(error).lower():
+            raise
+        keys = await client.keys(pattern)
+        for start in range(0, len(keys), FLUSH_BATCH):
+            await client.delete(*keys[start : start + FLUSH_BATCH])
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with the glob characters of MATCH escaped, so a prefix like ``a*`` matches only itself."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

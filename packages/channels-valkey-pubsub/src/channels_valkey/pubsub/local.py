@@ -1,0 +1,328 @@
+"""What a layer holds on one event loop: its channels (buffer + waiting receives), groups, subscribers, readers.
+
+Messages from Pub/Sub land in the buffer of each local channel they are for (a group's message in the buffer of
+every local member) as raw bytes, decoded only by the receive that takes them. A buffer holds at most the channel's
+capacity (the oldest makes room) and its messages expire after ``expiry`` seconds. A channel nobody has received
+from for ``expiry`` seconds (no receive waiting, none finished since) is dropped: buffer freed, local group
+memberships removed, its subscription and those of groups left without a local member given up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from channels_valkey.pubsub.stats import DropCounters
+from channels_valkey.pubsub.subscriber import Subscriber
+from channels_valkey.pubsub.worker import Popped, QueueReader, QueueSource
+from channels_valkey.sentinel import Shard, cancel_and_wait
+
+logger = logging.getLogger("channels_valkey.pubsub")
+
+#: What a buffer or a waiting receive holds: Pub/Sub bytes, a ready message (a notice), or a popped queue entry.
+Item = bytes | dict[str, Any] | Popped
+
+#: Longest pause between two sweeps of idle channels and expired messages.
+MAX_SWEEP_INTERVAL = 1.0
+
+
+class Owner(QueueSource, Protocol):
+    """What the loop state needs from the layer."""
+
+    expiry: int
+    counters: DropCounters
+    on_disconnect: str | None
+    on_reconnect: str | None
+
+    def get_capacity(self, channel: str) -> int: ...
+
+    def pubsub_shard(self, name: str) -> int: ...
+
+    async def shard(self, index: int) -> Shard: ...
+
+
+class LocalChannel:
+    """One channel received on this loop: its buffered messages, its waiting receives, its groups."""
+
+    __slots__ = ("capacity", "groups", "items", "last_active", "name", "reader", "shard", "state", "waiters")
+
+    def __init__(self, state: LoopState, name: str, shard: int, capacity: int) -> None:
+        self.state = state
+        self.name = name
+        self.shard = shard
+        self.capacity = capacity
+        self.items: deque[tuple[float, Item]] = deque()
+        self.waiters: deque[asyncio.Future[Item]] = deque()
+        self.groups: set[str] = set()
+        self.last_active = time.monotonic()
+        self.reader: QueueReader | None = None
+
+    # Waiters (the queue reader calls these too) ---------------------------------------------------------------
+
+    def hand_over(self, item: Item) -> bool:
+        """Give ``item`` to the longest-waiting receive; False when none waits."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return True
+        return False
+
+    def waiting(self) -> int:
+        return sum(1 for waiter in self.waiters if not waiter.done())
+
+    def fail(self, error: BaseException) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    # Buffer -------------------------------------------------------------------------------------------------
+
+    def deliver(self, item: Item, *, first: bool = False) -> None:
+        if self.hand_over(item):
+            return
+        if len(self.items) >= self.capacity:
+            dropped = self.items.pop() if first else self.items.popleft()
+            if isinstance(dropped[1], Popped):  # never held here, but never lose one either
+                dropped[1].reader.give_back(dropped[1])
+            self.state.owner.counters.buffer_overflow += 1
+            logger.info(
+                "local buffer of %s is full (%d); dropped its oldest message", self.name, self.capacity
+            )
+        if first:
+            self.items.appendleft((time.monotonic(), item))
+        else:
+            self.items.append((time.monotonic(), item))
+
+    def take(self) -> Item | None:
+        """The oldest buffered message that has not expired, or None."""
+        self.expire(time.monotonic() - self.state.owner.expiry)
+        if self.items:
+            return self.items.popleft()[1]
+        return None
+
+    def expire(self, oldest_allowed: float) -> None:
+        items = self.items
+        while items and items[0][0] < oldest_allowed:
+            items.popleft()
+            self.state.owner.counters.expired += 1
+            logger.info("a message buffered for %s expired before anyone received it", self.name)
+
+
+class LoopState:
+    """Everything one layer keeps on one event loop; the subscribers report to it (it is their Sink)."""
+
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
+        self.channels: dict[str, LocalChannel] = {}
+        #: Group Pub/Sub name -> names of the local channels in it.
+        self.groups: dict[str, set[str]] = {}
+        self.subscribers: dict[int, Subscriber] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # Subscriptions ------------------------------------------------------------------------------------------
+
+    def subscriber(self, index: int) -> Subscriber:
+        found = self.subscribers.get(index)
+        if found is None:
+            found = self.subscribers[index] = Subscriber(
+                index, _shard_getter(self.owner, index), self.owner.policy, self
+            )
+        return found
+
+    async def subscribe(self, name: str, *, wait: bool) -> None:
+        await self.subscriber(self.owner.pubsub_shard(name)).subscribe([name], wait=wait)
+
+    async def unsubscribe(self, names: Iterable[str]) -> None:
+        by_shard: dict[int, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self.owner.pubsub_shard(name), []).append(name)
+        for index, group in by_shard.items():
+            subscriber = self.subscribers.get(index)
+            if subscriber is not None:
+                await subscriber.unsubscribe(group)
+
+    # Channels -----------------------------------------------------------------------------------------------
+
+    def channel(self, name: str) -> tuple[LocalChannel, bool]:
+        """The local channel ``name`` and whether it was just created."""
+        found = self.channels.get(name)
+        if found is not None:
+            return found, False
+        created = self.channels[name] = LocalChannel(
+            self, name, self.owner.pubsub_shard(name), self.owner.get_capacity(name)
+        )
+        self._ensure_sweeper()
+        return created, True
+
+    async def drop_channel(self, channel: LocalChannel) -> None:
+        """Forget ``channel``: its buffer, its group memberships, its subscription (and now-empty groups')."""
+        if self.channels.get(channel.name) is not channel:
+            return
+        del self.channels[channel.name]
+        if not self.channels:
+            self.channels = {}  # dicts keep the table of their largest size; after a burst, give it back
+        if channel.items:
+            self.owner.counters.expired += len(channel.items)
+            logger.info(
+                "dropped %d unreceived message(s) of idle channel %s", len(channel.items), channel.name
+            )
+            channel.items.clear()
+        emptied = [group for group in channel.groups if self.leave_group(group, channel.name)]
+        await self.unsubscribe([channel.name, *emptied])
+
+    def join_group(self, group: str, channel: LocalChannel) -> bool:
+        """Add ``channel`` to the group's local members; True when it is the group's first local member."""
+        members = self.groups.get(group)
+        first = members is None
+        if members is None:
+            members = self.groups[group] = set()
+        members.add(channel.name)
+        channel.groups.add(group)
+        return first
+
+    def leave_group(self, group: str, channel_name: str) -> bool:
+        """Remove a member; True when the group has no local member left (its subscription should go)."""
+        members = self.groups.get(group)
+        if members is None:
+            return False
+        members.discard(channel_name)
+        local = self.channels.get(channel_name)
+        if local is not None:
+            local.groups.discard(group)
+        if members:
+            return False
+        del self.groups[group]
+        if not self.groups:
+            self.groups = {}
+        return True
+
+    # What the subscribers report ----------------------------------------------------------------------------
+
+    def on_message(self, shard: int, name: str, data: bytes) -> None:
+        channel = self.channels.get(name)
+        if channel is not None:
+            channel.deliver(data)
+        members = self.groups.get(name)
+        if members:
+            for member in members:
+                target = self.channels.get(member)
+                if target is not None:
+                    target.deliver(data)
+
+    def on_down(self, shard: int) -> None:
+        if self.owner.on_disconnect is not None:
+            self._notify(shard, self.owner.on_disconnect)
+
+    def on_restored(self, shard: int) -> None:
+        if self.owner.on_reconnect is not None:
+            self._notify(shard, self.owner.on_reconnect)
+
+    def on_failed(self, shard: int, error: BaseException) -> None:
+        for channel in self._channels_on(shard):
+            channel.fail(error)
+
+    def _notify(self, shard: int, kind: str) -> None:
+        for channel in self._channels_on(shard):
+            channel.deliver({"type": kind})
+
+    def _channels_on(self, shard: int) -> list[LocalChannel]:
+        """Local channels with a subscription (their own or a group's) on ``shard``."""
+        subscriber = self.subscribers.get(shard)
+        if subscriber is None:
+            return []
+        found: dict[str, LocalChannel] = {}
+        for name in subscriber.wanted:
+            channel = self.channels.get(name)
+            if channel is not None:
+                found[name] = channel
+            for member in self.groups.get(name, ()):
+                local = self.channels.get(member)
+                if local is not None:
+                    found[member] = local
+        return list(found.values())
+
+    # Housekeeping -------------------------------------------------------------------------------------------
+
+    def _ensure_sweeper(self) -> None:
+        if not self.closed and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_forever(), name="channels-valkey pubsub sweeper"
+            )
+
+    async def _sweep_forever(self) -> None:
+        interval = min(MAX_SWEEP_INTERVAL, self.owner.expiry / 4)
+        while self.channels:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                # A failed UNSUBSCRIBE is repeated by the next reconnection's restore (the name is no longer
+                # wanted); nothing here may end the sweeping.
+                logger.exception("sweeping idle channels failed")
+
+    async def sweep(self) -> None:
+        """Expire old buffered messages and drop channels idle for ``expiry`` seconds."""
+        now = time.monotonic()
+        oldest_allowed = now - self.owner.expiry
+        idle: list[LocalChannel] = []
+        for channel in self.channels.values():
+            channel.expire(oldest_allowed)
+            if channel.last_active < oldest_allowed and not channel.waiting() and _reader_idle(channel):
+                idle.append(channel)
+        for channel in idle:
+            await self.drop_channel(channel)
+
+    # Flush and close ----------------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Forget every local channel, group and buffered message; channels with a waiting receive stay."""
+        for group in list(self.groups):
+            for member in list(self.groups.get(group, ())):
+                self.leave_group(group, member)
+        keep: list[str] = []
+        for name, channel in list(self.channels.items()):
+            channel.items.clear()
+            if channel.waiting():
+                keep.append(name)
+            else:
+                del self.channels[name]
+        names = {name for subscriber in self.subscribers.values() for name in subscriber.wanted}
+        await self.unsubscribe(names.difference(keep))
+
+    async def aclose(self) -> None:
+        """Stop every task of this loop (readers put back what they hold) and release waiting receives."""
+        self.closed = True
+        tasks: list[Callable[[], Awaitable[None]]] = []
+        if self._sweeper is not None:
+            sweeper = self._sweeper
+            tasks.append(lambda: cancel_and_wait(sweeper))
+        for channel in self.channels.values():
+            if channel.reader is not None:
+                tasks.append(channel.reader.aclose)
+        for subscriber in self.subscribers.values():
+            tasks.append(subscriber.aclose)
+        await asyncio.gather(*(task() for task in tasks))
+        for channel in self.channels.values():
+            for waiter in channel.waiters:
+                waiter.cancel()
+        self.channels.clear()
+        self.groups.clear()
+        self.subscribers.clear()
+
+
+def _reader_idle(channel: LocalChannel) -> bool:
+    reader = channel.reader
+    return reader is None or ((reader.task is None or reader.task.done()) and not reader.returned)
+
+
+def _shard_getter(owner: Owner, index: int) -> Callable[[], Awaitable[Shard]]:
+    async def get() -> Shard:
+        return await owner.shard(index)
+
+    return get

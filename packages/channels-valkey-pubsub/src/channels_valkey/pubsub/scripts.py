@@ -1,0 +1,50 @@
+"""The Lua script of worker queues, and how it is called (by SHA, loaded on NOSCRIPT, EVAL where EVALSHA is
+refused). It declares its one key in KEYS and calls only ``redis.call``, which Valkey and Redis both have."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import valkey.asyncio as avalkey
+from valkey import exceptions as valkey_errors
+
+# Returns 1 when the message is in the queue, 0 when the queue is at capacity. A member is unique (random
+# prefix), so finding it already there means this is a retry of a call whose reply was lost: nothing is added.
+_SEND = """
+local queue = KEYS[1]
+local now, expiry, capacity, member = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if redis.call('ZSCORE', queue, member) then return 1 end
+redis.call('ZREMRANGEBYSCORE', queue, '-inf', now - expiry)
+if redis.call('ZCARD', queue) >= capacity then return 0 end
+redis.call('ZADD', queue, now, member)
+redis.call('EXPIRE', queue, math.ceil(expiry))
+return 1
+"""
+
+
+class Script:
+    """One Lua script, run by SHA with EVAL as the fallback."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def run(
+        self, client: avalkey.Valkey, keys: Sequence[str], args: Sequence[Any], *, use_eval: bool
+    ) -> Any:
+        if not use_eval:
+            try:
+                return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            except valkey_errors.NoScriptError:
+                pass
+        return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+
+
+def refuses_evalsha(error: BaseException) -> bool:
+    """Whether ``error`` is an ACL refusing EVALSHA in particular (EVAL may still be allowed)."""
+    return isinstance(error, valkey_errors.NoPermissionError) and "evalsha" in str(error).lower()
+
+
+SEND_SCRIPT = Script(_SEND)

@@ -1,0 +1,399 @@
+"""One shard's Pub/Sub connection on one event loop, and the listener task that owns it.
+
+Consumers never read from or reconnect this connection: they only say which names they want (``subscribe`` /
+``unsubscribe``), and a listener task, which no consumer can cancel, keeps the server in line with that wish. When
+the connection is lost the listener reports it (the layer sends ``on_disconnect`` notices), reconnects with backoff,
+restores every wanted name in one ``SUBSCRIBE``, and once the server has confirmed them all reports that too (the
+``on_reconnect`` notices). The connection comes from the shard's command pool, so a Sentinel failover, which drops
+every connection of the pool, moves it to the new primary like any other.
+
+Replies arrive in the order commands were sent; each command written is remembered until all its replies are in,
+so that an error reply (an ACL refusing ``PING`` or a channel) is pinned on the right command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from valkey import exceptions as valkey_errors
+from valkey.asyncio.connection import AbstractConnection
+
+from channels_valkey.sentinel import (
+    Failure,
+    ResiliencePolicy,
+    Shard,
+    ShardUnavailable,
+    cancel_and_wait,
+    classify,
+)
+
+logger = logging.getLogger("channels_valkey.pubsub")
+
+#: Seconds one read waits before the listener looks at its keepalive (and at a swallowed cancellation).
+READ_SLICE = 1.0
+#: Seconds a connection must have lasted for the next reconnection to start without backoff.
+HEALTHY_CONNECTION = 5.0
+#: Most backoff steps between reconnection attempts (the policy's cap bounds each wait anyway).
+MAX_BACKOFF_STEP = 10
+
+
+class Sink(Protocol):
+    """Where a subscriber reports what arrives and what happens to its connection."""
+
+    def on_message(self, shard: int, name: str, data: bytes) -> None: ...
+
+    def on_down(self, shard: int) -> None: ...
+
+    def on_restored(self, shard: int) -> None: ...
+
+    def on_failed(self, shard: int, error: BaseException) -> None: ...
+
+
+@dataclass(eq=False)
+class _Sent:
+    """A command written to the connection whose replies are not all in yet."""
+
+    kind: str
+    names: tuple[str, ...]
+    replies_left: int
+
+
+@dataclass(eq=False)
+class _Link:
+    """The live connection and what was written on it."""
+
+    connection: AbstractConnection
+    sent: deque[_Sent] = field(default_factory=deque)
+    last_read: float = field(default_factory=time.monotonic)
+    ping_sent: float | None = None
+
+
+class Subscriber:
+    """The Pub/Sub state of shard ``index`` on the running event loop."""
+
+    def __init__(
+        self, index: int, shard: Callable[[], Awaitable[Shard]], policy: ResiliencePolicy, sink: Sink
+    ) -> None:
+        self.index = index
+        self._shard = shard
+        self.policy = policy
+        self.sink = sink
+        #: Names this loop wants subscribed on the shard; restored after every reconnection.
+        self.wanted: set[str] = set()
+        #: Wanted names the server confirmed on the current connection.
+        self.confirmed: set[str] = set()
+        #: How many times the listener connected (tests and monitoring).
+        self.connections_made = 0
+        self._outstanding: dict[str, int] = {}
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._link: _Link | None = None
+        self._restoring: set[str] | None = None
+        self._down_announced = False
+        self._pings = True
+        self._task: asyncio.Task[None] | None = None
+
+    # What consumers call ------------------------------------------------------------------------------------
+
+    async def subscribe(self, names: Iterable[str], *, wait: bool) -> None:
+        """Want ``names`` subscribed; with ``wait``, return once the server confirmed them all.
+
+        Raises the shard's error when it cannot be used at all, ``NoPermissionError`` when the ACL refuses the
+        subscription, and ``valkey.TimeoutError`` when no confirmation came within the policy's retry deadline
+        (the names stay wanted and are subscribed as soon as the shard answers).
+        """
+        names = list(names)
+        new = [name for name in names if name not in self.wanted]
+        self.wanted.update(new)
+        self._ensure_listener()
+        if new:
+            await self._write("SUBSCRIBE", new)
+        if not wait:
+            return
+        pending = [self._confirmation(name) for name in names if name not in self.confirmed]
+        if not pending:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.shield(f) for f in pending)), self.policy.retry_deadline
+            )
+        except asyncio.TimeoutError:
+            raise valkey_errors.TimeoutError(
+                f"shard {self.index}: the server did not confirm SUBSCRIBE {names[:3]} within "
+                f"{self.policy.retry_deadline:g}s; the subscription is kept and restored when the shard answers"
+            ) from None
+
+    async def unsubscribe(self, names: Iterable[str]) -> None:
+        """Stop wanting ``names``; the server is told at once when connected (a new connection never has them)."""
+        gone = [name for name in names if name in self.wanted]
+        if not gone:
+            return
+        for name in gone:
+            self.wanted.discard(name)
+            self.confirmed.discard(name)
+            # Whoever waits for it has nothing left to wait for.
+            _settle(self._confirmations.pop(name, None))
+        if not self.wanted:
+            # Sets keep the table of their largest size; after a burst of consumers, give it back.
+            self.wanted, self.confirmed = set(), set()
+        if self._restoring is not None:
+            self._restoring.difference_update(gone)
+            self._check_restored()
+        await self._write("UNSUBSCRIBE", gone)
+
+    @property
+    def live(self) -> bool:
+        """Whether the listener holds a working connection right now."""
+        return self._link is not None
+
+    async def aclose(self) -> None:
+        """Stop the listener and let go of its connection; waiting confirmations are cancelled."""
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+        closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
+        for confirmation in self._confirmations.values():
+            _settle(confirmation, closed)
+        self._confirmations.clear()
+
+    # Writing ------------------------------------------------------------------------------------------------
+
+    async def _write(self, kind: str, names: list[str]) -> None:
+        link = self._link
+        # Checked without an await before the write, so valkey-py never reconnects this connection on a
+        # consumer's behalf: a connection the listener has not restored gets nothing, the restore covers it.
+        if link is None or not link.connection.is_connected:
+            return
+        if kind == "SUBSCRIBE":
+            for name in names:
+                self._outstanding[name] = self._outstanding.get(name, 0) + 1
+        link.sent.append(_Sent(kind, tuple(names), max(1, len(names))))
+        try:
+            await link.connection.send_command(kind, *names, check_health=False)
+        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError, AttributeError) as error:
+            # The listener sees the same failure on its next read and restores everything wanted. (valkey-py
+            # raises AttributeError when the connection is closed while the write waits for its turn.)
+            logger.debug("shard %d: writing %s failed (%s)", self.index, kind, error)
+
+    def _confirmation(self, name: str) -> asyncio.Future[None]:
+        future = self._confirmations.get(name)
+        if future is None or future.done():
+            future = self._confirmations[name] = asyncio.get_running_loop().create_future()
+            # Read the outcome even when the waiter gave up first, so no failure is reported as unretrieved.
+            future.add_done_callback(_retrieve)
+        return future
+
+    # The listener -------------------------------------------------------------------------------------------
+
+    def _ensure_listener(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._listen(), name=f"channels-valkey pubsub listener shard {self.index}"
+            )
+
+    async def _listen(self) -> None:
+        shard = await self._shard()
+        pool = shard.client.connection_pool
+        backoff = self.policy.backoff()
+        attempt = 0
+        while True:
+            try:
+                connection = await pool.get_connection("SUBSCRIBE")
+            except Exception as error:
+                failure = classify(error)
+                if failure is Failure.FATAL or not shard.ever_connected:
+                    self._fail(ShardUnavailable(shard.describe(), error))
+                    return
+                attempt += 1
+                logger.info("%s: Pub/Sub connection failed (%s); retry %d", shard.describe(), error, attempt)
+                await asyncio.sleep(backoff.compute(min(attempt, MAX_BACKOFF_STEP)))
+                continue
+            shard.ever_connected = True
+            self.connections_made += 1
+            started = time.monotonic()
+            try:
+                await self._serve(connection)
+            except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as error:
+                logger.warning("%s: Pub/Sub connection lost (%s); reconnecting", shard.describe(), error)
+            finally:
+                self._link = None
+                self.confirmed.clear()
+                self._outstanding.clear()
+                self._restoring = None
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
+                with contextlib.suppress(Exception):
+                    await pool.release(connection)
+            self._announce_down()
+            # After a connection that served well the first reconnection is immediate (a failover has moved the
+            # pool already); a server that drops every new connection at once is retried with backoff.
+            if time.monotonic() - started > HEALTHY_CONNECTION:
+                attempt = 0
+            else:
+                attempt += 1
+                await asyncio.sleep(backoff.compute(min(attempt, MAX_BACKOFF_STEP)))
+
+    async def _serve(self, connection: AbstractConnection) -> None:
+        link = self._link = _Link(connection)
+        names = list(self.wanted)
+        if self._down_announced:
+            self._restoring = set(names)
+        if names:
+            await self._write("SUBSCRIBE", names)
+        self._check_restored()
+        interval = self.policy.health_check_interval
+        read_slice = min(READ_SLICE, interval) if interval else READ_SLICE
+        while True:
+            try:
+                reply = await connection.read_response(
+                    timeout=read_slice, disconnect_on_error=False, push_request=True
+                )
+            except valkey_errors.ResponseError as error:
+                link.last_read = time.monotonic()
+                self._on_error_reply(link, error)
+                continue
+            now = time.monotonic()
+            if reply is None:
+                _raise_if_cancelling()
+                await self._keepalive(link, now, interval)
+                continue
+            link.last_read = now
+            self._on_reply(link, reply)
+
+    async def _keepalive(self, link: _Link, now: float, interval: float) -> None:
+        if link.ping_sent is not None:
+            if now - link.ping_sent > self.policy.socket_timeout:
+                raise valkey_errors.TimeoutError(f"no answer to PING in {self.policy.socket_timeout:g}s")
+            return
+        if self._pings and interval and now - link.last_read >= interval:
+            link.ping_sent = now
+            link.sent.append(_Sent("PING", (), 1))
+            await link.connection.send_command("PING", check_health=False)
+
+    # Replies ------------------------------------------------------------------------------------------------
+
+    def _on_reply(self, link: _Link, reply: object) -> None:
+        if reply == b"PONG" or reply == "PONG":  # a connection with no subscription answers PING plainly
+            self._on_pong(link)
+            return
+        if not isinstance(reply, list) or len(reply) < 2:
+            return
+        kind = reply[0]
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind == "message" and len(reply) == 3:
+            self.sink.on_message(self.index, _text(reply[1]), reply[2])
+        elif kind == "subscribe":
+            self._take_reply(link)
+            self._on_subscribed(_text(reply[1]))
+        elif kind == "unsubscribe":
+            self._take_reply(link)
+        elif kind == "pong":
+            self._on_pong(link)
+
+    def _on_pong(self, link: _Link) -> None:
+        self._take_reply(link)
+        link.ping_sent = None
+
+    def _take_reply(self, link: _Link) -> _Sent | None:
+        if not link.sent:
+            return None
+        head = link.sent[0]
+        head.replies_left -= 1
+        if head.replies_left <= 0:
+            link.sent.popleft()
+        return head
+
+    def _on_subscribed(self, name: str) -> None:
+        left = self._outstanding.get(name, 0) - 1
+        if left > 0:
+            self._outstanding[name] = left
+            return
+        self._outstanding.pop(name, None)
+        if not self._outstanding:
+            self._outstanding = {}
+        if name not in self.wanted:
+            return
+        self.confirmed.add(name)
+        _settle(self._confirmations.pop(name, None))
+        if self._restoring is not None:
+            self._restoring.discard(name)
+            self._check_restored()
+
+    def _on_error_reply(self, link: _Link, error: valkey_errors.ResponseError) -> None:
+        head = link.sent.popleft() if link.sent else None
+        if head is None:
+            logger.warning(
+                "shard %d: unexpected error reply on the Pub/Sub connection: %s", self.index, error
+            )
+            return
+        if head.kind == "PING":
+            link.ping_sent = None
+            if isinstance(error, valkey_errors.NoPermissionError):
+                self._pings = False
+                logger.warning(
+                    "shard %d: the ACL refuses PING; the Pub/Sub connection relies on TCP keepalive",
+                    self.index,
+                )
+            return
+        if head.kind == "SUBSCRIBE":
+            logger.error("shard %d: SUBSCRIBE %s refused: %s", self.index, list(head.names[:3]), error)
+            for name in head.names:
+                self._outstanding.pop(name, None)
+                self.wanted.discard(name)
+                _settle(self._confirmations.pop(name, None), error)
+            if self._restoring is not None:
+                self._restoring.difference_update(head.names)
+                self._check_restored()
+
+    # Connection state ---------------------------------------------------------------------------------------
+
+    def _check_restored(self) -> None:
+        if self._restoring is None or self._restoring:
+            return
+        self._restoring = None
+        self._down_announced = False
+        self.sink.on_restored(self.index)
+
+    def _announce_down(self) -> None:
+        if not self._down_announced:
+            self._down_announced = True
+            self.sink.on_down(self.index)
+
+    def _fail(self, error: BaseException) -> None:
+        logger.error("shard %d: cannot subscribe: %s", self.index, error)
+        for confirmation in self._confirmations.values():
+            _settle(confirmation, error)
+        self._confirmations.clear()
+        self.sink.on_failed(self.index, error)
+
+
+def _settle(future: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
+    if future is None or future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a read's own timeout swallowed (valkey-py reads under a timeout)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError

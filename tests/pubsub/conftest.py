@@ -1,0 +1,170 @@
+"""Fixtures of the Pub/Sub layer's tests: the layer on each server topology, and views of the servers' Pub/Sub.
+
+``topology`` runs a test once on a single server, once on three shards and once behind Sentinel; a test file that
+needs fewer narrows it with ``pytest.mark.parametrize("topology", [...], indirect=True)``. Every layer made here
+uses the test's own prefix (so its Pub/Sub names and queues are the test's own) and is flushed and closed after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+
+from servers.process import ValkeyProcess
+from servers.topologies import SentinelGroup, Shards
+
+#: Longest wait for a message that was sent: generous, so only a lost message fails the test.
+RECEIVE_TIMEOUT = 10.0
+
+TOPOLOGIES = ("single", "shards", "sentinel")
+
+
+@dataclass
+class Topology:
+    """Where a layer under test connects (``hosts``) and the data servers behind it, in shard order."""
+
+    name: str
+    hosts: list[Any]
+    servers: list[ValkeyProcess]
+    #: The same servers as ``redis://`` URLs for channels_redis (None for Sentinel, which the peer is not run on).
+    peer_hosts: list[str] | None
+
+    def subscriptions(self, prefix: str) -> int:
+        """Pub/Sub channels with at least one subscriber whose name starts with ``prefix``, on every server."""
+        pattern = _glob_escape(prefix) + "*"
+        total = 0
+        for server in self.servers:
+            with server.client() as client:
+                total += len(client.pubsub_channels(pattern))
+        return total
+
+    def subscribers(self, name: str) -> int:
+        """Subscribers of the Pub/Sub channel ``name``, summed over the servers."""
+        total = 0
+        for server in self.servers:
+            with server.client() as client:
+                total += sum(count for _, count in client.pubsub_numsub(name))
+        return total
+
+    def keys(self, prefix: str) -> list[bytes]:
+        found: list[bytes] = []
+        for server in self.servers:
+            with server.client() as client:
+                found.extend(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+        return found
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """One server, three shards, or a Sentinel-managed primary (the servers are started once per session)."""
+    if request.param == "single":
+        server: ValkeyProcess = request.getfixturevalue("valkey_server")
+        return Topology("single", [server.url()], [server], [server.url("redis")])
+    if request.param == "shards":
+        shards: Shards = request.getfixturevalue("valkey_shards")
+        return Topology("shards", shards.urls(), list(shards), [server.url("redis") for server in shards])
+    if request.param == "sentinel":
+        group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        return Topology("sentinel", [group.host_entry()], [group.current_primary()], None)
+    raise ValueError(f"unknown topology {request.param!r}")
+
+
+@pytest.fixture
+def hosts(topology: Topology) -> list[Any]:
+    return topology.hosts
+
+
+@pytest.fixture
+def layer_prefix(key_prefix: str) -> str:
+    """The layer's ``prefix``: unique to this test, so no other test's names or queues are ever seen."""
+    return key_prefix + "asgi"
+
+
+@pytest.fixture
+async def make_layer(
+    hosts: list[Any], layer_prefix: str
+) -> AsyncIterator[Callable[..., ValkeyPubSubChannelLayer]]:
+    """Build layers on the topology under test (``make_layer(capacity=3)``); all are flushed and closed after."""
+    made: list[ValkeyPubSubChannelLayer] = []
+
+    def make(**config: Any) -> ValkeyPubSubChannelLayer:
+        config.setdefault("prefix", layer_prefix)
+        config.setdefault("hosts", hosts)
+        layer = ValkeyPubSubChannelLayer(**config)
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        # Bounded, so that a layer bug fails the test instead of hanging the suite.
+        try:
+            await asyncio.wait_for(layer.flush(), RECEIVE_TIMEOUT)
+        finally:
+            await asyncio.wait_for(layer.close_pools(), RECEIVE_TIMEOUT)
+
+
+@pytest.fixture
+def layer(make_layer: Callable[..., ValkeyPubSubChannelLayer]) -> ValkeyPubSubChannelLayer:
+    """A layer with the default settings on the topology under test."""
+    return make_layer()
+
+
+@pytest.fixture
+def receive() -> Callable[..., Awaitable[dict[str, Any]]]:
+    """``await receive(layer, channel)``: a receive that fails the test after a timeout instead of hanging."""
+
+    async def receive_within(layer: Any, channel: str, timeout: float = RECEIVE_TIMEOUT) -> dict[str, Any]:
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
+        return message
+
+    return receive_within
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Awaitable[None]]:
+    """``await eventually(lambda: cond, "what")``: poll a condition on the event loop, fail after a timeout."""
+    return wait_for_condition
+
+
+async def wait_for_condition(
+    condition: Callable[[], object], what: str, timeout: float = RECEIVE_TIMEOUT
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def eventually_blocking() -> Callable[..., Awaitable[None]]:
+    """Like ``eventually`` for a condition that blocks (it asks a server with a sync client): polled in a thread."""
+    return wait_in_thread
+
+
+async def wait_in_thread(
+    condition: Callable[[], object], what: str, timeout: float = RECEIVE_TIMEOUT
+) -> None:
+    """Like :func:`wait_for_condition` for a condition that blocks (asks a server): polled in a thread."""
+
+    def poll() -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    if not await asyncio.to_thread(poll):
+        pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -1,0 +1,137 @@
+"""Losing the server: every local channel is told (``on_disconnect``), subscriptions (channels and groups) come back
+within a second of the server being reachable again, and then every channel is told (``on_reconnect``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+
+from servers.fault_proxy import FaultProxy
+from servers.process import ValkeyProcess
+
+Receive = Callable[..., Awaitable[dict[str, Any]]]
+Eventually = Callable[..., Awaitable[None]]
+
+#: How soon after the server is reachable again every subscription must be back.
+RESTORE_WITHIN = 1.0
+
+
+def _layer(url: str, prefix: str, **config: Any) -> ValkeyPubSubChannelLayer:
+    return ValkeyPubSubChannelLayer(
+        hosts=[url], prefix=prefix, on_disconnect="layer.down", on_reconnect="layer.up", **config
+    )
+
+
+async def _consumers(layer: ValkeyPubSubChannelLayer) -> tuple[str, str]:
+    """A channel on its own and one in a group: both must be told and both subscriptions restored."""
+    alone, grouped = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("room", grouped)
+    return alone, grouped
+
+
+async def _works_again(layer: ValkeyPubSubChannelLayer, alone: str, grouped: str, receive: Receive) -> None:
+    await layer.send(alone, {"type": "direct"})
+    await layer.group_send("room", {"type": "grouped"})
+    assert await receive(layer, alone) == {"type": "direct"}
+    assert await receive(layer, grouped) == {"type": "grouped"}
+
+
+async def test_kill_9_and_restart_on_the_same_port(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str, receive: Receive
+) -> None:
+    server = server_factory()
+    layer = _layer(server.url(), key_prefix)
+    try:
+        alone, grouped = await _consumers(layer)
+        server.kill()
+        assert await receive(layer, alone) == {"type": "layer.down"}
+        assert await receive(layer, grouped) == {"type": "layer.down"}
+        await asyncio.to_thread(server.start)
+        reachable = time.monotonic()
+        assert await receive(layer, alone) == {"type": "layer.up"}
+        assert await receive(layer, grouped) == {"type": "layer.up"}
+        restored = time.monotonic() - reachable
+        assert restored < RESTORE_WITHIN, f"subscriptions came back {restored:.2f}s after the server"
+        with server.client() as client:
+            assert dict(client.pubsub_numsub(alone, grouped, f"{key_prefix}__group__room")) == {
+                alone.encode(): 1,
+                grouped.encode(): 1,
+                f"{key_prefix}__group__room".encode(): 1,
+            }
+        await _works_again(layer, alone, grouped, receive)
+    finally:
+        await layer.close_pools()
+
+
+async def test_connection_cut_while_new_connections_are_refused(
+    fault_proxy: FaultProxy, key_prefix: str, receive: Receive
+) -> None:
+    layer = _layer(fault_proxy.url(), key_prefix)
+    try:
+        alone, grouped = await _consumers(layer)
+        fault_proxy.refuse()
+        fault_proxy.cut()
+        assert await receive(layer, alone) == {"type": "layer.down"}
+        assert await receive(layer, grouped) == {"type": "layer.down"}
+        # Refused for a while: the reconnection attempts must back off, not give up.
+        state = layer.loop_state()
+        assert state is not None
+        await asyncio.sleep(1.5)  # the outage itself: its length is what is being tested
+        assert not state.subscribers[0].live
+        fault_proxy.accept()
+        reachable = time.monotonic()
+        assert await receive(layer, alone) == {"type": "layer.up"}
+        assert await receive(layer, grouped) == {"type": "layer.up"}
+        restored = time.monotonic() - reachable
+        assert restored < RESTORE_WITHIN, f"subscriptions came back {restored:.2f}s after the server"
+        await _works_again(layer, alone, grouped, receive)
+    finally:
+        await layer.close_pools()
+
+
+async def test_repeated_cuts_give_one_notice_each_way_per_outage(
+    fault_proxy: FaultProxy, key_prefix: str, receive: Receive
+) -> None:
+    layer = _layer(fault_proxy.url(), key_prefix)
+    try:
+        alone, grouped = await _consumers(layer)
+        for _ in range(3):
+            fault_proxy.cut()
+            assert await receive(layer, alone) == {"type": "layer.down"}
+            assert await receive(layer, alone) == {"type": "layer.up"}
+            assert await receive(layer, grouped) == {"type": "layer.down"}
+            assert await receive(layer, grouped) == {"type": "layer.up"}
+        await _works_again(layer, alone, grouped, receive)
+    finally:
+        await layer.close_pools()
+
+
+async def test_without_notices_configured_subscriptions_still_come_back(
+    fault_proxy: FaultProxy, key_prefix: str, receive: Receive, eventually: Eventually
+) -> None:
+    layer = ValkeyPubSubChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
+    try:
+        alone, grouped = await _consumers(layer)
+        waiting = asyncio.create_task(receive(layer, alone))
+        state = layer.loop_state()
+        assert state is not None
+        subscriber = state.subscribers[0]
+        fault_proxy.cut()
+
+        def resubscribed() -> bool:
+            return (
+                subscriber.connections_made == 2
+                and subscriber.live
+                and subscriber.confirmed == subscriber.wanted
+            )
+
+        await eventually(resubscribed, "the subscriptions to come back")
+        await layer.send(alone, {"type": "first.after"})
+        assert await waiting == {"type": "first.after"}  # no notice came before it
+        await _works_again(layer, alone, grouped, receive)
+    finally:
+        await layer.close_pools()
