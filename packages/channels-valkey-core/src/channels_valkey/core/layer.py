@@ -19,7 +19,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-import valkey.asyncio as avalkey
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
@@ -40,15 +39,13 @@ from channels_valkey.sentinel import (
     Shard,
     ShardRing,
     ShardUnavailable,
+    bzpopmin_entry,
     decode_hosts,
+    delete_prefixed,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
 
 logger = logging.getLogger("channels_valkey.core")
-
-
-#: Keys deleted per DEL call by ``flush``.
-FLUSH_BATCH = 500
 
 
 class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -318,10 +315,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         receiver = self._receivers.get(asyncio.get_running_loop())
         if receiver is not None:
             receiver.drop_messages()
-        pattern = _glob_escape(self.prefix) + "*"
         for shard in range(self.ring_size):
             await self._connections.execute(
-                shard, lambda client: _delete_matching(client, pattern), idempotent=True
+                shard, lambda client: delete_prefixed(client, self.prefix), idempotent=True
             )
 
     async def close_pools(self) -> None:
@@ -398,37 +394,11 @@ def _bzmpop_entries(reply: object) -> list[Entry]:
 
 
 def _bzpopmin_entries(reply: object) -> list[Entry]:
-    """The (member, score) of a ``BZPOPMIN`` reply (``[key, member, score]``), as a list; empty on timeout."""
-    if not reply:
-        return []
-    if not isinstance(reply, list | tuple) or len(reply) != 3:
-        raise valkey_errors.DataError(f"unexpected BZPOPMIN reply {reply!r}")
-    _key, member, score = reply
-    return [(bytes(member), float(score))]
+    """The entry of a ``BZPOPMIN`` reply as a list (empty on timeout), like a batch of ``BZMPOP``."""
+    entry = bzpopmin_entry(reply)
+    return [] if entry is None else [entry]
 
 
 def _require_whole_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
-
-
-async def _delete_matching(client: avalkey.Valkey, pattern: str) -> None:
-    """Delete keys matching ``pattern`` with SCAN, or with KEYS where the ACL refuses SCAN (as 0.3 needed)."""
-    try:
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= FLUSH_BATCH:
-                await client.delete(*batch)
-                batch = []
-        if batch:
-            await client.delete(*batch)
-    except valkey_errors.NoPermissionError:
-        keys = await client.keys(pattern)
-        for start in range(0, len(keys), FLUSH_BATCH):
-            await client.delete(*keys[start : start + FLUSH_BATCH])
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` with the glob characters of SCAN MATCH escaped, so a prefix like ``a*`` matches only itself."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

@@ -42,7 +42,9 @@ from channels_valkey.sentinel import (
     Shard,
     ShardRing,
     ShardUnavailable,
+    bzpopmin_entry,
     decode_hosts,
+    delete_prefixed,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
 
@@ -50,8 +52,6 @@ logger = logging.getLogger("channels_valkey.pubsub")
 
 #: Random bytes in front of a worker queue member, so that equal messages stay distinct in the sorted set.
 MEMBER_PREFIX = 12
-#: Keys deleted per DEL by ``flush``.
-FLUSH_BATCH = 500
 WORKER_MODES = ("queue", "pubsub")
 _OPTIONS = (
     "hosts", "prefix", "on_disconnect", "on_reconnect", "symmetric_encryption_keys", "serializer_format",
@@ -372,11 +372,11 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         state = self._states.get(asyncio.get_running_loop())
         if state is not None:
             await state.flush()
-        pattern = _glob_escape(worker_queue(self.prefix, "")) + "*"
+        queues = worker_queue(self.prefix, "")
         for shard in range(len(await self._connections.shards())):
             try:
                 await self._connections.execute(
-                    shard, lambda client: _delete_matching(client, pattern), idempotent=True
+                    shard, lambda client: delete_prefixed(client, queues), idempotent=True
                 )
             except ShardUnavailable as error:
                 if not isinstance(error.cause, valkey_errors.NoPermissionError):
@@ -403,12 +403,12 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self, shard: int, key: str, on_interrupted: Callable[[Entry], Awaitable[None]]
     ) -> Entry | None:
         async def put_back(reply: object) -> None:
-            entry = _entry(reply)
+            entry = bzpopmin_entry(reply)
             if entry is not None:
                 await on_interrupted(entry)
 
         state = await self._connections.shard(shard)
-        return _entry(await state.blocking_call(("BZPOPMIN", key, self.brpop_timeout), put_back))
+        return bzpopmin_entry(await state.blocking_call(("BZPOPMIN", key, self.brpop_timeout), put_back))
 
     async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
         """Put popped entries back at the head of their queue (their scores keep the order)."""
@@ -463,40 +463,6 @@ def _close_with_loop(loop: asyncio.AbstractEventLoop, layer: ValkeyPubSubChannel
         logger.debug("event loop %r does not allow a close hook; call close_pools() before closing it", loop)
 
 
-def _entry(reply: object) -> Entry | None:
-    """The (member, score) of a ``BZPOPMIN`` reply, or None when it timed out."""
-    if not reply:
-        return None
-    if not isinstance(reply, list | tuple) or len(reply) != 3:
-        raise valkey_errors.DataError(f"unexpected BZPOPMIN reply {reply!r}")
-    _key, member, score = reply
-    return (bytes(member), float(score))
-
-
 def _require_whole_number(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
-
-
-async def _delete_matching(client: avalkey.Valkey, pattern: str) -> None:
-    """Delete the keys matching ``pattern``: with SCAN, or KEYS where the ACL refuses SCAN."""
-    try:
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= FLUSH_BATCH:
-                await client.delete(*batch)
-                batch = []
-        if batch:
-            await client.delete(*batch)
-    except valkey_errors.NoPermissionError as error:
-        if "scan" not in str(error).lower():
-            raise
-        keys = await client.keys(pattern)
-        for start in range(0, len(keys), FLUSH_BATCH):
-            await client.delete(*keys[start : start + FLUSH_BATCH])
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` with the glob characters of MATCH escaped, so a prefix like ``a*`` matches only itself."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

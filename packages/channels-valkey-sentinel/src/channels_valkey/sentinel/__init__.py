@@ -7,7 +7,7 @@ shard on the running event loop, commands with retries, closing) and :class:`Res
 """
 
 from channels_valkey.sentinel.__about__ import __version__
-from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
+from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted, bzpopmin_entry
 from channels_valkey.sentinel.connections import ConnectionManager
 from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError, ShardUnavailable
 from channels_valkey.sentinel.failures import Failure, classify, refuses_health_check
@@ -19,6 +19,7 @@ from channels_valkey.sentinel.hosts import (
     decode_hosts,
     discover_services,
 )
+from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.shard import Shard
@@ -41,10 +42,13 @@ __all__ = [
     "ShardRing",
     "ShardUnavailable",
     "__version__",
+    "bzpopmin_entry",
     "cancel_and_wait",
     "classify",
     "consistent_hash",
     "decode_hosts",
+    "delete_prefixed",
     "discover_services",
+    "glob_escape",
     "refuses_health_check",
 ]

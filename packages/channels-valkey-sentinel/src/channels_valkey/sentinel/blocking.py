@@ -109,3 +109,13 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Collect the outcome of a task whose caller may have gone, so a failure is logged, not left unretrieved."""
     if not task.cancelled() and task.exception() is not None:
         logger.debug("blocking command ended with %r", task.exception())
+
+
+def bzpopmin_entry(reply: object) -> tuple[bytes, float] | None:
+    """The (member, score) of a ``BZPOPMIN`` reply (``[key, member, score]``), or None when it timed out."""
+    if not reply:
+        return None
+    if not isinstance(reply, list | tuple) or len(reply) != 3:
+        raise valkey_errors.DataError(f"unexpected BZPOPMIN reply {reply!r}")
+    _key, member, score = reply
+    return (bytes(member), float(score))
