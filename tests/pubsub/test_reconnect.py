@@ -8,7 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer, subscriber
+from channels_valkey.sentinel import ResiliencePolicy
 
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
@@ -132,6 +133,30 @@ async def test_without_notices_configured_subscriptions_still_come_back(
         await eventually(resubscribed, "the subscriptions to come back")
         await layer.send(alone, {"type": "first.after"})
         assert await waiting == {"type": "first.after"}  # no notice came before it
+        await _works_again(layer, alone, grouped, receive)
+    finally:
+        await layer.close_pools()
+
+
+async def test_a_server_gone_silent_is_noticed_by_the_keep_alive(
+    fault_proxy: FaultProxy, key_prefix: str, receive: Receive
+) -> None:
+    # Nothing closes the connection: the proxy stops passing bytes both ways, as a frozen server or a dead link
+    # without a FIN would. The unanswered PING is what tells.
+    policy = ResiliencePolicy(health_check_interval=0.2, socket_timeout=0.5, connect_timeout=0.5)
+    layer = _layer(fault_proxy.url(), key_prefix, policy=policy)
+    try:
+        alone, grouped = await _consumers(layer)
+        fault_proxy.pause()
+        silent = time.monotonic()
+        assert await receive(layer, alone) == {"type": "layer.down"}
+        noticed = time.monotonic() - silent
+        bound = policy.health_check_interval + policy.socket_timeout + 2 * subscriber.KEEPALIVE_TICK
+        assert noticed < bound, f"the silent server was noticed after {noticed:.2f}s"
+        assert await receive(layer, grouped) == {"type": "layer.down"}
+        fault_proxy.resume()
+        assert await receive(layer, alone) == {"type": "layer.up"}
+        assert await receive(layer, grouped) == {"type": "layer.up"}
         await _works_again(layer, alone, grouped, receive)
     finally:
         await layer.close_pools()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -12,6 +13,7 @@ import valkey
 
 from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts, lane
 
+from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
 
 
@@ -63,17 +65,35 @@ async def test_cancelled_callers_and_error_replies_leave_the_lane_in_step(manage
 
 
 async def test_a_restarted_server_is_found_before_writing(
-    server_factory: Callable[..., ValkeyProcess], monkeypatch: pytest.MonkeyPatch
+    server_factory: Callable[..., ValkeyProcess],
 ) -> None:
     server = server_factory()
     manager = ConnectionManager(decode_hosts([server.url()]), ResiliencePolicy())
-    monkeypatch.setattr(lane, "IDLE_CHECK", 0.0)
     try:
         assert await manager.execute_command(0, "INCR", "counter", idempotent=False) == 1
         await asyncio.to_thread(server.kill)
         await asyncio.to_thread(server.start)
-        # Not idempotent, so only a command known not to have run may be retried: the idle check finds the dead
-        # connection before the write, and the command runs exactly once on the new server.
+        # Not idempotent, so only a command known not to have run may be retried: the lane's reader saw the
+        # connection end while it was idle, and the command runs exactly once, on a new connection.
         assert await manager.execute_command(0, "INCR", "counter", idempotent=False) == 1
+    finally:
+        await manager.close()
+
+
+async def test_a_silent_server_fails_the_waiting_command_and_the_lane_recovers(
+    fault_proxy: FaultProxy,
+) -> None:
+    policy = ResiliencePolicy(socket_timeout=0.5, retry_deadline=0.5)
+    manager = ConnectionManager(decode_hosts([fault_proxy.url()]), policy)
+    try:
+        assert await manager.execute_command(0, "ECHO", "before", idempotent=False) == b"before"
+        fault_proxy.pause()
+        started = time.monotonic()
+        # Not idempotent: the reply may have been lost after the command ran, so the timeout is the caller's.
+        with pytest.raises(valkey.TimeoutError, match="no reply"):
+            await manager.execute_command(0, "ECHO", "during", idempotent=False)
+        assert time.monotonic() - started < policy.socket_timeout + 2 * lane.WATCHDOG_TICK
+        fault_proxy.resume()
+        assert await manager.execute_command(0, "ECHO", "after", idempotent=False) == b"after"
     finally:
         await manager.close()

@@ -209,7 +209,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _publish(self, shard: int, name: str, payload: bytes) -> None:
         # Not idempotent: a retried PUBLISH whose reply was lost would deliver twice; only refused ones retry.
-        await self._connections.execute(shard, lambda client: client.publish(name, payload), idempotent=False)
+        # On the shard's command lane: publishes of all tasks share one pipelined connection.
+        await self._connections.execute_command(shard, "PUBLISH", name, payload, idempotent=False)
 
     async def _enqueue(self, shard: int, channel: str, payload: bytes) -> bool:
         """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""

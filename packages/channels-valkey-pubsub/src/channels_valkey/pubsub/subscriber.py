@@ -32,12 +32,13 @@ from channels_valkey.sentinel import (
     ShardUnavailable,
     cancel_and_wait,
     classify,
+    read_reply,
 )
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
-#: Seconds one read waits before the listener looks at its keepalive (and at a swallowed cancellation).
-READ_SLICE = 1.0
+#: Most seconds between two looks of the keep-alive task at its connection.
+KEEPALIVE_TICK = 1.0
 #: Seconds a connection must have lasted for the next reconnection to start without backoff.
 HEALTHY_CONNECTION = 5.0
 #: Most backoff steps between reconnection attempts (the policy's cap bounds each wait anyway).
@@ -73,6 +74,8 @@ class _Link:
     sent: deque[_Sent] = field(default_factory=deque)
     last_read: float = field(default_factory=time.monotonic)
     ping_sent: float | None = None
+    #: Why the keep-alive task closed the connection, reported instead of the read's error it causes.
+    failure: BaseException | None = None
 
 
 class Subscriber:
@@ -247,34 +250,48 @@ class Subscriber:
         if names:
             await self._write("SUBSCRIBE", names)
         self._check_restored()
-        interval = self.policy.health_check_interval
-        read_slice = min(READ_SLICE, interval) if interval else READ_SLICE
-        while True:
-            try:
-                reply = await connection.read_response(
-                    timeout=read_slice, disconnect_on_error=False, push_request=True
-                )
-            except valkey_errors.ResponseError as error:
+        watchdog = asyncio.get_running_loop().create_task(
+            self._keep_alive(link), name=f"channels-valkey pubsub keep-alive shard {self.index}"
+        )
+        try:
+            while True:
+                try:
+                    reply = await read_reply(connection)
+                except (valkey_errors.ConnectionError, OSError) as error:
+                    if link.failure is not None:
+                        raise link.failure from error
+                    raise
                 link.last_read = time.monotonic()
-                self._on_error_reply(link, error)
-                continue
-            now = time.monotonic()
-            if reply is None:
-                _raise_if_cancelling()
-                await self._keepalive(link, now, interval)
-                continue
-            link.last_read = now
-            self._on_reply(link, reply)
+                if isinstance(reply, valkey_errors.ResponseError):
+                    self._on_error_reply(link, reply)
+                else:
+                    self._on_reply(link, reply)
+        finally:
+            await cancel_and_wait(watchdog)
 
-    async def _keepalive(self, link: _Link, now: float, interval: float) -> None:
-        if link.ping_sent is not None:
-            if now - link.ping_sent > self.policy.socket_timeout:
-                raise valkey_errors.TimeoutError(f"no answer to PING in {self.policy.socket_timeout:g}s")
-            return
-        if self._pings and interval and now - link.last_read >= interval:
-            link.ping_sent = now
-            link.sent.append(_Sent("PING", (), 1))
-            await link.connection.send_command("PING", check_health=False)
+    async def _keep_alive(self, link: _Link) -> None:
+        """PING an idle connection; abort it when the answer is overdue, which fails the listener's read.
+
+        Reads wait without a timeout of their own (a timeout around every message costs more than the message),
+        so this task is what notices a server that went silent.
+        """
+        interval = self.policy.health_check_interval
+        tick = min(KEEPALIVE_TICK, interval) if interval else KEEPALIVE_TICK
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if link.ping_sent is not None:
+                if now - link.ping_sent > self.policy.socket_timeout:
+                    link.failure = valkey_errors.TimeoutError(
+                        f"no answer to PING in {self.policy.socket_timeout:g}s"
+                    )
+                    await link.connection.disconnect(nowait=True)
+                    return
+                continue
+            if self._pings and interval and now - link.last_read >= interval:
+                link.ping_sent = now
+                link.sent.append(_Sent("PING", (), 1))
+                await link.connection.send_command("PING", check_health=False)
 
     # Replies ------------------------------------------------------------------------------------------------
 
@@ -389,11 +406,3 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _raise_if_cancelling() -> None:
-    """Re-raise a cancellation that a read's own timeout swallowed (valkey-py reads under a timeout)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError

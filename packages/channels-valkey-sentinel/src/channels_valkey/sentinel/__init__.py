@@ -20,6 +20,7 @@ from channels_valkey.sentinel.hosts import (
     discover_services,
 )
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
+from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.shard import Shard
@@ -50,5 +51,6 @@ __all__ = [
     "delete_prefixed",
     "discover_services",
     "glob_escape",
+    "read_reply",
     "refuses_health_check",
 ]

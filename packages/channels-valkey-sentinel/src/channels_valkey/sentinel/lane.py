@@ -3,9 +3,14 @@
 valkey-py spends most of a command's client time around it: taking a connection from the pool and polling it,
 timeouts wrapped around the write and the read, giving the connection back. A layer's hot commands (a send is one
 script call) are short and independent, so the lane skips all of that: each command is written the moment it is
-issued, on one connection per shard and event loop, and one reader task hands the replies back in the order they
-come (Valkey answers a connection's commands in order). Concurrent commands are pipelined without waiting for each
-other, and a cancelled caller only stops waiting: its reply is still read, so the connection never goes out of step.
+issued, on one connection per shard and event loop, and one reader task, alive as long as the connection, hands
+the replies back in the order they come (Valkey answers a connection's commands in order). Concurrent commands are
+pipelined without waiting for each other, and a cancelled caller only stops waiting: its reply is still read, so
+the connection never goes out of step.
+
+No timeout wraps a read; a watchdog task fails the connection when the oldest unanswered command has waited longer
+than the pool's ``socket_timeout``. Because the reader is always reading, a server that closes the connection
+while the lane is idle is noticed at once, and the next command connects again before it writes anything.
 
 A lost connection fails every command still waiting with a ``ConnectionError`` (the command may have run); the
 next command connects again through the pool, which re-asks Sentinel where there is one.
@@ -20,13 +25,48 @@ from typing import Any
 
 from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection, ConnectionPool
+from valkey.utils import LIBVALKEY_AVAILABLE
 
 from channels_valkey.sentinel.tasks import cancel_and_wait
 
-#: Seconds a lane's connection may sit idle before it is checked for a server that has closed it.
-IDLE_CHECK = 1.0
 #: Bytes waiting in the socket's write buffer above which a caller waits for them to drain.
 WRITE_HIGH_WATER = 1 << 20
+#: Most seconds between two looks of the watchdog at the oldest unanswered command.
+WATCHDOG_TICK = 1.0
+
+
+async def read_reply(connection: AbstractConnection) -> Any:
+    """The connection's next reply or push message, parsed by valkey-py without the timeout it usually adds.
+
+    For a reader that owns ``connection`` and bounds a silent server some other way: a timeout around every reply
+    costs about as much as parsing it. An error reply is returned as its ``ResponseError``, not raised; a closed
+    or failed connection raises ``ConnectionError``.
+    """
+    parser: Any = connection._parser
+    try:
+        if connection.protocol in (3, "3") and not LIBVALKEY_AVAILABLE:
+            return await parser.read_response(disable_decoding=False, push_request=True)
+        return await parser.read_response(disable_decoding=False)
+    except OSError as error:
+        raise valkey_errors.ConnectionError(f"error while reading: {error!r}") from error
+
+
+class _Link:
+    """The lane's connection and the tasks that live as long as it does."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.connection = connection
+        self.reader: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
+        #: Loop time of the last reply, or of the write that made the lane busy again.
+        self.progress = 0.0
+        #: Why the watchdog closed the connection, reported instead of the read's error it causes.
+        self.failure: BaseException | None = None
+        self.released = False
+
+    @property
+    def usable(self) -> bool:
+        return self.reader is not None and not self.reader.done() and self.connection.is_connected
 
 
 class CommandLane:
@@ -34,60 +74,57 @@ class CommandLane:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        self._connection: AbstractConnection | None = None
+        self._link: _Link | None = None
         self._connect_lock = asyncio.Lock()
         self._pending: deque[asyncio.Future[Any]] = deque()
-        self._reader: asyncio.Task[None] | None = None
-        self._last_used = 0.0
 
     async def execute_command(self, *args: Any) -> Any:
         """Send one command and return its reply (the raw reply: no valkey-py response callbacks)."""
-        connection = await self._ready_connection()
-        writer = connection._writer
+        link = self._link
+        if link is None or not link.usable:
+            link = await self._connect()
+        writer = link.connection._writer
         if writer is None:
             raise valkey_errors.ConnectionError("the lane's connection closed before the command was written")
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            link.progress = loop.time()
         # Written and queued in one step with no await between: the reply to read next is always this one's.
-        writer.writelines(connection.pack_command(*args))
+        writer.writelines(link.connection.pack_command(*args))
         self._pending.append(reply)
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read(connection))
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await writer.drain()
         return await reply
 
-    async def _ready_connection(self) -> AbstractConnection:
-        loop = asyncio.get_running_loop()
-        connection = self._connection
-        if connection is not None and connection.is_connected:
-            if loop.time() - self._last_used > IDLE_CHECK and not self._pending:
-                # A server that closed the connection while it was idle is found now, before anything is
-                # written, so the command is known not to have run and can be retried safely.
-                try:
-                    # True when the server closed it (end of stream) or sent something unasked.
-                    stale = await connection.can_read_destructive()
-                except (valkey_errors.ValkeyError, OSError):
-                    stale = True
-                if stale:
-                    await self._drop(connection)
-                    return await self._ready_connection()
-            self._last_used = loop.time()
-            return connection
+    async def _connect(self) -> _Link:
         async with self._connect_lock:
-            if self._connection is not None and not self._connection.is_connected:
-                await self._drop(self._connection)
-            if self._connection is None:
-                self._connection = await self._pool.get_connection("_")
-            self._last_used = loop.time()
-            return self._connection
+            link = self._link
+            if link is not None and link.usable:
+                return link
+            if link is not None:
+                await self._drop(link)
+            link = self._link = _Link(await self._pool.get_connection("_"))
+            loop = asyncio.get_running_loop()
+            link.reader = loop.create_task(self._read(link), name="channels-valkey lane reader")
+            link.watchdog = loop.create_task(self._watch(link), name="channels-valkey lane watchdog")
+            return link
 
-    async def _read(self, connection: AbstractConnection) -> None:
+    async def _read(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while self._pending:
+            while True:
                 try:
-                    reply: Any = await connection.read_response()
-                except valkey_errors.ResponseError as error:  # an error reply: this command's alone
-                    reply = error
+                    reply = await read_reply(link.connection)
+                except valkey_errors.ConnectionError as error:
+                    if link.failure is not None:
+                        raise link.failure from error
+                    raise
+                if not self._pending:
+                    raise valkey_errors.ConnectionError(
+                        f"the server sent {reply!r}, which no command asked for"
+                    )
+                link.progress = loop.time()
                 waiting = self._pending.popleft()
                 if waiting.done():
                     continue  # its caller was cancelled; the reply was still read
@@ -96,12 +133,24 @@ class CommandLane:
                 else:
                     waiting.set_result(reply)
         except BaseException as error:
-            self._fail_pending(error)
-            await self._drop(connection)
+            if self._link is link:
+                self._link = None
+                self._fail_pending(error)
+            await self._release(link)
             if isinstance(error, asyncio.CancelledError):
                 raise
-        finally:
-            self._reader = None
+
+    async def _watch(self, link: _Link) -> None:
+        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        if not timeout:
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(WATCHDOG_TICK, timeout / 2))
+            if self._pending and loop.time() - link.progress > timeout:
+                link.failure = valkey_errors.TimeoutError(f"no reply on the command lane within {timeout:g}s")
+                await link.connection.disconnect(nowait=True)
+                return
 
     def _fail_pending(self, error: BaseException) -> None:
         if not isinstance(error, valkey_errors.ConnectionError | valkey_errors.TimeoutError):
@@ -111,18 +160,30 @@ class CommandLane:
             if not waiting.done():
                 waiting.set_exception(error)
 
-    async def _drop(self, connection: AbstractConnection) -> None:
-        if self._connection is connection:
-            self._connection = None
+    async def _drop(self, link: _Link) -> None:
+        """Stop ``link``'s tasks and give its connection back; what still waits on it fails."""
+        if self._link is link:
+            self._link = None
+            self._fail_pending(valkey_errors.ConnectionError("the lane's connection was dropped"))
+        for task in (link.watchdog, link.reader):
+            if task is not None:
+                await cancel_and_wait(task)
+        await self._release(link)
+
+    async def _release(self, link: _Link) -> None:
+        if link.released:
+            return
+        link.released = True
+        if link.watchdog is not None and link.watchdog is not asyncio.current_task():
+            link.watchdog.cancel()
         with contextlib.suppress(Exception):
-            await connection.disconnect(nowait=True)
+            await link.connection.disconnect(nowait=True)
         with contextlib.suppress(Exception):
-            await self._pool.release(connection)
+            await self._pool.release(link.connection)
 
     async def aclose(self) -> None:
         """Stop reading and give the connection back; commands still waiting fail with ``ConnectionError``."""
-        if self._reader is not None:
-            await cancel_and_wait(self._reader)
+        link = self._link
+        if link is not None:
+            await self._drop(link)
         self._fail_pending(valkey_errors.ConnectionError("the lane was closed"))
-        if self._connection is not None:
-            await self._drop(self._connection)
