@@ -138,6 +138,7 @@ class Shard:
         if self._watcher is not None:
             await self._watcher.stop()
         await self.lane.aclose()
+        await self._blocking_calls.aclose()
         for client in (self.client, self.blocking_client):
             await client.aclose()
         if self._sentinel is not None:
