@@ -9,7 +9,6 @@ issue's figure is 200,000).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import math
 import os
@@ -22,12 +21,18 @@ from typing import Any
 
 import pytest
 
+from channels_valkey.cli.measure.flows import (
+    GROUP,
+    MESSAGE,
+    fan_out,
+    produce_and_consume,
+    round_trip,
+    send_receive_pairs,
+)
+
 from servers.process import ValkeyProcess
 
-#: A chat message of 100 bytes in msgpack, as in the serializer benchmarks.
-MESSAGE = {"type": "chat.message", "room": "lobby", "user": 4213, "text": "x" * 55}
 CHANNEL = "bench.queue"
-GROUP = "bench-room"
 
 SEQUENTIAL_PAIRS = 500
 CONCURRENT_MESSAGES = 1000
@@ -67,46 +72,6 @@ def percentile(values: list[float], fraction: float) -> float:
 # The work, one function per benchmark (a profiler can call the same ones) -----------------------------------------
 
 
-async def send_receive_pairs(layer: Any, count: int) -> int:
-    """Send one message and receive it, ``count`` times; how many came back intact."""
-    intact = 0
-    for _ in range(count):
-        await layer.send(CHANNEL, MESSAGE)
-        intact += await layer.receive(CHANNEL) == MESSAGE
-    return intact
-
-
-async def produce_and_consume(layer: Any, count: int) -> int:
-    """One task sends ``count`` messages while another receives ``count``; how many came intact."""
-
-    async def produce() -> None:
-        for _ in range(count):
-            await layer.send(CHANNEL, MESSAGE)
-
-    async def consume() -> int:
-        return sum([await layer.receive(CHANNEL) == MESSAGE for _ in range(count)])
-
-    _, intact = await asyncio.gather(produce(), consume())
-    return int(intact)
-
-
-async def round_trip(layer: Any, channel: str) -> float:
-    """Seconds from sending one message to a process channel to having received it."""
-    start = time.perf_counter()
-    await layer.send(channel, MESSAGE)
-    message = await layer.receive(channel)
-    elapsed = time.perf_counter() - start
-    assert message == MESSAGE
-    return elapsed
-
-
-async def fan_out(layer: Any, channels: list[str]) -> int:
-    """One group_send, then every member receives; how many deliveries came intact."""
-    await layer.group_send(GROUP, MESSAGE)
-    messages = await asyncio.gather(*(layer.receive(channel) for channel in channels))
-    return sum(message == MESSAGE for message in messages)
-
-
 async def drain(layer: Any, count: int) -> int:
     """Receive ``count`` messages one after the other; how many came intact."""
     return sum([await layer.receive(CHANNEL) == MESSAGE for _ in range(count)])
@@ -128,7 +93,7 @@ def fill_backlog(server: ValkeyProcess, layer: Any, count: int) -> None:
 @pytest.mark.benchmark(group="1a send+receive sequential")
 def test_send_receive_sequential(benchmark: Any, run: Run, layer: Any, record: Record) -> None:
     intact = benchmark.pedantic(
-        lambda: run(send_receive_pairs(layer, SEQUENTIAL_PAIRS)),
+        lambda: run(send_receive_pairs(layer, CHANNEL, SEQUENTIAL_PAIRS)),
         rounds=THROUGHPUT_ROUNDS,
         warmup_rounds=1,
     )
@@ -145,7 +110,7 @@ def test_send_receive_concurrent(benchmark: Any, run: Run, layer: Any, record: R
 
     def flow() -> int:
         start = time.process_time()
-        intact = run(produce_and_consume(layer, CONCURRENT_MESSAGES))
+        intact = run(produce_and_consume(layer, CHANNEL, CONCURRENT_MESSAGES))
         cpu.append(time.process_time() - start)
         return int(intact)
 
@@ -167,9 +132,13 @@ def test_send_receive_concurrent(benchmark: Any, run: Run, layer: Any, record: R
 def test_process_round_trip(benchmark: Any, run: Run, layer: Any, record: Record) -> None:
     channel = run(layer.new_channel())
     latencies: list[float] = []
-    benchmark.pedantic(
-        lambda: latencies.append(run(round_trip(layer, channel))), rounds=ROUND_TRIPS, warmup_rounds=50
-    )
+
+    def one_round_trip() -> None:
+        elapsed, intact = run(round_trip(layer, channel))
+        assert intact
+        latencies.append(elapsed)
+
+    benchmark.pedantic(one_round_trip, rounds=ROUND_TRIPS, warmup_rounds=50)
     if round_times(benchmark) is not None:
         measured = latencies[-ROUND_TRIPS:]
         record("2 process round trip p50", statistics.median(measured) * 1e6)
@@ -238,7 +207,7 @@ class Soak:
         self.consumers.append(channel)
         if len(self.consumers) > SOAK_CONSUMERS:
             await layer.group_discard(GROUP, self.consumers.popleft())
-        delivered = await send_receive_pairs(layer, SOAK_PAIRS)
+        delivered = await send_receive_pairs(layer, CHANNEL, SOAK_PAIRS)
         delivered += await fan_out(layer, list(self.consumers))
         assert delivered == SOAK_PAIRS + len(self.consumers)
         return delivered

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from channels_redis.core import RedisChannelLayer
 
 from channels_valkey.core import ValkeyChannelLayer
 
@@ -146,3 +147,12 @@ def eventually() -> Callable[..., Awaitable[None]]:
             await asyncio.sleep(0.01)
 
     return wait
+
+
+@pytest.fixture
+async def peer(topology: Topology, layer_prefix: str) -> AsyncIterator[RedisChannelLayer]:
+    """channels_redis's layer on the same servers and prefix as the ``layer`` fixture."""
+    assert topology.peer_hosts is not None
+    peer = RedisChannelLayer(hosts=topology.peer_hosts, prefix=layer_prefix)
+    yield peer
+    await peer.close_pools()

@@ -11,7 +11,7 @@ groups (the peer's group_send places them correctly) and normal channels.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,15 +25,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.parametrize("topology", ["single", "shards"], indirect=True)
 
 Receive = Callable[..., Awaitable[dict[str, Any]]]
-
-
-@pytest.fixture
-async def peer(topology: Topology, layer_prefix: str) -> AsyncIterator[RedisChannelLayer]:
-    """channels_redis's layer on the same servers and prefix as the ``layer`` fixture."""
-    assert topology.peer_hosts is not None
-    peer = RedisChannelLayer(hosts=topology.peer_hosts, prefix=layer_prefix)
-    yield peer
-    await peer.close_pools()
 
 
 async def test_normal_channel_peer_to_ours(

@@ -1,40 +1,18 @@
-"""Entry point of the ``channels-valkey`` command."""
+"""Entry point of the ``channels-valkey`` command: the parser, and the dispatch to one module per sub-command."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Sequence
-from importlib import metadata
 
 from channels_valkey.cli.__about__ import __version__
+from channels_valkey.cli.commands.versions import DISTRIBUTIONS, installed_versions
 
-#: The distributions that make up channels-valkey, in dependency order.
-DISTRIBUTIONS = (
-    "channels-valkey-serializers",
-    "channels-valkey-sentinel",
-    "channels-valkey-core",
-    "channels-valkey-pubsub",
-    "channels-valkey",
-)
+__all__ = ["COMMANDS", "DISTRIBUTIONS", "build_parser", "installed_versions", "main"]
 
-
-def installed_versions() -> dict[str, str | None]:
-    """Map each channels-valkey distribution to its installed version, or None when it is missing."""
-    versions: dict[str, str | None] = {}
-    for name in DISTRIBUTIONS:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _print_versions() -> int:
-    versions = installed_versions()
-    width = max(len(name) for name in versions)
-    for name, version in versions.items():
-        print(f"{name:<{width}}  {version or 'not installed'}")
-    return 0 if all(versions.values()) else 1
+#: The sub-commands, each a module of :mod:`channels_valkey.cli.commands`, in the order ``--help`` lists them.
+COMMANDS = ("check", "inspect", "serve", "bench", "versions")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,17 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser(
-        "versions", help="list the installed channels-valkey distributions and their versions"
-    )
+    for name in COMMANDS:
+        module = importlib.import_module(f"channels_valkey.cli.commands.{name}")
+        module.register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line tool and return its exit status."""
+    """Run the command line tool and return its exit status (2 for a usage error, as argparse does)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "versions":
-        return _print_versions()
-    parser.print_help()
-    return 2
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    status: int = run(args)
+    return status

@@ -1,0 +1,333 @@
+"""What ``check`` asks each server: who it is and how far away, how it evicts, and which of the layer's commands
+the connected user may run.
+
+The ACL is asked without changing any data. Where the user may run ``ACL DRYRUN``, every command is simulated
+for that user. Otherwise each command runs for real in a form that changes nothing, on a key under the layer's
+prefix that does not exist (``ZADD key XX ...`` adds nothing, ``EXPIRE`` of a missing key sets nothing, ``EVALSHA``
+of an unknown script runs nothing, blocking pops wait a millisecond on an empty key); a ``NOPERM`` reply, for the
+command, the key or the channel, means the layer would be refused too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import valkey.asyncio as avalkey
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.cli.requirements import Names, Need
+from channels_valkey.pubsub.names import worker_queue
+from channels_valkey.sentinel import glob_escape
+
+Level = Literal["ok", "note", "warning", "error"]
+
+#: A script SHA no server knows: ``EVALSHA`` of it is refused by the ACL or answers NOSCRIPT, and runs nothing.
+UNKNOWN_SHA = "0" * 40
+#: Seconds a probing blocking pop waits on its empty key.
+PROBE_BLOCK = "0.001"
+PING_ROUNDS = 3
+
+
+# Server facts -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServerFacts:
+    """What a server says about itself; None where it would not say."""
+
+    name: str | None = None
+    version: str | None = None
+    role: str | None = None
+    mode: str | None = None
+    latency_ms: float | None = None
+    maxmemory_policy: str | None = None
+    #: Why ``maxmemory_policy`` is unknown (the ACL refusing ``CONFIG GET``).
+    policy_unknown_because: str | None = None
+
+
+async def server_facts(client: avalkey.Valkey) -> ServerFacts:
+    """Name, version, role and mode (``HELLO``, which every user may run), PING latency, maxmemory-policy.
+
+    Connection failures propagate: the caller reports the shard as unreachable.
+    """
+    facts = ServerFacts()
+    hello = await _hello(client)
+    facts.name = hello.get("server")
+    facts.version = hello.get("version")
+    facts.role = hello.get("role")
+    facts.mode = hello.get("mode")
+    facts.latency_ms = await ping_latency(client)
+    try:
+        reply = await client.execute_command("CONFIG", "GET", "maxmemory-policy")
+    except valkey_errors.ResponseError as error:
+        facts.policy_unknown_because = str(error)
+    else:
+        values = _pairs(reply)
+        facts.maxmemory_policy = values.get("maxmemory-policy")
+    return facts
+
+
+async def ping_latency(client: avalkey.Valkey, rounds: int = PING_ROUNDS) -> float:
+    """Median round trip of ``PING`` in milliseconds; a PING the ACL refuses is a round trip all the same."""
+    timings = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        with contextlib.suppress(valkey_errors.NoPermissionError):
+            await client.execute_command("PING")
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings)
+
+
+async def _hello(client: avalkey.Valkey) -> dict[str, str]:
+    protocol = client.connection_pool.connection_kwargs.get("protocol") or 2
+    try:
+        # HELLO with the protocol the connection already speaks changes nothing about it.
+        return _pairs(await client.execute_command("HELLO", str(protocol)))
+    except valkey_errors.ResponseError:
+        pass
+    # Servers older than Redis 6 have no HELLO; INFO may be refused by the ACL.
+    try:
+        info = await client.info("server")
+    except valkey_errors.ResponseError:
+        return {}
+    facts = {
+        "server": str(info.get("server_name", "redis")),
+        "version": str(info.get("valkey_version", info.get("redis_version", ""))),
+        "mode": str(info.get("server_mode", info.get("redis_mode", ""))),
+    }
+    return {name: value for name, value in facts.items() if value}
+
+
+def _pairs(reply: object) -> dict[str, str]:
+    """A flat ``[name, value, ...]`` reply (RESP2) or a map (RESP3) as text; nested values are skipped."""
+    if isinstance(reply, Mapping):
+        items: Sequence[tuple[object, object]] = list(reply.items())
+    elif isinstance(reply, list | tuple):
+        items = list(zip(reply[::2], reply[1::2], strict=False))
+    else:
+        return {}
+    return {_text(name): _text(value) for name, value in items if isinstance(value, bytes | str | int)}
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# The ACL ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeNames:
+    """The key and channels the ACL is asked about: under the prefix, where the layer's own would be."""
+
+    key: str
+    channel: str
+    #: A channel name that does not start with the prefix (None when every name does: an empty prefix).
+    outside_channel: str | None
+
+    @classmethod
+    def for_layer(cls, layer: str, prefix: str) -> ProbeNames:
+        token = f"__check__{secrets.token_hex(6)}"
+        # The Pub/Sub layer's keys are its worker queues; an ACL may allow exactly those.
+        key = prefix + token if layer == "core" else worker_queue(prefix, token)
+        outside = None if token.startswith(prefix) else token
+        return cls(key=key, channel=prefix + token, outside_channel=outside)
+
+    def applies(self, need: Need) -> bool:
+        """Whether ``need`` can be asked about with these names."""
+        return need.names == "prefix" or self.outside_channel is not None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one need of the layer fares under the ACL: the way the layer will take, and what was refused."""
+
+    need: Need
+    #: Index in ``need.ways`` of the first way allowed in full; None when none is.
+    way: int | None
+    #: Each refused command (as the report names it: "ZADD on key ..."), in the order found.
+    refused: tuple[str, ...] = ()
+
+    @property
+    def level(self) -> Level:
+        if self.way == 0:
+            return "ok"
+        if self.way is not None:
+            return "warning"
+        return self.need.severity
+
+    def message(self) -> str:
+        need = self.need
+        refused = ", ".join(self.refused)
+        if self.way == 0:
+            return f"{need.use}: allowed"
+        if self.way is not None:
+            return (
+                f"{need.use}: degraded, uses {_way(need.ways[self.way])} instead of {_way(need.ways[0])} "
+                f"(the ACL refuses {refused})"
+            )
+        if need.severity == "error":
+            return f"{need.use}: the ACL refuses {refused}, so the layer cannot do this"
+        return f"{need.use}: the ACL refuses {refused}; {need.without}"
+
+
+def _way(commands: Sequence[str]) -> str:
+    return " + ".join(commands)
+
+
+def probe_args(command: str, key: str, channel: str, client_id: int | None = None) -> tuple[Any, ...]:
+    """``command`` in a form that changes nothing when ``key`` does not exist (and ``channel`` has no subscriber).
+
+    ``client_id`` is this connection's own id for ``CLIENT UNBLOCK`` (a connection that is not blocked).
+    """
+    forms: dict[str, tuple[Any, ...]] = {
+        "EVALSHA": ("EVALSHA", UNKNOWN_SHA, 1, key),
+        "EVAL": ("EVAL", "return 0", 1, key),
+        "ZADD": ("ZADD", key, "XX", 0, "-"),
+        "ZRANGE": ("ZRANGE", key, 0, 0),
+        "ZREMRANGEBYSCORE": ("ZREMRANGEBYSCORE", key, "-inf", "-inf"),
+        "ZCOUNT": ("ZCOUNT", key, 0, 0),
+        "ZCARD": ("ZCARD", key),
+        "ZSCORE": ("ZSCORE", key, "-"),
+        "ZREM": ("ZREM", key, "-"),
+        "ZPOPMIN": ("ZPOPMIN", key),
+        "BZMPOP": ("BZMPOP", PROBE_BLOCK, 1, key, "MIN"),
+        "BZPOPMIN": ("BZPOPMIN", key, PROBE_BLOCK),
+        "EXPIRE": ("EXPIRE", key, 60),
+        "DEL": ("DEL", key),
+        "SCAN": ("SCAN", 0, "MATCH", glob_escape(key), "COUNT", 1),
+        "KEYS": ("KEYS", glob_escape(key)),
+        "PUBLISH": ("PUBLISH", channel, ""),
+        "SUBSCRIBE": ("SUBSCRIBE", channel),
+        "UNSUBSCRIBE": ("UNSUBSCRIBE", channel),
+        "CLIENT ID": ("CLIENT", "ID"),
+        # Without our own id, 0: no client has it.
+        "CLIENT UNBLOCK": ("CLIENT", "UNBLOCK", client_id or 0),
+        "PING": ("PING",),
+    }
+    if command not in forms:
+        raise ValueError(f"no harmless form of {command!r} is known; add one to {__name__}.probe_args")
+    return forms[command]
+
+
+@dataclass
+class AclChecker:
+    """Finds out, command by command, whether the connected user may run what the layer sends (cached)."""
+
+    client: avalkey.Valkey
+    names: ProbeNames
+    #: "dryrun" (``ACL DRYRUN`` for the connected user) or "probe" (harmless forms run for real).
+    method: str = "probe"
+    user: str | None = None
+    _found: dict[tuple[str, Names], str | None] = field(default_factory=dict, init=False)
+    _client_id: int | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        """Pick the method: ``ACL DRYRUN`` when this user may run it (and ``ACL WHOAMI`` to know who it is)."""
+        try:
+            user = _text(await self.client.execute_command("ACL", "WHOAMI"))
+            await self.client.execute_command("ACL", "DRYRUN", user, "PING")
+        except valkey_errors.ResponseError:
+            self.method = "probe"
+            return
+        self.method, self.user = "dryrun", user
+
+    async def verdicts(self, needs: Sequence[Need]) -> list[Verdict]:
+        """One verdict per need, trying its ways in the layer's order of preference."""
+        results = []
+        for need in needs:
+            if not self.names.applies(need):
+                continue
+            refused: list[str] = []
+            chosen: int | None = None
+            for index, way in enumerate(need.ways):
+                refusals = [await self.refusal(command, need.names) for command in way]
+                found = [refusal for refusal in refusals if refusal is not None]
+                refused.extend(refusal for refusal in found if refusal not in refused)
+                if not found:
+                    chosen = index
+                    break
+            results.append(Verdict(need, chosen, tuple(refused)))
+        return results
+
+    async def refusal(self, command: str, names: Names = "prefix") -> str | None:
+        """None when the user may run ``command`` on the probe names, else the refusal as the report words it."""
+        if (command, names) not in self._found:
+            channel = self.names.channel if names == "prefix" else self.names.outside_channel or ""
+            if self.method == "dryrun":
+                self._found[command, names] = await self._dry_run(command, channel)
+            elif command in ("SUBSCRIBE", "UNSUBSCRIBE"):
+                subscribe, unsubscribe = await self._subscribe_pair(channel)
+                self._found["SUBSCRIBE", names] = subscribe
+                self._found["UNSUBSCRIBE", names] = unsubscribe
+            else:
+                self._found[command, names] = await self._run(command, channel)
+        return self._found[command, names]
+
+    async def clean_up(self) -> None:
+        """Delete the probe key in case anything made it exist (nothing should), where DEL is allowed."""
+        if self.method == "probe" and self._found.get(("DEL", "prefix"), "unknown") is None:
+            await self.client.execute_command("DEL", self.names.key)
+
+    async def _dry_run(self, command: str, channel: str) -> str | None:
+        args = probe_args(command, self.names.key, channel, self._client_id)
+        try:
+            reply = _text(await self.client.execute_command("ACL", "DRYRUN", self.user, *args))
+        except valkey_errors.ResponseError as error:
+            return self._word(command, str(error), channel)
+        return None if reply == "OK" else self._word(command, reply, channel)
+
+    async def _run(self, command: str, channel: str) -> str | None:
+        try:
+            reply = await self.client.execute_command(
+                *probe_args(command, self.names.key, channel, self._client_id)
+            )
+        except valkey_errors.NoScriptError:
+            return None  # got past the ACL: only the script is unknown
+        except valkey_errors.NoPermissionError as error:
+            return self._word(command, str(error), channel)
+        except valkey_errors.ResponseError as error:
+            # Past the ACL, other complaints do not matter, except a command the server does not have.
+            return (
+                self._word(command, str(error), channel) if "unknown command" in str(error).lower() else None
+            )
+        if command == "CLIENT ID" and isinstance(reply, int):
+            self._client_id = reply
+        return None
+
+    async def _subscribe_pair(self, channel: str) -> tuple[str | None, str | None]:
+        """SUBSCRIBE then UNSUBSCRIBE on a connection of their own, which is closed afterwards."""
+        pool = self.client.connection_pool
+        connection = await pool.get_connection("SUBSCRIBE")
+        results: list[str | None] = []
+        try:
+            for command in ("SUBSCRIBE", "UNSUBSCRIBE"):
+                await connection.send_command(command, channel)
+                try:
+                    await connection.read_response()
+                except valkey_errors.ResponseError as error:
+                    results.append(self._word(command, str(error), channel))
+                else:
+                    results.append(None)
+        finally:
+            # It may be left subscribed, so it is closed rather than reused.
+            await connection.disconnect()
+            await pool.release(connection)
+        return results[0], results[1]
+
+    def _word(self, command: str, reply: str, channel: str) -> str:
+        """A refusal as the report names it: the command, and the key or channel when that was the problem."""
+        text = reply.lower().rstrip(". ")
+        if "unknown command" in text or "not found" in text:
+            return f"{command} (unknown to this server)"
+        if text.endswith(" key"):
+            return f"{command} on key {self.names.key!r}"
+        if text.endswith(" channel"):
+            return f"{command} on channel {channel!r}"
+        return command

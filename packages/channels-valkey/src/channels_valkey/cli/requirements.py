@@ -1,0 +1,124 @@
+"""What each channel layer needs the server's ACL to allow: the one table ``channels-valkey check`` works from.
+
+Each :class:`Need` is one thing a layer does and the commands it takes, the preferred way first and then the
+fallbacks the layer switches to by itself when the ACL refuses the preferred way. The tests compare this table
+with the "Commands and ACLs" sections of the core and Pub/Sub READMEs and with the commands the layers' Lua
+scripts call, so that a layer growing a command cannot leave ``check`` behind unnoticed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: Where a command's key or channel argument points: under the layer's prefix, or outside it.
+Names = Literal["prefix", "outside"]
+#: How bad it is when no way of a need is allowed: "error" breaks the layer, the others only limit it.
+Severity = Literal["error", "warning", "note"]
+
+
+@dataclass(frozen=True)
+class Need:
+    """Commands a layer operation runs; ``ways`` are alternatives, preferred first, each a set of commands."""
+
+    use: str
+    ways: tuple[tuple[str, ...], ...]
+    #: What the layer does when every way is refused; empty when it cannot work at all.
+    without: str = ""
+    severity: Severity = "error"
+    names: Names = "prefix"
+    #: Only for the Pub/Sub layer with ``worker_channels="queue"`` (the default).
+    worker_queues: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.ways or not all(self.ways):
+            raise ValueError(f"need {self.use!r} must list at least one way, each with commands")
+        if (self.severity == "error") != (not self.without):
+            raise ValueError(f"need {self.use!r}: a severity below error needs a 'without', and only then")
+
+    @property
+    def commands(self) -> frozenset[str]:
+        return frozenset(command for way in self.ways for command in way)
+
+
+_CORE_SCRIPT_COMMANDS = ("ZRANGE", "ZREMRANGEBYSCORE", "ZCOUNT", "ZADD", "EXPIRE")
+_WORKER_SCRIPT_COMMANDS = ("ZSCORE", "ZREMRANGEBYSCORE", "ZCARD", "ZADD", "EXPIRE")
+_UNBLOCK = ("CLIENT ID", "CLIENT UNBLOCK")
+_HEALTH_CHECKS = Need(
+    "health checks of idle connections",
+    (("PING",),),
+    without="idle connections are not checked before use",
+    severity="note",
+)
+
+#: The sorted-set layer, ``channels_valkey.core`` (its README, "Commands and ACLs").
+CORE_NEEDS: tuple[Need, ...] = (
+    Need("send, group_add, group_send, group_channels (one script call each)", (("EVALSHA",), ("EVAL",))),
+    Need("the scripts' own commands", (_CORE_SCRIPT_COMMANDS,)),
+    Need("receive", (("BZMPOP",), ("BZPOPMIN", "ZPOPMIN"))),
+    Need("receive (putting unclaimed messages back)", (("ZADD",),)),
+    Need(
+        "receive (stopping a reader at once)",
+        (_UNBLOCK,),
+        without="a stopping reader waits for its pop to end (up to 5 s)",
+        severity="note",
+    ),
+    Need("group_discard", (("ZREM",),)),
+    Need("flush (finding the prefix's keys)", (("SCAN",), ("KEYS",))),
+    Need("flush (deleting them)", (("DEL",),)),
+    _HEALTH_CHECKS,
+)
+
+#: The Pub/Sub layer, ``channels_valkey.pubsub`` (its README, "Commands and ACLs").
+PUBSUB_NEEDS: tuple[Need, ...] = (
+    Need("send to process channels, group_send", (("PUBLISH",),)),
+    Need("new_channel, receive, group_add, group_discard", (("SUBSCRIBE", "UNSUBSCRIBE"),)),
+    Need(
+        "receive on worker channels named outside the prefix",
+        (("SUBSCRIBE", "UNSUBSCRIBE"),),
+        without="the layer cannot subscribe to worker channels whose names do not start with the prefix "
+        "(allow the channels &*)",
+        severity="warning",
+        names="outside",
+    ),
+    Need(
+        "worker channels on queues (send and receive)",
+        (
+            ("EVALSHA", *_WORKER_SCRIPT_COMMANDS, "BZPOPMIN"),
+            ("EVAL", *_WORKER_SCRIPT_COMMANDS, "BZPOPMIN"),
+        ),
+        without="worker channels fall back to Pub/Sub: every receiving process gets each message, "
+        "as in channels-valkey 0.3",
+        severity="warning",
+        worker_queues=True,
+    ),
+    Need(
+        "worker channels (stopping a reader at once)",
+        (_UNBLOCK,),
+        without="a stopping reader waits for its pop to end (up to 5 s)",
+        severity="note",
+        worker_queues=True,
+    ),
+    Need(
+        "flush (deleting worker queues)",
+        (("SCAN", "DEL"), ("KEYS", "DEL")),
+        without="flush leaves the worker queues in place",
+        severity="note",
+        worker_queues=True,
+    ),
+    _HEALTH_CHECKS,
+)
+
+
+def needs_of(layer: str, *, worker_queues: bool = True) -> tuple[Need, ...]:
+    """The needs of ``layer`` ("core" or "pubsub"); ``worker_queues=False`` for ``worker_channels="pubsub"``."""
+    if layer == "core":
+        return CORE_NEEDS
+    if layer == "pubsub":
+        return tuple(need for need in PUBSUB_NEEDS if worker_queues or not need.worker_queues)
+    raise ValueError(f"unknown layer {layer!r}: expected 'core' or 'pubsub'")
+
+
+def commands_of(layer: str) -> frozenset[str]:
+    """Every command ``layer`` may send, fallbacks included."""
+    return frozenset().union(*(need.commands for need in needs_of(layer)))

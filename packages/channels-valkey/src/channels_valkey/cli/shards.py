@@ -1,0 +1,82 @@
+"""The shards a command talks to: the target's host specs resolved (Sentinel discovery included), each with its
+own connections, built as the layers build theirs and closed when the command is done."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import valkey.asyncio as avalkey
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.sentinel import (
+    ConnectionManager,
+    HostSpec,
+    ResiliencePolicy,
+    SentinelDiscovery,
+    SentinelHost,
+    ServerHost,
+    discover_services,
+)
+
+
+@dataclass
+class ShardSlot:
+    """One shard: where it is, and either its connections or why there are none."""
+
+    index: int
+    host: str
+    spec: ServerHost | SentinelHost | None
+    problem: str | None = None
+    manager: ConnectionManager | None = None
+
+    @property
+    def service(self) -> str | None:
+        """The Sentinel service name of a Sentinel-managed shard."""
+        return self.spec.service_name if isinstance(self.spec, SentinelHost) else None
+
+    async def client(self) -> avalkey.Valkey:
+        """The shard's command client on this event loop (commands on it are not retried)."""
+        if self.manager is None:
+            raise RuntimeError(f"shard {self.index} has no connection: {self.problem}")
+        return await self.manager.client(0)
+
+
+def primary_address(client: avalkey.Valkey) -> str | None:
+    """``host:port`` the Sentinels named for a Sentinel-managed client, once it has connected."""
+    address = getattr(client.connection_pool, "master_address", None)
+    if not address:
+        return None
+    host, port = address
+    return f"{host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def open_shards(specs: Sequence[HostSpec], policy: ResiliencePolicy) -> AsyncIterator[list[ShardSlot]]:
+    """The shards of ``specs`` in ring order, connected lazily; every connection is closed on the way out.
+
+    An entry naming every primary of some Sentinels (``services: []``) is asked for its primaries first; when no
+    Sentinel answers, it stands as one shard that carries the reason.
+    """
+    slots: list[ShardSlot] = []
+    try:
+        for spec in specs:
+            resolved: list[ServerHost | SentinelHost]
+            if isinstance(spec, SentinelDiscovery):
+                try:
+                    resolved = list(await discover_services(spec, timeout=policy.connect_timeout))
+                except (valkey_errors.ValkeyError, OSError) as error:
+                    slots.append(ShardSlot(len(slots), spec.describe(), None, problem=str(error)))
+                    continue
+            else:
+                resolved = [spec]
+            for one in resolved:
+                slots.append(
+                    ShardSlot(len(slots), one.describe(), one, manager=ConnectionManager([one], policy))
+                )
+        yield slots
+    finally:
+        for slot in slots:
+            if slot.manager is not None:
+                await slot.manager.close()
