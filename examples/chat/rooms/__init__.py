@@ -1,0 +1,1 @@
+"""The chat rooms: a page to pick a room, a page per room, and the WebSocket consumer behind it."""
