@@ -33,7 +33,9 @@ logger = logging.getLogger("channels_valkey.sentinel")
 
 #: Seconds between two ``CLIENT UNBLOCK`` attempts while the blocking command has not reached the server yet.
 UNBLOCK_RETRY = 0.02
-#: Most idle connections kept for the next blocking call; more go back to the pool.
+#: Most distinct commands whose packed bytes are remembered (the cache starts over when full).
+MAX_PACKED = 1024
+#: Most idle connections kept here for the next blocking call; more go back to the pool, still connected.
 MAX_KEPT = 64
 
 #: What receives the reply of a call whose caller was cancelled (it must put the popped data back).
@@ -51,6 +53,8 @@ class InterruptibleCalls:
         # The server's id of each kept connection: asked once per connection (and again after it reconnects);
         # False where the ACL refuses CLIENT ID.
         self._ids: weakref.WeakKeyDictionary[AbstractConnection, int | bool] = weakref.WeakKeyDictionary()
+        #: Commands as written on the wire, by their arguments: a reader repeats the same pop over and over.
+        self._packed: dict[tuple[Any, ...], list[bytes]] = {}
 
     async def call(self, args: Sequence[object], on_interrupted: OnInterrupted) -> object:
         """The raw reply of the blocking command ``args``.
@@ -95,10 +99,13 @@ class InterruptibleCalls:
         return fresh
 
     async def _keep(self, connection: AbstractConnection) -> None:
-        if connection.is_connected and len(self._idle) < MAX_KEPT:
+        if not connection.is_connected:
+            await self._discard(connection)
+        elif len(self._idle) < MAX_KEPT:
             self._idle.append(connection)
         else:
-            await self._discard(connection)
+            # Connected and fine, only more than a burst of readers leaves behind: the pool keeps it.
+            await self._pool.release(connection)
 
     async def _discard(self, connection: AbstractConnection) -> None:
         with contextlib.suppress(Exception):
@@ -122,7 +129,13 @@ class InterruptibleCalls:
             raise valkey_errors.ConnectionError(
                 "the blocking connection closed before the command was written"
             )
-        writer.writelines(connection.pack_command(*args))
+        key = tuple(args)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= MAX_PACKED:
+                self._packed.clear()
+            packed = self._packed[key] = connection.pack_command(*args)
+        writer.writelines(packed)
 
     async def _read(self, connection: AbstractConnection, args: Sequence[object]) -> object:
         """The command's reply, within the pool's ``socket_timeout`` (which includes the block time)."""
