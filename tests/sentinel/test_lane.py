@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import valkey
+import valkey.asyncio
 
 from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts, lane
 
@@ -97,3 +98,23 @@ async def test_a_silent_server_fails_the_waiting_command_and_the_lane_recovers(
         assert await manager.execute_command(0, "ECHO", "after", idempotent=False) == b"after"
     finally:
         await manager.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "a" * 40, 1, "asgi:group:room", "1732312312.125", 60, 100, b"\x00" * 12 + b"payload"),
+        ("PUBLISH", "canal-é", "texte"),
+        ("SET", "big", b"x" * 100_000),
+        ("BZMPOP", 0.5, 1, "key", "MIN", "COUNT", 20),
+        ("CLIENT ID",),
+    ],
+)
+def test_commands_are_packed_as_valkey_py_packs_them(args: tuple[object, ...]) -> None:
+    connection = valkey.asyncio.Connection()
+    assert b"".join(lane.pack(connection, args)) == b"".join(connection.pack_command(*args))
+
+
+def test_a_value_no_packer_takes_raises_valkey_py_error() -> None:
+    with pytest.raises(valkey.DataError):
+        lane.pack(valkey.asyncio.Connection(), ("ECHO", True))

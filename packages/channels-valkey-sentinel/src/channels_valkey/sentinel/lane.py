@@ -29,6 +29,11 @@ from valkey.utils import LIBVALKEY_AVAILABLE
 
 from channels_valkey.sentinel.tasks import cancel_and_wait
 
+try:  # valkey-py's libvalkey extra, a dependency of this package: its C packer is four times as fast.
+    from libvalkey import pack_command as _pack_in_c
+except ImportError:  # pragma: no cover - installed without the extra
+    _pack_in_c = None  # type: ignore[assignment]
+
 #: Bytes waiting in the socket's write buffer above which a caller waits for them to drain.
 WRITE_HIGH_WATER = 1 << 20
 #: Most seconds between two looks of the watchdog at the oldest unanswered command.
@@ -49,6 +54,29 @@ async def read_reply(connection: AbstractConnection) -> Any:
         return await parser.read_response(disable_decoding=False)
     except OSError as error:
         raise valkey_errors.ConnectionError(f"error while reading: {error!r}") from error
+
+
+def pack(connection: AbstractConnection, args: tuple[Any, ...]) -> list[bytes]:
+    """``args`` as the bytes of one command, packed as ``connection`` would pack them.
+
+    The asyncio connections of valkey-py pack in Python even where libvalkey is installed; this uses the C packer
+    when it gives the same bytes: UTF-8 text (the connection's encoding) and no floats, which the two format
+    differently (the layers pass times as strings).
+    """
+    encoder = connection.encoder
+    if (
+        _pack_in_c is not None
+        and encoder.encoding == "utf-8"
+        and isinstance(args[0], str)
+        and " " not in args[0]
+        and not any(isinstance(arg, float) for arg in args)
+    ):
+        try:
+            return [_pack_in_c(args)]
+        except TypeError:
+            pass  # a value neither packs: valkey-py's own packer raises its DataError for it
+    packed: list[bytes] = connection.pack_command(*args)
+    return packed
 
 
 class _Link:
@@ -91,7 +119,7 @@ class CommandLane:
         if not self._pending:
             link.progress = loop.time()
         # Written and queued in one step with no await between: the reply to read next is always this one's.
-        writer.writelines(link.connection.pack_command(*args))
+        writer.writelines(pack(link.connection, args))
         self._pending.append(reply)
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await writer.drain()
