@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from servers.certificates import CertificateFiles, create_certificates
+from servers.cluster import ValkeyCluster, start_cluster
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess, install_shutdown_handlers
 from servers.tls_proxy import TLSProxy
@@ -162,6 +163,28 @@ def private_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
     group = SentinelGroup(tmp_path / "sentinel").start()
     yield group
     group.stop()
+
+
+@pytest.fixture(scope="session")
+def _cluster(servers_dir: Path) -> Iterator[ValkeyCluster]:
+    cluster = start_cluster(servers_dir, "cluster")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def valkey_cluster(_cluster: ValkeyCluster) -> ValkeyCluster:
+    """A shared Valkey Cluster (3 primaries, 3 replicas); tests that kill nodes use :func:`private_cluster`."""
+    _cluster.ensure()
+    return _cluster
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
+    """A Valkey Cluster of this test's own, free to have primaries killed and failed over."""
+    cluster = start_cluster(tmp_path, "cluster")
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,329 @@
+"""A real Valkey Cluster for tests: primaries with replicas, created by ``valkey-cli --cluster create``.
+
+Nodes are ordinary :class:`~servers.process.ValkeyProcess` servers in cluster mode, each with its own
+``nodes.conf`` in its folder, so a node killed with ``kill -9`` restarts on its port with its identity and rejoins.
+Roles are never remembered here: after a failover the cluster's own ``CLUSTER NODES`` is the only truth, so every
+question about who is primary is asked again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import valkey
+
+from servers.process import ConfigValue, ServerError, ValkeyProcess, cli_binary, wait_until
+
+#: Number of hash slots a Valkey Cluster divides keys into.
+SLOTS = 16384
+#: Seconds ``valkey-cli --cluster create`` may take before the cluster is declared broken.
+CREATE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One line of ``CLUSTER NODES``: what the asked node believes about one member."""
+
+    node_id: str
+    address: tuple[str, int]
+    flags: frozenset[str]
+    primary_id: str | None
+    slots: frozenset[int]
+
+    @property
+    def is_primary(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def is_failed(self) -> bool:
+        return bool(self.flags & {"fail", "fail?", "noaddr", "handshake"})
+
+
+def parse_cluster_nodes(text: str) -> list[NodeView]:
+    """Parse a ``CLUSTER NODES`` reply; slots being migrated (``[slot->-id]``) are not counted as owned."""
+    views: list[NodeView] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        host, _, port = fields[1].split("@")[0].rpartition(":")
+        slots: set[int] = set()
+        for item in fields[8:]:
+            if item.startswith("["):
+                continue
+            first, _, last = item.partition("-")
+            slots.update(range(int(first), int(last or first) + 1))
+        views.append(
+            NodeView(
+                node_id=fields[0],
+                address=(host, int(port)),
+                flags=frozenset(fields[2].split(",")),
+                primary_id=None if fields[3] == "-" else fields[3],
+                slots=frozenset(slots),
+            )
+        )
+    return views
+
+
+class ValkeyCluster:
+    """``primaries`` primaries with ``replicas_per_primary`` replicas each; a killed primary fails over in seconds.
+
+    ``node_timeout_ms`` is ``cluster-node-timeout``: how long a silent node stays unsuspected (the binary's default
+    is 15 s; a failover takes about this plus two seconds).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        primaries: int = 3,
+        replicas_per_primary: int = 1,
+        node_timeout_ms: int = 2000,
+    ) -> None:
+        if primaries < 3:
+            raise ValueError(f"a Valkey Cluster needs at least 3 primaries, got primaries={primaries}")
+        if replicas_per_primary < 0:
+            raise ValueError(f"replicas_per_primary must be 0 or more, got {replicas_per_primary}")
+        self.workdir = workdir
+        self.primary_count = primaries
+        self.replicas_per_primary = replicas_per_primary
+        self.node_timeout_ms = node_timeout_ms
+        node_config: dict[str, ConfigValue] = {
+            "cluster-enabled": "yes",
+            "cluster-config-file": "nodes.conf",
+            "cluster-node-timeout": node_timeout_ms,
+            # A replica may take over however long it was cut off: tests kill primaries right after creation.
+            "cluster-replica-validity-factor": 0,
+            "repl-diskless-sync-delay": 0,
+            "appendonly": "no",
+        }
+        count = primaries * (1 + replicas_per_primary)
+        self.nodes = [ValkeyProcess(workdir, f"node{index}", node_config) for index in range(count)]
+
+    # Life cycle ----------------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> ValkeyCluster:
+        """Start every node, join them with ``valkey-cli --cluster create`` and wait until the cluster is ok."""
+        with ExitStack() as undo:
+            for node in self.nodes:
+                node.start()
+                undo.callback(node.stop)
+            self._create()
+            self.wait_ready(timeout)
+            undo.pop_all()
+        return self
+
+    def _create(self) -> None:
+        command = [str(cli_binary()), "--cluster", "create"]
+        command += [f"{node.host}:{node.port}" for node in self.nodes]
+        command += ["--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"]
+        try:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=CREATE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ServerError(
+                f"`valkey-cli --cluster create` hung for {CREATE_TIMEOUT:.0f}s; {self._logs()}"
+            ) from exc
+        if result.returncode != 0:
+            output = (result.stdout + result.stderr).strip().splitlines()[-15:]
+            raise ServerError(
+                f"`valkey-cli --cluster create` exited with {result.returncode}; {self._logs()}\n  | "
+                + "\n  | ".join(output)
+            )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every node runs, says ``cluster_state:ok`` with all slots served, roles are complete (each
+        primary has its replicas) and every replica's link to its primary is up."""
+        for node in self.nodes:
+            node.ensure_running()
+
+        def ready() -> bool:
+            for node in self.nodes:
+                if not _cluster_ok(node, known_nodes=len(self.nodes)):
+                    return False
+            views = self._views()
+            if any(view.is_failed for view in views) or _owned_slots(views) != SLOTS:
+                return False
+            if len(self.primaries()) != self.primary_count:
+                return False
+            replicas = self.replicas()
+            if len(replicas) != self.primary_count * self.replicas_per_primary:
+                return False
+            return all(_replica_linked(replica) for replica in replicas)
+
+        try:
+            wait_until(ready, timeout=timeout, message="the cluster to be ok")
+        except TimeoutError as exc:
+            raise ServerError(f"cluster did not become ok in {timeout:.0f}s; {self._logs()}") from exc
+
+    def ensure(self, timeout: float = 10.0) -> None:
+        """Raise :class:`ServerError` naming the logs unless the cluster is whole (a test may have broken it)."""
+        self.wait_ready(timeout)
+
+    def _logs(self) -> str:
+        return "logs: " + ", ".join(str(node.log_file) for node in self.nodes)
+
+    # What clients need ------------------------------------------------------------------------------------------
+
+    def url(self) -> str:
+        """The URL of the startup node (the first one); a cluster client discovers the rest from it."""
+        node = self.nodes[0]
+        return f"valkey://{node.host}:{node.port}"
+
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [node.address for node in self.nodes]
+
+    # State, as the cluster reports it now -----------------------------------------------------------------------
+
+    def _views(self) -> list[NodeView]:
+        """``CLUSTER NODES`` as seen by the first running node that answers."""
+        last_error: Exception | None = None
+        for node in self._running():
+            try:
+                with node.client(socket_timeout=1, socket_connect_timeout=1) as client:
+                    text = client.execute_command("CLUSTER", "NODES")
+            except (valkey.ValkeyError, OSError) as exc:
+                last_error = exc
+                continue
+            return parse_cluster_nodes(text.decode() if isinstance(text, bytes) else str(text))
+        raise ServerError(f"no cluster node answered CLUSTER NODES; {self._logs()}") from last_error
+
+    def _running(self) -> Iterator[ValkeyProcess]:
+        return (node for node in self.nodes if node.is_running())
+
+    def _node_at(self, address: tuple[str, int]) -> ValkeyProcess:
+        for node in self.nodes:
+            if node.address == address:
+                return node
+        raise ServerError(f"the cluster names {address}, which is none of {self.nodes}")
+
+    def primaries(self) -> list[ValkeyProcess]:
+        """Nodes that are primaries serving slots now, not flagged failed."""
+        views = self._views()
+        return [self._node_at(v.address) for v in views if v.is_primary and v.slots and not v.is_failed]
+
+    def replicas(self) -> list[ValkeyProcess]:
+        """Nodes that are replicas now, not flagged failed."""
+        views = self._views()
+        return [self._node_at(v.address) for v in views if not v.is_primary and not v.is_failed]
+
+    def key_slot(self, key: str | bytes) -> int:
+        for node in self._running():
+            with node.client() as client:
+                return int(client.execute_command("CLUSTER", "KEYSLOT", key))
+        raise ServerError(f"no cluster node is running; {self._logs()}")
+
+    def primary_for(self, key: str | bytes) -> ValkeyProcess:
+        """The node that serves ``key``'s slot now."""
+        slot = self.key_slot(key)
+        for view in self._views():
+            if view.is_primary and slot in view.slots:
+                return self._node_at(view.address)
+        raise ServerError(f"no node serves slot {slot} of key {key!r}; {self._logs()}")
+
+    # Faults ---------------------------------------------------------------------------------------------------
+
+    def kill_primary_of(self, key: str | bytes) -> ValkeyProcess:
+        """``kill -9`` the primary serving ``key`` and return it (bring it back with :meth:`rejoin`)."""
+        node = self.primary_for(key)
+        node.kill()
+        return node
+
+    def wait_for_failover(self, killed: ValkeyProcess, timeout: float = 15.0) -> None:
+        """Wait until every surviving node says ``cluster_state:ok`` and sees all slots served by running nodes,
+        none of them by ``killed`` (so one of its replicas has taken its slots over)."""
+
+        def failed_over() -> bool:
+            survivors = list(self._running())
+            for node in survivors:
+                if not _cluster_ok(node):
+                    return False
+                with node.client(socket_timeout=1) as client:
+                    text = client.execute_command("CLUSTER", "NODES")
+                views = parse_cluster_nodes(text.decode() if isinstance(text, bytes) else str(text))
+                serving = [v for v in views if v.is_primary and v.slots]
+                if any(v.address == killed.address for v in serving):
+                    return False
+                if any(not self._node_at(v.address).is_running() for v in serving):
+                    return False
+                if _owned_slots(serving) != SLOTS:
+                    return False
+            return bool(survivors)
+
+        try:
+            wait_until(failed_over, timeout=timeout, message=f"a failover away from {killed.name}")
+        except TimeoutError as exc:
+            raise ServerError(
+                f"no failover away from {killed.name} in {timeout:.0f}s; {self._logs()}"
+            ) from exc
+
+    def rejoin(self, node: ValkeyProcess, timeout: float = 30.0) -> None:
+        """Restart a killed node on its port and wait until the cluster is whole again.
+
+        Its ``nodes.conf`` gives it back its identity; finding its slots served under a newer epoch, it becomes a
+        replica of the node that took them over.
+        """
+        node.start()
+        self.wait_ready(timeout)
+
+    def __repr__(self) -> str:
+        return f"<ValkeyCluster {len(self.nodes)} nodes in {self.workdir}>"
+
+
+def start_cluster(
+    workdir: Path,
+    name: str,
+    primaries: int = 3,
+    replicas_per_primary: int = 1,
+    node_timeout_ms: int = 2000,
+) -> ValkeyCluster:
+    """Start a cluster whose nodes live in ``workdir / name``; it is ok (all slots, all replicas linked) on return."""
+    cluster = ValkeyCluster(
+        workdir / name,
+        primaries=primaries,
+        replicas_per_primary=replicas_per_primary,
+        node_timeout_ms=node_timeout_ms,
+    )
+    return cluster.start()
+
+
+def _cluster_ok(node: ValkeyProcess, known_nodes: int | None = None) -> bool:
+    with node.client(socket_timeout=1, socket_connect_timeout=1) as client:
+        text = client.execute_command("CLUSTER", "INFO")
+    info = dict(
+        line.split(":", 1)
+        for line in (text.decode() if isinstance(text, bytes) else str(text)).splitlines()
+        if ":" in line
+    )
+    if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != str(SLOTS):
+        return False
+    return known_nodes is None or info.get("cluster_known_nodes") == str(known_nodes)
+
+
+def _owned_slots(views: list[NodeView]) -> int:
+    owned: set[int] = set()
+    for view in views:
+        if view.is_primary:
+            owned |= view.slots
+    return len(owned)
+
+
+def _replica_linked(node: ValkeyProcess) -> bool:
+    with node.client(socket_timeout=1, socket_connect_timeout=1) as client:
+        info: dict[str, Any] = client.info("replication")
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
