@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core.stats import DropCounters
-from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait
+from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait, raise_if_cancelling
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -234,6 +234,7 @@ class LoopReceiver:
         failing_since = 0.0
         backoff = source.policy.backoff()
         while True:
+            raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
             self._settle_held(queue)
             try:
                 if queue.waiting:

@@ -32,6 +32,7 @@ from channels_valkey.sentinel import (
     ShardUnavailable,
     cancel_and_wait,
     classify,
+    raise_if_cancelling,
     read_reply,
 )
 
@@ -206,6 +207,7 @@ class Subscriber:
         backoff = self.policy.backoff()
         attempt = 0
         while True:
+            raise_if_cancelling()
             try:
                 connection = await pool.get_connection("SUBSCRIBE")
             except Exception as error:
@@ -233,6 +235,8 @@ class Subscriber:
                     await connection.disconnect(nowait=True)
                 with contextlib.suppress(Exception):
                     await pool.release(connection)
+            # A closing loop cancels this task once; valkey-py may have turned that into the error just caught.
+            raise_if_cancelling()
             self._announce_down()
             # After a connection that served well the first reconnection is immediate (a failover has moved the
             # pool already); a server that drops every new connection at once is retried with backoff.

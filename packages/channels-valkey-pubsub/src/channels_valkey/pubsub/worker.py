@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait
+from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait, raise_if_cancelling
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
@@ -95,6 +95,7 @@ class QueueReader:
         failures = 0
         failing_since = 0.0
         while True:
+            raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
             if self.returned:
                 await self._settle()
             if not self.channel.waiting() or not self.source.queue_enabled(self.shard):

@@ -24,7 +24,7 @@ from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.shard import Shard
-from channels_valkey.sentinel.tasks import cancel_and_wait
+from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -51,6 +51,7 @@ __all__ = [
     "delete_prefixed",
     "discover_services",
     "glob_escape",
+    "raise_if_cancelling",
     "read_reply",
     "refuses_health_check",
 ]
