@@ -7,8 +7,10 @@ server only after checking it is alive, so a crashed server fails the next test 
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +202,34 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ValkeyProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+# Waiting without hanging -----------------------------------------------------------------------------------------
+
+#: Longest a test waits for a message or a condition before it fails, instead of hanging the suite.
+WAIT_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def receive() -> Callable[..., Awaitable[dict[str, Any]]]:
+    """``await receive(layer, channel)``: a receive that fails the test after a timeout instead of hanging."""
+
+    async def receive_within(layer: Any, channel: str, timeout: float = WAIT_TIMEOUT) -> dict[str, Any]:
+        message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
+        return message
+
+    return receive_within
+
+
+@pytest.fixture
+def eventually() -> Callable[..., Awaitable[None]]:
+    """``await eventually(lambda: cond, "what")``: poll a condition on the event loop, fail after a timeout."""
+
+    async def wait(condition: Callable[[], object], what: str, timeout: float = WAIT_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
+            await asyncio.sleep(0.01)
+
+    return wait

@@ -8,8 +8,7 @@ made here writes under the test's own ``key_prefix`` and is flushed and closed a
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,31 +121,6 @@ async def make_layer(hosts: list[Any], layer_prefix: str) -> AsyncIterator[Calla
 def layer(make_layer: Callable[..., ValkeyChannelLayer]) -> ValkeyChannelLayer:
     """A layer with the default settings on the topology under test."""
     return make_layer()
-
-
-@pytest.fixture
-def receive() -> Callable[..., Awaitable[dict[str, Any]]]:
-    """``await receive(layer, channel)``: a receive that fails the test after a timeout instead of hanging."""
-
-    async def receive_within(layer: Any, channel: str, timeout: float = RECEIVE_TIMEOUT) -> dict[str, Any]:
-        message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
-        return message
-
-    return receive_within
-
-
-@pytest.fixture
-def eventually() -> Callable[..., Awaitable[None]]:
-    """``await eventually(lambda: cond, "what")``: poll a condition on the event loop, fail after a timeout."""
-
-    async def wait(condition: Callable[[], object], what: str, timeout: float = RECEIVE_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-            await asyncio.sleep(0.01)
-
-    return wait
 
 
 @pytest.fixture

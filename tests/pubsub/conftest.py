@@ -117,33 +117,6 @@ def layer(make_layer: Callable[..., ValkeyPubSubChannelLayer]) -> ValkeyPubSubCh
 
 
 @pytest.fixture
-def receive() -> Callable[..., Awaitable[dict[str, Any]]]:
-    """``await receive(layer, channel)``: a receive that fails the test after a timeout instead of hanging."""
-
-    async def receive_within(layer: Any, channel: str, timeout: float = RECEIVE_TIMEOUT) -> dict[str, Any]:
-        message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout)
-        return message
-
-    return receive_within
-
-
-@pytest.fixture
-def eventually() -> Callable[..., Awaitable[None]]:
-    """``await eventually(lambda: cond, "what")``: poll a condition on the event loop, fail after a timeout."""
-    return wait_for_condition
-
-
-async def wait_for_condition(
-    condition: Callable[[], object], what: str, timeout: float = RECEIVE_TIMEOUT
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture
 def eventually_blocking() -> Callable[..., Awaitable[None]]:
     """Like ``eventually`` for a condition that blocks (it asks a server with a sync client): polled in a thread."""
     return wait_in_thread
@@ -152,7 +125,7 @@ def eventually_blocking() -> Callable[..., Awaitable[None]]:
 async def wait_in_thread(
     condition: Callable[[], object], what: str, timeout: float = RECEIVE_TIMEOUT
 ) -> None:
-    """Like :func:`wait_for_condition` for a condition that blocks (asks a server): polled in a thread."""
+    """Like the ``eventually`` fixture for a condition that blocks (asks a server): polled in a thread."""
 
     def poll() -> bool:
         deadline = time.monotonic() + timeout
