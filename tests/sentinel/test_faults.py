@@ -8,6 +8,7 @@ import random
 
 import pytest
 import valkey
+from valkey.asyncio.connection import Connection
 
 from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts
 
@@ -74,6 +75,40 @@ async def test_a_lost_reply_of_a_non_idempotent_command_reaches_the_caller(
             await manager.execute(0, lambda c: c.rpush(f"{key_prefix}l", 1), idempotent=False)
     finally:
         fault_proxy.resume()
+        await manager.close()
+
+
+class _ResetDuringHealthCheck(Connection):
+    """A connection that is disconnected once right after its health-check PING, before the command is written.
+
+    That is what a failover reset (``pool.disconnect(inuse_connections=True)``) does to a command caught between
+    its health check and its write.
+    """
+
+    resets_left = 0
+
+    async def check_health(self) -> None:
+        await super().check_health()
+        if type(self).resets_left:
+            type(self).resets_left -= 1
+            await self.disconnect()
+
+
+async def test_a_command_whose_connection_was_reset_before_the_write_is_retried(
+    valkey_url: str, key_prefix: str
+) -> None:
+    """Even a non-idempotent command is retried then: valkey-py had not written a byte of it."""
+    key = f"{key_prefix}l"
+    hosts = decode_hosts([{"address": valkey_url, "connection_class": _ResetDuringHealthCheck}])
+    manager = ConnectionManager(hosts, ResiliencePolicy(health_check_interval=0.001))
+    try:
+        await manager.execute(0, lambda c: c.ping(), idempotent=True)
+        _ResetDuringHealthCheck.resets_left = 1
+        await asyncio.sleep(0.01)  # past the health-check interval, so the next command PINGs first
+        assert await manager.execute(0, lambda c: c.rpush(key, "once"), idempotent=False) == 1
+        assert _ResetDuringHealthCheck.resets_left == 0
+        assert await manager.execute(0, lambda c: c.lrange(key, 0, -1), idempotent=True) == [b"once"]
+    finally:
         await manager.close()
 
 

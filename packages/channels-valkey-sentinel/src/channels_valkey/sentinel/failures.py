@@ -48,7 +48,19 @@ def classify(error: BaseException) -> Failure | None:
     if type(error) is valkey_errors.ValkeyError and str(error) == "Buffer is closed.":
         # valkey-py's pool checking a connection that a failover reset closed under it: nothing was sent yet.
         return Failure.NOT_RUN
+    if _is_unwritten_send(error):
+        return Failure.NOT_RUN
     return None
+
+
+def _is_unwritten_send(error: BaseException) -> bool:
+    """Whether ``error`` is valkey-py writing a command to a connection that a reset closed a moment before.
+
+    ``send_packed_command`` awaits the health-check PING (and, on Python 3.11, the task ``wait_for`` starts)
+    before it writes; a failover reset that disconnects in-use connections in that window leaves the
+    connection's writer at None, and the write fails with this AttributeError before any byte left.
+    """
+    return isinstance(error, AttributeError) and error.name == "writelines" and error.obj is None
 
 
 def refuses_health_check(error: BaseException) -> bool:
