@@ -1,27 +1,34 @@
 """What every benchmark suite shares: a Valkey server for the session, ratio tables printed at the end, and the
-way the layer suites run one side of a comparison.
+way the layer suites compare the two sides.
 
 A suite files the figures of both sides (ours and channels_redis) under a group with a :class:`RatioReport` from
 the ``ratio_report`` fixture; at the end of the session each report prints one row per group where both sides ran,
 and writes the same rows as JSON under .benchmarks/ (where pytest-benchmark keeps its own files), for comparing
 runs. ``benchmarks/`` is not on ``sys.path``, so the suites reach all this through fixtures, not imports.
 
-The layer suites (core, pubsub) set a target per row (``target_report``), run every benchmark that takes ``side``
-once per side, each on an event loop of its own (``run``), with layers made by ``make_layer`` from the suite's
-``layer_classes`` fixture, under a prefix of their own. Targets are reported, never asserted: a benchmark fails only
-when a layer delivers something wrong.
+The layer suites (core, pubsub) set a target per row (``target_report``) and run each test on an event loop of its
+own (``run``), with layers built from the suite's ``layer_classes`` fixture, each side under a prefix of its own.
+A timed comparison takes ``layers`` (one of each side) and ``take_turns``, which runs the rounds of the two sides
+in alternating blocks inside the one test: on this 2-core machine the speed drifts by tens of percent over
+minutes, so two sides timed minutes apart, in separate tests, gave ratios that moved from 3.7 to 6.3 between runs.
+The few tests that must measure one side at a time (memory figures, which cannot be told apart when two layers
+share the process) take ``side`` and run once per side. Targets are reported, never asserted: a benchmark fails
+only when a layer delivers something wrong.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import statistics
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -248,11 +255,12 @@ def target_report(ratio_report: Callable[..., RatioReport]) -> Callable[..., Rat
 
 
 @pytest.fixture
-def record(report: RatioReport, side: str) -> Callable[[str, float], None]:
-    """``record(row, value)``: file the side under test's figure for a row of the suite's ``report``."""
+def record(report: RatioReport) -> Callable[[str, Mapping[str, float]], None]:
+    """``record(row, {side: value})``: file each named side's figure for a row of the suite's ``report``."""
 
-    def file(row: str, value: float) -> None:
-        report.record(row, side, value=value)
+    def file(row: str, values: Mapping[str, float]) -> None:
+        for side, value in values.items():
+            report.record(row, side, value=value)
 
     return file
 
@@ -271,8 +279,9 @@ def measuring(request: pytest.FixtureRequest) -> bool:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # Every benchmark that takes ``side`` runs once per side, ours first, under the same group (unless it lists
-    # the sides itself, as the serializer benchmarks do).
+    # A benchmark that takes ``side`` measures one side at a time (the soak and churn, whose memory figures
+    # cannot be told apart when two layers run in one process at once): it runs once per side, ours first, under
+    # the same group, unless it lists the sides itself, as the serializer benchmarks do.
     parametrized = {
         name.strip()
         for marker in metafunc.definition.iter_markers("parametrize")
@@ -282,7 +291,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("side", SIDES)
 
 
-# Running one side ----------------------------------------------------------------------------------------------
+# The layers ----------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -314,12 +323,20 @@ def run(loop: asyncio.AbstractEventLoop) -> Callable[[Coroutine[Any, Any, T]], T
 
 
 @pytest.fixture
-def prefix(side: str) -> str:
-    """The prefix of the test's layers: every key and channel name they put on the server starts with it.
+def prefixes() -> dict[str, str]:
+    """The prefix of each side's layers in the test, by side: every key and channel name they put on the server
+    starts with it.
 
     Known outside the event loop, unlike the peer's ``layer.prefix``, which needs a running loop to be read.
     """
-    return f"bench-{uuid.uuid4().hex[:8]}-{side}-"
+    token = uuid.uuid4().hex[:8]
+    return {side: f"bench-{token}-{side}-" for side in SIDES}
+
+
+@pytest.fixture
+def prefix(prefixes: dict[str, str], side: str) -> str:
+    """The prefix of the side under test, in the tests that measure one side at a time."""
+    return prefixes[side]
 
 
 #: Capacity of every layer here: large enough that no benchmark meets it, the same on both sides.
@@ -327,41 +344,195 @@ CAPACITY = 10_000
 
 
 @pytest.fixture
-def make_layer(
+def build_layer(
     run: Callable[[Awaitable[Any]], Any],
     valkey_server: ValkeyProcess,
-    side: str,
-    prefix: str,
+    prefixes: dict[str, str],
     layer_classes: Callable[[], tuple[type, type]],
 ) -> Iterator[Callable[..., Any]]:
-    """``make_layer(**config)``: a layer of ``side`` under the test's prefix; flushed and closed after the test.
+    """``build_layer(side, **config)``: a layer of ``side`` under that side's prefix; flushed and closed after the
+    test.
 
     ``layer_classes`` is the suite's: it returns (our class, the peer's class), importing ours only when a layer
     is made, so the peer's half of a suite runs even where ours does not import.
     """
-    made: list[Any] = []
+    made: list[tuple[str, Any]] = []
 
-    def make(**config: Any) -> Any:
+    def build(side: str, **config: Any) -> Any:
+        if side not in SIDES:
+            raise ValueError(f"side must be {OURS!r} or {PEER!r}, not {side!r}")
         config.setdefault("capacity", CAPACITY)
-        config.setdefault("prefix", prefix)
+        config.setdefault("prefix", prefixes[side])
         ours, peer = layer_classes()
         if side == OURS:
             layer = ours(hosts=[valkey_server.url()], **config)
-        elif side == PEER:
-            layer = peer(hosts=[valkey_server.url("redis")], **config)
         else:
-            raise ValueError(f"side must be {OURS!r} or {PEER!r}, not {side!r}")
-        made.append(layer)
+            layer = peer(hosts=[valkey_server.url("redis")], **config)
+        made.append((side, layer))
         return layer
 
-    yield make
-    for layer in made:
+    yield build
+    for side, layer in made:
         run(layer.flush())
         if side == OURS:
             run(layer.close_pools())  # the peer's flush closes its connections itself
 
 
 @pytest.fixture
+def make_layers(build_layer: Callable[..., Any]) -> Callable[..., dict[str, Any]]:
+    """``make_layers(**config)``: a layer of each side with the same settings, by side."""
+
+    def make(**config: Any) -> dict[str, Any]:
+        return {side: build_layer(side, **config) for side in SIDES}
+
+    return make
+
+
+@pytest.fixture
+def layers(make_layers: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """A layer of each side with the benchmark settings, by side: the pair a timed comparison takes turns on."""
+    return make_layers()
+
+
+@pytest.fixture
+def make_layer(build_layer: Callable[..., Any], side: str) -> Callable[..., Any]:
+    """``make_layer(**config)``: a layer of the side under test, in the tests that measure one side at a time."""
+    return functools.partial(build_layer, side)
+
+
+@pytest.fixture
 def layer(make_layer: Callable[..., Any]) -> Any:
     """A layer of the side under test with the benchmark settings."""
     return make_layer()
+
+
+# Taking turns --------------------------------------------------------------------------------------------------
+
+
+def _by_side() -> dict[str, list[Any]]:
+    return {side: [] for side in SIDES}
+
+
+@dataclass
+class Turns(Generic[T]):
+    """What each side's timed rounds of one comparison took and returned, by side, in the order they ran."""
+
+    #: Whether the rounds were timed (``--benchmark-enable``). If not, each side ran one round, to check that it
+    #: works, and ``seconds`` holds nothing to compare.
+    timed: bool
+    #: Wall seconds of each round: pytest-benchmark's own for ours, ``time.perf_counter()`` for the peer.
+    seconds: dict[str, list[float]] = field(default_factory=_by_side)
+    #: The process's CPU seconds during each round (``time.process_time()``): the client's, the server runs apart.
+    cpu: dict[str, list[float]] = field(default_factory=_by_side)
+    #: What each round returned.
+    results: dict[str, list[T]] = field(default_factory=_by_side)
+
+    def check(self, wanted: T) -> None:
+        """Fail unless both sides ran and every round of each returned ``wanted`` (how many came intact)."""
+        for side, results in self.results.items():
+            if not results:
+                raise AssertionError(f"{side} ran no round")
+            wrong = {index: result for index, result in enumerate(results) if result != wanted}
+            if wrong:
+                raise AssertionError(f"{side}: rounds returned {wrong} (round: result), not {wanted!r}")
+
+    def rate(self, amount: float) -> dict[str, float]:
+        """By side, ``amount`` per second of the median round, each round moving ``amount`` messages or deliveries."""
+        return {side: amount / statistics.median(seconds) for side, seconds in self.seconds.items()}
+
+
+async def _settle(layer: Any) -> None:
+    """Wait for the work ``layer`` still does in the background after its rounds (the peer's Pub/Sub layer is a
+    proxy that finds its attributes on the running loop only, hence a coroutine)."""
+    wait_received = getattr(layer, "wait_received", None)
+    if wait_received is not None:
+        await wait_received()
+
+
+@pytest.fixture
+def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable[..., Turns[Any]]:
+    """``take_turns(layers, one_round, rounds=, turn=1, warmup=0, before_round=None)``: the rounds of both sides
+    of a comparison, timed in turns; a :class:`Turns`.
+
+    ``one_round(side)`` does one round of work with ``layers[side]`` and returns what the test checks;
+    ``before_round(side)``, if given, prepares each round, untimed. After ``warmup`` untimed rounds of each side,
+    pytest-benchmark times ``rounds`` rounds of ours (``benchmark.pedantic``), and its ``setup`` and ``teardown``
+    hooks run as many rounds of the peer in between, timed here: blocks of ``turn`` rounds of each side, in the
+    order peer, ours, ours, peer, peer, ours..., so that neither side always runs right after the other, and
+    rounds of the two sides that get compared ran seconds apart. After each block, the side that ran it finishes
+    its background work (``wait_received``), untimed, so that it does not weigh on the other side's turn.
+    """
+
+    def settle(layers: Mapping[str, Any], side: str) -> None:
+        run(_settle(layers[side]))
+
+    def take(
+        layers: Mapping[str, Any],
+        one_round: Callable[[str], T],
+        *,
+        rounds: int,
+        turn: int = 1,
+        warmup: int = 0,
+        before_round: Callable[[str], object] | None = None,
+    ) -> Turns[T]:
+        if rounds < 1 or turn < 1 or warmup < 0:
+            raise ValueError(
+                f"rounds and turn must be 1 or more, warmup 0 or more; not {rounds}, {turn}, {warmup}"
+            )
+        turns: Turns[T] = Turns(timed=benchmark.enabled)
+        if not turns.timed:
+            turn = 1  # the peer's first turn is all it runs: one round, as ours
+
+        def prepare(side: str) -> None:
+            if before_round is not None:
+                before_round(side)
+
+        def play(side: str) -> T:
+            # The same work around both sides' rounds, inside their timed span: the process_time calls and the
+            # appends, on top of one_round.
+            cpu_start = time.process_time()
+            result = one_round(side)
+            turns.cpu[side].append(time.process_time() - cpu_start)
+            turns.results[side].append(result)
+            return result
+
+        def peer_turn(block: int) -> None:
+            for _ in range(min(turn, rounds - block * turn)):
+                prepare(PEER)
+                start = time.perf_counter()  # pytest-benchmark's default timer, which times ours
+                play(PEER)
+                turns.seconds[PEER].append(time.perf_counter() - start)
+            settle(layers, PEER)
+
+        def before_ours() -> None:
+            block, place = divmod(len(turns.results[OURS]), turn)
+            if place == 0 and block % 2 == 0:
+                peer_turn(block)
+            prepare(OURS)
+
+        def after_ours() -> None:
+            done = len(turns.results[OURS])
+            if done % turn == 0 or done == rounds:
+                settle(layers, OURS)
+                block = (done - 1) // turn
+                if block % 2 == 1:
+                    peer_turn(block)
+
+        if turns.timed:
+            for side in SIDES:
+                for _ in range(warmup):
+                    prepare(side)
+                    one_round(side)
+                settle(layers, side)
+        benchmark.pedantic(
+            lambda: play(OURS), setup=before_ours, teardown=after_ours, rounds=rounds, iterations=1
+        )
+        if turns.timed:
+            turns.seconds[OURS] = list(benchmark.stats.stats.data)
+            if len(turns.seconds[PEER]) != rounds or len(turns.seconds[OURS]) != rounds:
+                raise AssertionError(f"{rounds} rounds each expected, not {turns.seconds}")
+            benchmark.extra_info["channels_redis median s"] = statistics.median(turns.seconds[PEER])
+            benchmark.extra_info["turn"] = turn
+        return turns
+
+    return take

@@ -1,10 +1,21 @@
 """send, receive and group_send of the core layer, ours side by side with channels_redis 4 (the targets of issue #5).
 
-Run: ``hatch run bench:run benchmarks/core``. Every test runs once per side, on the session's Valkey server, in
-this one process, each side under its own prefix; the ratio table at the end of the run comes from conftest.py.
+Run: ``hatch run bench:run benchmarks/core``. Both layers work on the session's Valkey server, in this one process,
+each side under its own prefix; the ratio table at the end of the run comes from conftest.py.
+
+Each timed test measures both sides in turns (``take_turns`` in benchmarks/conftest.py): pytest-benchmark times
+ours with ``benchmark.pedantic``, and between its rounds the peer runs as many rounds of the same work, timed with
+the same clock, in alternating blocks (peer, ours, ours, peer, ...). This machine's speed drifts by tens of percent
+over minutes, so comparing two tests run minutes apart gave ratios anywhere from 3.7 to 6.3; rounds compared a few
+seconds apart drift together. Both sides' figures come from the median round, so that the ratio is of like with
+like. Short rounds go in blocks (round trips 25 at a time, group_sends 5), as in ``channels-valkey bench``; after
+each block, the side that ran it finishes its background work (``wait_received``, untimed), so that the peer's
+clean-up of in-flight backups does not weigh on ours, nor ours on the peer.
+
 Figures are wall time per round unless a test says otherwise; the server runs in another process, so
-``time.process_time()`` is the client's CPU alone. ``CORE_SOAK_MESSAGES`` scales the soak (default 5,000; the
-issue's figure is 200,000).
+``time.process_time()`` is the client's CPU alone. The soak measures one side at a time: its figure is the memory
+the process keeps, which two layers at work in one process would share. ``CORE_SOAK_MESSAGES`` scales the soak
+(default 5,000; the issue's figure is 200,000).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import statistics
 import time
 import tracemalloc
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -37,8 +48,12 @@ SEQUENTIAL_PAIRS = 500
 CONCURRENT_MESSAGES = 1000
 THROUGHPUT_ROUNDS = 5
 ROUND_TRIPS = 1000
+#: Round trips one side runs before the other's turn: a round trip takes under a millisecond.
+ROUND_TRIP_TURN = 25
 MEMBERS = 100
 FAN_OUT_ROUNDS = 30
+#: group_sends one side runs before the other's turn: each takes a few milliseconds.
+FAN_OUT_TURN = 5
 BACKLOG = 2000
 BACKLOG_ROUNDS = 5
 
@@ -51,15 +66,10 @@ SOAK_CONSUMERS = 10
 SOAK_PAIRS = 5
 
 Run = Callable[..., Any]
-Record = Callable[[str, float], None]
-
-
-def round_times(benchmark: Any) -> list[float] | None:
-    """The seconds each timed round took, or None when benchmarks are disabled (nothing to compare then)."""
-    metadata = getattr(benchmark, "stats", None)
-    if not metadata:
-        return None
-    return list(metadata.stats.data)
+Record = Callable[[str, Mapping[str, float]], None]
+#: ``take_turns`` of benchmarks/conftest.py: it returns a ``Turns``.
+TakeTurns = Callable[..., Any]
+Layers = dict[str, Any]
 
 
 # The work, one function per benchmark (a profiler can call the same ones) -----------------------------------------
@@ -84,36 +94,34 @@ def fill_backlog(server: ValkeyProcess, layer: Any, count: int) -> None:
 
 
 @pytest.mark.benchmark(group="1a send+receive sequential")
-def test_send_receive_sequential(benchmark: Any, run: Run, layer: Any, record: Record) -> None:
-    intact = benchmark.pedantic(
-        lambda: run(send_receive_pairs(layer, CHANNEL, SEQUENTIAL_PAIRS)),
+def test_send_receive_sequential(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
+    turns = take_turns(
+        layers,
+        lambda side: run(send_receive_pairs(layers[side], CHANNEL, SEQUENTIAL_PAIRS)),
         rounds=THROUGHPUT_ROUNDS,
-        warmup_rounds=1,
+        warmup=1,
     )
-    assert intact == SEQUENTIAL_PAIRS
-    times = round_times(benchmark)
-    if times is not None:
-        record("1a send+receive sequential", SEQUENTIAL_PAIRS / statistics.median(times))
+    turns.check(SEQUENTIAL_PAIRS)
+    if turns.timed:
+        record("1a send+receive sequential", turns.rate(SEQUENTIAL_PAIRS))
 
 
 # 1b and 5: the concurrent flow, timed in wall time and in the client's CPU time.
 @pytest.mark.benchmark(group="1b send+receive concurrent")
-def test_send_receive_concurrent(benchmark: Any, run: Run, layer: Any, record: Record) -> None:
-    cpu: list[float] = []
-
-    def flow() -> int:
-        start = time.process_time()
-        intact = run(produce_and_consume(layer, CHANNEL, CONCURRENT_MESSAGES))
-        cpu.append(time.process_time() - start)
-        return int(intact)
-
-    intact = benchmark.pedantic(flow, rounds=THROUGHPUT_ROUNDS, warmup_rounds=1)
-    assert intact == CONCURRENT_MESSAGES
-    times = round_times(benchmark)
-    if times is not None:
-        record("1b send+receive concurrent", CONCURRENT_MESSAGES / statistics.median(times))
-        cpu_per_message = statistics.median(cpu[-THROUGHPUT_ROUNDS:]) / CONCURRENT_MESSAGES
-        record("5 client CPU per message", cpu_per_message * 1e6)
+def test_send_receive_concurrent(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
+    turns = take_turns(
+        layers,
+        lambda side: run(produce_and_consume(layers[side], CHANNEL, CONCURRENT_MESSAGES)),
+        rounds=THROUGHPUT_ROUNDS,
+        warmup=1,
+    )
+    turns.check(CONCURRENT_MESSAGES)
+    if turns.timed:
+        record("1b send+receive concurrent", turns.rate(CONCURRENT_MESSAGES))
+        cpu_per_message = {
+            side: statistics.median(cpu) / CONCURRENT_MESSAGES * 1e6 for side, cpu in turns.cpu.items()
+        }
+        record("5 client CPU per message", cpu_per_message)
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------
@@ -122,20 +130,25 @@ def test_send_receive_concurrent(benchmark: Any, run: Run, layer: Any, record: R
 # Latency is timed inside the event loop (round_trip), so the ~13 us of entering the loop for every round, which
 # the benchmark table includes, stays out of the ratio.
 @pytest.mark.benchmark(group="2 process round trip")
-def test_process_round_trip(benchmark: Any, run: Run, layer: Any, record: Record) -> None:
-    channel = run(layer.new_channel())
-    latencies: list[float] = []
+def test_process_round_trip(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
+    channels = {side: run(layer.new_channel()) for side, layer in layers.items()}
 
-    def one_round_trip() -> None:
-        elapsed, intact = run(round_trip(layer, channel))
-        assert intact
-        latencies.append(elapsed)
+    def one_round_trip(side: str) -> float:
+        elapsed, intact = run(round_trip(layers[side], channels[side]))
+        assert intact, f"{side} garbled a round trip"
+        return float(elapsed)
 
-    benchmark.pedantic(one_round_trip, rounds=ROUND_TRIPS, warmup_rounds=50)
-    if round_times(benchmark) is not None:
-        measured = latencies[-ROUND_TRIPS:]
-        record("2 process round trip p50", statistics.median(measured) * 1e6)
-        record("2 process round trip p99", statistics.quantiles(measured, n=100)[98] * 1e6)
+    turns = take_turns(layers, one_round_trip, rounds=ROUND_TRIPS, turn=ROUND_TRIP_TURN, warmup=50)
+    if turns.timed:
+        latencies = turns.results
+        record(
+            "2 process round trip p50",
+            {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()},
+        )
+        record(
+            "2 process round trip p99",
+            {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
+        )
 
 
 # 3. group_send to 100 members -------------------------------------------------------------------------------------
@@ -143,8 +156,8 @@ def test_process_round_trip(benchmark: Any, run: Run, layer: Any, record: Record
 
 @pytest.mark.benchmark(group="3 group_send to 100 members")
 @pytest.mark.parametrize("kind", ["process", "normal"])
-def test_group_send(benchmark: Any, run: Run, layer: Any, record: Record, kind: str) -> None:
-    async def join() -> list[str]:
+def test_group_send(take_turns: TakeTurns, run: Run, layers: Layers, record: Record, kind: str) -> None:
+    async def join(layer: Any) -> list[str]:
         # Process channels of one layer are 100 websocket consumers of one process; normal channels are
         # 100 named queues.
         if kind == "process":
@@ -155,12 +168,17 @@ def test_group_send(benchmark: Any, run: Run, layer: Any, record: Record, kind: 
             await layer.group_add(GROUP, channel)
         return channels
 
-    channels = run(join())
-    intact = benchmark.pedantic(lambda: run(fan_out(layer, channels)), rounds=FAN_OUT_ROUNDS, warmup_rounds=2)
-    assert intact == MEMBERS
-    times = round_times(benchmark)
-    if times is not None:
-        record(f"3 group_send 100 {kind} channels", MEMBERS / statistics.median(times))
+    members = {side: run(join(layer)) for side, layer in layers.items()}
+    turns = take_turns(
+        layers,
+        lambda side: run(fan_out(layers[side], members[side])),
+        rounds=FAN_OUT_ROUNDS,
+        turn=FAN_OUT_TURN,
+        warmup=2,
+    )
+    turns.check(MEMBERS)
+    if turns.timed:
+        record(f"3 group_send 100 {kind} channels", turns.rate(MEMBERS))
 
 
 # 4. backlog drain -------------------------------------------------------------------------------------------------
@@ -168,18 +186,18 @@ def test_group_send(benchmark: Any, run: Run, layer: Any, record: Record, kind: 
 
 @pytest.mark.benchmark(group="4 backlog drain 2000")
 def test_backlog_drain(
-    benchmark: Any, run: Run, layer: Any, record: Record, valkey_server: ValkeyProcess
+    take_turns: TakeTurns, run: Run, layers: Layers, record: Record, valkey_server: ValkeyProcess
 ) -> None:
-    intact = benchmark.pedantic(
-        lambda: run(drain(layer, BACKLOG)),
-        setup=lambda: fill_backlog(valkey_server, layer, BACKLOG),
+    turns = take_turns(
+        layers,
+        lambda side: run(drain(layers[side], BACKLOG)),
         rounds=BACKLOG_ROUNDS,
-        warmup_rounds=1,
+        warmup=1,
+        before_round=lambda side: fill_backlog(valkey_server, layers[side], BACKLOG),
     )
-    assert intact == BACKLOG
-    times = round_times(benchmark)
-    if times is not None:
-        record("4 backlog drain 2000", BACKLOG / statistics.median(times))
+    turns.check(BACKLOG)
+    if turns.timed:
+        record("4 backlog drain 2000", turns.rate(BACKLOG))
 
 
 # 6. memory soak ---------------------------------------------------------------------------------------------------
@@ -227,7 +245,9 @@ def count_keys(server: ValkeyProcess, prefix: str) -> int:
 
 
 @pytest.mark.slow
-def test_soak(run: Run, layer: Any, record: Record, valkey_server: ValkeyProcess, measuring: bool) -> None:
+def test_soak(
+    run: Run, layer: Any, side: str, record: Record, valkey_server: ValkeyProcess, measuring: bool
+) -> None:
     keys_before = count_keys(valkey_server, layer.prefix)
     soak = Soak(layer)
     tracemalloc.start()
@@ -243,5 +263,5 @@ def test_soak(run: Run, layer: Any, record: Record, valkey_server: ValkeyProcess
     keys_left = count_keys(valkey_server, layer.prefix) - keys_before
     print(f"soak of {SOAK_MESSAGES} messages: {growth / 1024:.1f} KiB growth, {keys_left} keys left")
     if measuring:
-        record("6 soak memory growth", growth / 1024)
-        record("6 soak keys left", keys_left)
+        record("6 soak memory growth", {side: growth / 1024})
+        record("6 soak keys left", {side: keys_left})

@@ -1,10 +1,20 @@
 """send, receive and group_send of the Pub/Sub layer, ours side by side with channels_redis 4 (issue #6's targets).
 
-Run: ``hatch run bench:run benchmarks/pubsub``. Every test runs once per side, on the session's Valkey server, in
-this one process, each side under its own prefix; the ratio table at the end of the run comes from conftest.py.
+Run: ``hatch run bench:run benchmarks/pubsub``. Both layers work on the session's Valkey server, in this one
+process, each side under its own prefix; the ratio table at the end of the run comes from conftest.py.
+
+Each timed test measures both sides in turns (``take_turns`` in benchmarks/conftest.py): pytest-benchmark times
+ours with ``benchmark.pedantic``, and between its rounds the peer runs as many rounds of the same work, timed with
+the same clock, in alternating blocks (peer, ours, ours, peer, ...). This machine's speed drifts by tens of percent
+over minutes, so comparing two tests run minutes apart made noisy ratios; rounds compared a few seconds apart drift
+together. Both sides' figures come from the median round, so that the ratio is of like with like. Short rounds go
+in blocks (round trips 25 at a time, group_sends 5), as ``channels-valkey bench`` does.
+
 Figures are wall time per round unless a test says otherwise; the server runs in another process, so
-``time.process_time()`` is the client's CPU alone. ``PUBSUB_CHURN_CONSUMERS`` scales the churn (consumers
-measured after the warm-up; default 10,000, the issue's figure; about 25 s per side here).
+``time.process_time()`` is the client's CPU alone. The churn measures one side at a time: its figures are the
+memory the process keeps and the server's Pub/Sub channels, which two layers at work at once would blur.
+``PUBSUB_CHURN_CONSUMERS`` scales the churn (consumers measured after the warm-up; default 10,000, the issue's
+figure; about 25 s per side here).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import os
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -30,6 +40,7 @@ from channels_valkey.cli.measure.flows import (
 
 from servers.process import ValkeyProcess
 
+#: The normal channel of the throughput tests; each side adds a digit of its own (open_channels).
 CHANNEL = "bench.queue"
 #: What listen() sends to a normal channel until this process receives from it, and the marker it ends with.
 PROBE = {"type": "bench.probe"}
@@ -40,7 +51,11 @@ SEQUENTIAL_PAIRS = 500
 CONCURRENT_MESSAGES = 1000
 THROUGHPUT_ROUNDS = 10
 ROUND_TRIPS = 1000
+#: Round trips one side runs before the other's turn: a round trip takes under a millisecond.
+ROUND_TRIP_TURN = 25
 FAN_OUT_ROUNDS = 30
+#: group_sends one side runs before the other's turn: each takes a few milliseconds.
+FAN_OUT_TURN = 5
 
 #: Consumers measured by the churn, after the warm-up.
 CHURN_CONSUMERS = int(os.environ.get("PUBSUB_CHURN_CONSUMERS", "10000"))
@@ -54,15 +69,10 @@ CHURN_EXPIRY = 2
 CHANNELS_SETTLE_TIMEOUT = 10 * CHURN_EXPIRY
 
 Run = Callable[..., Any]
-Record = Callable[[str, float], None]
-
-
-def round_times(benchmark: Any) -> list[float] | None:
-    """The seconds each timed round took, or None when benchmarks are disabled (nothing to compare then)."""
-    metadata = getattr(benchmark, "stats", None)
-    if not metadata:
-        return None
-    return list(metadata.stats.data)
+Record = Callable[[str, Mapping[str, float]], None]
+#: ``take_turns`` of benchmarks/conftest.py: it returns a ``Turns``.
+TakeTurns = Callable[..., Any]
+Layers = dict[str, Any]
 
 
 # The work, one function per benchmark (a profiler can call the same ones) -----------------------------------------
@@ -104,55 +114,70 @@ async def listen(layer: Any, channel: str) -> None:
 # 1. send+receive throughput ----------------------------------------------------------------------------------------
 
 
-async def open_channel(layer: Any, kind: str) -> str:
-    """A channel of ``kind`` ready to receive: a new process channel, or the normal CHANNEL listened to."""
+async def open_channel(layer: Any, kind: str, name: str) -> str:
+    """A channel of ``kind`` ready to receive: a new process channel, or the normal channel ``name`` listened to."""
     if kind == "process":
         return str(await layer.new_channel())
-    await listen(layer, CHANNEL)
-    return CHANNEL
+    await listen(layer, name)
+    return name
+
+
+def open_channels(run: Run, layers: Layers, kind: str) -> dict[str, str]:
+    """A channel of ``kind`` for each side, ready to receive, by side.
+
+    Each side's normal channel has a name of its own, of the same length: ours also subscribes to a normal
+    channel's plain name, where channels_redis publishes it (for rolling upgrades), so on one shared name ours
+    would receive the peer's messages too.
+    """
+    return {
+        side: run(open_channel(layer, kind, f"{CHANNEL}{index}"))
+        for index, (side, layer) in enumerate(layers.items())
+    }
 
 
 @pytest.mark.benchmark(group="1 send+receive sequential")
 @pytest.mark.parametrize("kind", ["process", "normal"])
-def test_send_receive_sequential(benchmark: Any, run: Run, layer: Any, record: Record, kind: str) -> None:
-    channel = run(open_channel(layer, kind))
-    intact = benchmark.pedantic(
-        lambda: run(send_receive_pairs(layer, channel, SEQUENTIAL_PAIRS)),
+def test_send_receive_sequential(
+    take_turns: TakeTurns, run: Run, layers: Layers, record: Record, kind: str
+) -> None:
+    channels = open_channels(run, layers, kind)
+    turns = take_turns(
+        layers,
+        lambda side: run(send_receive_pairs(layers[side], channels[side], SEQUENTIAL_PAIRS)),
         rounds=THROUGHPUT_ROUNDS,
-        warmup_rounds=1,
+        warmup=1,
     )
-    assert intact == SEQUENTIAL_PAIRS
-    times = round_times(benchmark)
-    if times is not None:
+    turns.check(SEQUENTIAL_PAIRS)
+    if turns.timed:
         row = (
             "1a send+receive process sequential" if kind == "process" else "1c send+receive normal sequential"
         )
-        record(row, SEQUENTIAL_PAIRS / statistics.median(times))
+        record(row, turns.rate(SEQUENTIAL_PAIRS))
 
 
 # 1b, 1d and 4: the concurrent flow, timed in wall time and (process channels) in the client's CPU time.
 @pytest.mark.benchmark(group="1 send+receive concurrent")
 @pytest.mark.parametrize("kind", ["process", "normal"])
-def test_send_receive_concurrent(benchmark: Any, run: Run, layer: Any, record: Record, kind: str) -> None:
-    channel = run(open_channel(layer, kind))
-    cpu: list[float] = []
-
-    def flow() -> int:
-        start = time.process_time()
-        intact = run(produce_and_consume(layer, channel, CONCURRENT_MESSAGES))
-        cpu.append(time.process_time() - start)
-        return int(intact)
-
-    intact = benchmark.pedantic(flow, rounds=THROUGHPUT_ROUNDS, warmup_rounds=1)
-    assert intact == CONCURRENT_MESSAGES
-    times = round_times(benchmark)
-    if times is not None:
+def test_send_receive_concurrent(
+    take_turns: TakeTurns, run: Run, layers: Layers, record: Record, kind: str
+) -> None:
+    channels = open_channels(run, layers, kind)
+    turns = take_turns(
+        layers,
+        lambda side: run(produce_and_consume(layers[side], channels[side], CONCURRENT_MESSAGES)),
+        rounds=THROUGHPUT_ROUNDS,
+        warmup=1,
+    )
+    turns.check(CONCURRENT_MESSAGES)
+    if turns.timed:
         if kind == "process":
-            record("1b send+receive process concurrent", CONCURRENT_MESSAGES / statistics.median(times))
-            cpu_per_message = statistics.median(cpu[-THROUGHPUT_ROUNDS:]) / CONCURRENT_MESSAGES
-            record("4 client CPU per message", cpu_per_message * 1e6)
+            record("1b send+receive process concurrent", turns.rate(CONCURRENT_MESSAGES))
+            cpu_per_message = {
+                side: statistics.median(cpu) / CONCURRENT_MESSAGES * 1e6 for side, cpu in turns.cpu.items()
+            }
+            record("4 client CPU per message", cpu_per_message)
         else:
-            record("1d send+receive normal concurrent", CONCURRENT_MESSAGES / statistics.median(times))
+            record("1d send+receive normal concurrent", turns.rate(CONCURRENT_MESSAGES))
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------
@@ -161,20 +186,25 @@ def test_send_receive_concurrent(benchmark: Any, run: Run, layer: Any, record: R
 # Latency is timed inside the event loop (round_trip), so the ~13 us of entering the loop for every round, which
 # the benchmark table includes, stays out of the ratio.
 @pytest.mark.benchmark(group="2 process round trip")
-def test_process_round_trip(benchmark: Any, run: Run, layer: Any, record: Record) -> None:
-    channel = run(layer.new_channel())
-    latencies: list[float] = []
+def test_process_round_trip(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
+    channels = {side: run(layer.new_channel()) for side, layer in layers.items()}
 
-    def one_round_trip() -> None:
-        elapsed, intact = run(round_trip(layer, channel))
-        assert intact
-        latencies.append(elapsed)
+    def one_round_trip(side: str) -> float:
+        elapsed, intact = run(round_trip(layers[side], channels[side]))
+        assert intact, f"{side} garbled a round trip"
+        return float(elapsed)
 
-    benchmark.pedantic(one_round_trip, rounds=ROUND_TRIPS, warmup_rounds=50)
-    if round_times(benchmark) is not None:
-        measured = latencies[-ROUND_TRIPS:]
-        record("2 process round trip p50", statistics.median(measured) * 1e6)
-        record("2 process round trip p99", statistics.quantiles(measured, n=100)[98] * 1e6)
+    turns = take_turns(layers, one_round_trip, rounds=ROUND_TRIPS, turn=ROUND_TRIP_TURN, warmup=50)
+    if turns.timed:
+        latencies = turns.results
+        record(
+            "2 process round trip p50",
+            {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()},
+        )
+        record(
+            "2 process round trip p99",
+            {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
+        )
 
 
 # 3. group fan-out -------------------------------------------------------------------------------------------------
@@ -182,20 +212,25 @@ def test_process_round_trip(benchmark: Any, run: Run, layer: Any, record: Record
 
 @pytest.mark.benchmark(group="3 group_send fan-out")
 @pytest.mark.parametrize("members", [10, 100, 1000])
-def test_group_send(benchmark: Any, run: Run, layer: Any, record: Record, members: int) -> None:
+def test_group_send(take_turns: TakeTurns, run: Run, layers: Layers, record: Record, members: int) -> None:
     # The members are websocket consumers of one process: a process channel each, all in one group.
-    async def join() -> list[str]:
+    async def join(layer: Any) -> list[str]:
         channels = [await layer.new_channel() for _ in range(members)]
         for channel in channels:
             await layer.group_add(GROUP, channel)
         return channels
 
-    channels = run(join())
-    intact = benchmark.pedantic(lambda: run(fan_out(layer, channels)), rounds=FAN_OUT_ROUNDS, warmup_rounds=2)
-    assert intact == members
-    times = round_times(benchmark)
-    if times is not None:
-        record(f"3 group_send to {members} process channels", members / statistics.median(times))
+    channels = {side: run(join(layer)) for side, layer in layers.items()}
+    turns = take_turns(
+        layers,
+        lambda side: run(fan_out(layers[side], channels[side])),
+        rounds=FAN_OUT_ROUNDS,
+        turn=FAN_OUT_TURN,
+        warmup=2,
+    )
+    turns.check(members)
+    if turns.timed:
+        record(f"3 group_send to {members} process channels", turns.rate(members))
 
 
 # 5. consumer churn ------------------------------------------------------------------------------------------------
@@ -269,6 +304,7 @@ def test_churn(
     run: Run,
     make_layer: Callable[..., Any],
     prefix: str,
+    side: str,
     record: Record,
     valkey_server: ValkeyProcess,
     measuring: bool,
@@ -292,5 +328,5 @@ def test_churn(
         f"{channels_left} Pub/Sub channels left"
     )
     if measuring:
-        record("5 churn memory growth", growth / 1024)
-        record("5 churn Pub/Sub channels left", channels_left)
+        record("5 churn memory growth", {side: growth / 1024})
+        record("5 churn Pub/Sub channels left", {side: channels_left})
