@@ -1,6 +1,7 @@
 """Fixtures of the core layer's tests: the layer on each server topology, and a view of what it wrote.
 
-``topology`` runs a test once on a single server, once on three shards and once behind Sentinel; a test file that
+``topology`` runs a test once on a single server, once on three shards, once behind Sentinel and once on a Valkey
+Cluster (3 primaries, 3 replicas); a test file that
 needs fewer topologies narrows it with ``pytest.mark.parametrize("topology", [...], indirect=True)``. Every layer
 made here writes under the test's own ``key_prefix`` and is flushed and closed after the test.
 """
@@ -17,13 +18,14 @@ from channels_redis.core import RedisChannelLayer
 
 from channels_valkey.core import ValkeyChannelLayer
 
+from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess
 from servers.topologies import SentinelGroup, Shards
 
 #: Longest wait for a message that was sent: generous, so only a lost message fails the test.
 RECEIVE_TIMEOUT = 10.0
 
-TOPOLOGIES = ("single", "shards", "sentinel")
+TOPOLOGIES = ("single", "shards", "sentinel", "cluster")
 
 
 @dataclass
@@ -32,13 +34,30 @@ class Topology:
 
     name: str
     hosts: list[Any]
+    #: The servers that hold data: the shards in ring order, or a cluster's primaries.
     servers: list[ValkeyProcess]
     #: The same servers as ``redis://`` URLs for channels_redis (None where the peer is not used: Sentinel).
     peer_hosts: list[str] | None
+    #: The cluster behind a "cluster" topology: keys then carry hash tags and live where their slot is.
+    cluster: ValkeyCluster | None = None
 
     @property
     def shard_count(self) -> int:
-        return len(self.servers)
+        """Shards of the layer's ring: a cluster counts as one, it places keys itself."""
+        return 1 if self.cluster else len(self.servers)
+
+    def queue_key(self, prefix: str, channel: str) -> str:
+        """The documented server key of a channel's queue (``name!`` for a process channel)."""
+        name = channel[: channel.index("!") + 1] if "!" in channel else channel
+        return f"{prefix}{{{name}}}" if self.cluster else prefix + name
+
+    def group_key(self, prefix: str, group: str) -> str:
+        """The documented server key of a group."""
+        return f"{prefix}:group:{{{group}}}" if self.cluster else f"{prefix}:group:{group}"
+
+    def server_of(self, shard: int, key: str) -> ValkeyProcess:
+        """The server holding ``key``, which the layer placed on ring shard ``shard``."""
+        return self.cluster.primary_for(key) if self.cluster else self.servers[shard]
 
     def keys(self, prefix: str) -> list[bytes]:
         """Every key on every server that starts with ``prefix`` (found with SCAN, compared literally)."""
@@ -49,10 +68,14 @@ class Topology:
                 found.extend(key for key in client.scan_iter(count=1000) if key.startswith(wanted))
         return found
 
+    def holders(self, key: str) -> list[ValkeyProcess]:
+        """The servers that may hold ``key``: every shard (a normal channel is spread), or its slot's primary."""
+        return [self.cluster.primary_for(key)] if self.cluster else self.servers
+
     def members(self, key: str) -> list[bytes]:
         """The members of the sorted set ``key`` on every server, oldest first per server."""
         result: list[bytes] = []
-        for server in self.servers:
+        for server in self.holders(key):
             with server.client() as client:
                 result.extend(client.zrange(key, 0, -1))
         return result
@@ -64,7 +87,7 @@ class Topology:
     def count(self, key: str) -> int:
         """How many members the sorted set ``key`` holds, summed over the servers."""
         total = 0
-        for server in self.servers:
+        for server in self.holders(key):
             with server.client() as client:
                 total += int(client.zcard(key))
         return total
@@ -82,6 +105,9 @@ def topology(request: pytest.FixtureRequest) -> Topology:
     if request.param == "sentinel":
         group: SentinelGroup = request.getfixturevalue("sentinel_group")
         return Topology("sentinel", [group.host_entry()], [group.current_primary()], None)
+    if request.param == "cluster":
+        cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
+        return Topology("cluster", [{"cluster": [cluster.url()]}], cluster.primaries(), None, cluster)
     raise ValueError(f"unknown topology {request.param!r}")
 
 

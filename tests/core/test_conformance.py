@@ -1,6 +1,7 @@
 """The core layer behaves as the channel layer spec and its peers (channels_redis 4, channels-valkey 0.3) do.
 
-Every test runs on one server, on three shards and behind Sentinel. Where sharding changes what a user sees it
+Every test runs on one server, on three shards, behind Sentinel and on a Valkey Cluster (where every key carries a
+hash tag: ``{prefix}{{channel}}``). Where sharding changes what a user sees it
 is written out: a normal channel is sent round-robin over the shards, so its order and its capacity hold per
 shard, as with the peers; a process channel lives on one shard and keeps both exactly.
 """
@@ -31,9 +32,11 @@ MakeLayer = Callable[..., ValkeyChannelLayer]
 RECEIVE_TIMEOUT = 10.0
 
 
-def _process_queue(layer: ValkeyChannelLayer, channel: str) -> str:
+def _process_queue(layer: ValkeyChannelLayer, channel: str, topology: Topology) -> str:
     """The server key of a process channel: ``{prefix}name!``, shared by every channel of that process."""
-    return layer.prefix + channel[: channel.index("!") + 1]
+    key = topology.queue_key(layer.prefix, channel)
+    assert layer.queue_key(channel) == key
+    return key
 
 
 async def _fill(layer: ValkeyChannelLayer, channel: str, limit: int = 1000) -> int:
@@ -185,7 +188,7 @@ async def test_group_add_send_discard(
     await layer.group_send("conformance-group", {"type": "group.message", "n": 2})
     assert await receive(layer, process) == {"type": "group.message", "n": 2}
     # group_send has returned, so what it wrote is on the server: nothing for the discarded channel.
-    assert topology.count(layer.prefix + "conformance.member") == 0
+    assert topology.count(topology.queue_key(layer.prefix, "conformance.member")) == 0
 
     # Discarding what is not there is not an error.
     await layer.group_discard("conformance-group", "conformance.never-added")
@@ -195,9 +198,9 @@ async def test_group_add_send_discard(
 async def test_group_keys_on_the_server(layer: ValkeyChannelLayer, topology: Topology) -> None:
     before = time.time()
     await layer.group_add("conformance-keys", "conformance.a")
-    shard = topology.servers[layer.consistent_hash("conformance-keys")]
-    with shard.client() as client:
-        members = client.zrange(f"{layer.prefix}:group:conformance-keys", 0, -1, withscores=True)
+    key = topology.group_key(layer.prefix, "conformance-keys")
+    with topology.server_of(layer.consistent_hash("conformance-keys"), key).client() as client:
+        members = client.zrange(key, 0, -1, withscores=True)
     assert [member for member, _ in members] == [b"conformance.a"]
     assert before <= members[0][1] <= time.time()
 
@@ -219,7 +222,7 @@ async def test_group_send_one_copy_per_process_channel(
         await layer.group_add("conformance-same-process", channel)
     await layer.group_send("conformance-same-process", {"type": "fanout"})
     # One message in the process's shared queue names all three channels (as the peers write it).
-    assert topology.count(_process_queue(layer, channels[0])) == 1
+    assert topology.count(_process_queue(layer, channels[0], topology)) == 1
 
     for channel in channels:
         assert await receive(layer, channel) == {"type": "fanout"}
@@ -274,7 +277,7 @@ async def test_channel_full_at_capacity_normal_channel(make_layer: MakeLayer, to
     # Capacity is counted per shard queue and normal channels are sent round-robin (as with the peers), so a
     # sharded layer takes capacity messages on each shard before refusing.
     assert await _fill(layer, "conformance.full") == 3 * topology.shard_count
-    assert topology.count(layer.prefix + "conformance.full") == 3 * topology.shard_count
+    assert topology.count(topology.queue_key(layer.prefix, "conformance.full")) == 3 * topology.shard_count
 
 
 async def test_process_channels_of_one_process_share_capacity(make_layer: MakeLayer) -> None:
@@ -316,7 +319,7 @@ async def test_group_send_over_capacity_drops_and_counts(
     await layer.group_send("conformance-cap", {"type": "maybe"})  # no exception: dropped for the full one
 
     assert layer.counters.group_over_capacity == 1
-    assert topology.count(_process_queue(layer, full_channel)) == 2
+    assert topology.count(_process_queue(layer, full_channel, topology)) == 2
     assert await receive(spare, spare_channel) == {"type": "maybe"}
     assert [(await receive(full, full_channel))["n"] for _ in range(2)] == [0, 1]
 
@@ -338,9 +341,9 @@ async def test_stale_message_on_the_server_is_dropped_and_counted(
     make_layer: MakeLayer, receive: Receive, eventually: Eventually, topology: Topology
 ) -> None:
     layer = make_layer(expiry=30)
-    key = layer.prefix + "conformance.stale"
+    key = topology.queue_key(layer.prefix, "conformance.stale")
     # A message written 60 s ago that nobody took (its key was kept alive by later sends).
-    with topology.servers[0].client() as client:
+    with topology.server_of(0, key).client() as client:
         client.zadd(key, {layer.serialize({"type": "stale"}): time.time() - 60})
     waiting = asyncio.ensure_future(receive(layer, "conformance.stale"))
     await eventually(lambda: layer.counters.expired == 1, "the stale message to be counted as expired")
@@ -372,7 +375,7 @@ async def test_group_member_older_than_group_expiry_is_not_sent_to(
     assert await layer.group_channels("conformance-gexp") == [young]
     await layer.group_send("conformance-gexp", {"type": "only young"})
     assert await receive(layer, young) == {"type": "only young"}
-    assert topology.count(_process_queue(layer, old)) == 0
+    assert topology.count(_process_queue(layer, old, topology)) == 0
 
 
 async def test_group_member_with_old_score_is_not_sent_to(
@@ -381,13 +384,13 @@ async def test_group_member_with_old_score_is_not_sent_to(
     layer = make_layer(group_expiry=60)
     await layer.group_add("conformance-gold", "conformance.fresh-member")
     # A member added two minutes ago (by a process that has since gone), in a group key kept alive since.
-    shard = topology.servers[layer.consistent_hash("conformance-gold")]
-    with shard.client() as client:
-        client.zadd(f"{layer.prefix}:group:conformance-gold", {"conformance.old-member": time.time() - 120})
+    key = topology.group_key(layer.prefix, "conformance-gold")
+    with topology.server_of(layer.consistent_hash("conformance-gold"), key).client() as client:
+        client.zadd(key, {"conformance.old-member": time.time() - 120})
     assert await layer.group_channels("conformance-gold") == ["conformance.fresh-member"]
     await layer.group_send("conformance-gold", {"type": "fresh only"})
     assert await receive(layer, "conformance.fresh-member") == {"type": "fresh only"}
-    assert topology.count(layer.prefix + "conformance.old-member") == 0
+    assert topology.count(topology.queue_key(layer.prefix, "conformance.old-member")) == 0
 
 
 # Payloads and serialization ----------------------------------------------------------------------------------------
@@ -431,7 +434,7 @@ async def test_symmetric_encryption(make_layer: MakeLayer, receive: Receive, top
     layer = make_layer(symmetric_encryption_keys=["current-secret", "previous-secret"])
     message = {"type": "secret", "text": "plaintext-marker-4217"}
     await layer.send("conformance.secret", message)
-    stored = topology.members(layer.prefix + "conformance.secret")
+    stored = topology.members(topology.queue_key(layer.prefix, "conformance.secret"))
     assert len(stored) == 1
     assert b"plaintext-marker-4217" not in stored[0]
     assert b"secret" not in stored[0]
@@ -462,7 +465,7 @@ async def test_json_serializer(make_layer: MakeLayer, receive: Receive, topology
     layer = make_layer(serializer_format="json")
     message = {"type": "json.message", "text": "héllo", "list": [1, 2.5, None, True]}
     await layer.send("conformance.json", message)
-    stored = topology.members(layer.prefix + "conformance.json")
+    stored = topology.members(topology.queue_key(layer.prefix, "conformance.json"))
     assert len(stored) == 1
     # 12 random bytes, then the JSON the peers write.
     assert json.loads(stored[0][12:]) == message
@@ -481,9 +484,9 @@ async def test_flush_deletes_only_this_prefix(
     layer: ValkeyChannelLayer, receive: Receive, topology: Topology, key_prefix: str
 ) -> None:
     bystanders = [key_prefix + "other", key_prefix + "asg", "x" + layer.prefix]
-    for server in topology.servers:
-        with server.client() as client:
-            for key in bystanders:
+    for key in bystanders:
+        for server in topology.holders(key):
+            with server.client() as client:
                 client.set(key, b"keep", ex=120)
 
     process = await layer.new_channel()
@@ -496,10 +499,11 @@ async def test_flush_deletes_only_this_prefix(
     await layer.flush()
 
     assert topology.keys(layer.prefix) == []
-    for server in topology.servers:
-        with server.client() as client:
-            assert [client.get(key) for key in bystanders] == [b"keep"] * len(bystanders)
-            client.delete(*bystanders)
+    for key in bystanders:
+        for server in topology.holders(key):
+            with server.client() as client:
+                assert client.get(key) == b"keep"
+                client.delete(key)
     assert await layer.group_channels("conformance-flush") == []
 
     # Still usable afterwards.
@@ -532,14 +536,14 @@ async def test_flush_prefix_with_glob_characters(
 ) -> None:
     layer = make_layer(prefix=key_prefix + "g*[a]?")
     bystander = key_prefix + "gXaY-not-ours"  # matched by the prefix if it were used as a glob unescaped
-    for server in topology.servers:
+    for server in topology.holders(bystander):
         with server.client() as client:
             client.set(bystander, b"keep", ex=120)
     await layer.send("conformance.glob", {"type": "flushed"})
     await layer.group_add("conformance-glob", "conformance.glob")
     await layer.flush()
     assert topology.keys(layer.prefix) == []
-    for server in topology.servers:
+    for server in topology.holders(bystander):
         with server.client() as client:
             assert client.get(bystander) == b"keep"
             client.delete(bystander)

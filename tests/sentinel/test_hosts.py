@@ -16,6 +16,7 @@ from valkey.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
 from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError
 from channels_valkey.sentinel.hosts import (
+    ClusterHost,
     SentinelDiscovery,
     SentinelHost,
     ServerHost,
@@ -399,6 +400,40 @@ BAD_ENTRIES = [
     pytest.param(
         {"sentinels": SENTINELS, "master_name": "m", "ssl": 1}, "'ssl' must be True or False", id="ssl-int"
     ),
+    # Cluster entries
+    pytest.param(
+        {"cluster": "valkey://h:7000"}, "'cluster' must be a list of startup nodes", id="cluster-str"
+    ),
+    pytest.param({"cluster": [], "password": SECRET}, "'cluster' is empty", id="cluster-empty"),
+    pytest.param({"cluster": ("h", 7000)}, "write [('h', 7000)]", id="cluster-pair"),
+    pytest.param({"cluster": ["valkey://h:7000/2"]}, "only database 0, got db 2", id="cluster-db-url"),
+    pytest.param({"cluster": [("h", 7000)], "db": 1}, "only database 0, got db 1", id="cluster-db-key"),
+    pytest.param(
+        {"cluster": [f"valkey://:{SECRET}@h:7000", "valkey://h:7001"]},
+        "the node URLs differ",
+        id="cluster-urls-disagree",
+    ),
+    pytest.param(
+        {"cluster": ["unix:///x.sock"]}, "a unix socket cannot be a cluster node", id="cluster-unix"
+    ),
+    pytest.param(
+        {"cluster": [("h", 7000)], "unix_socket_path": "/x.sock"},
+        "takes no 'unix_socket_path'",
+        id="cluster-path",
+    ),
+    pytest.param({"cluster": [("h", 7000)], "host": "h"}, "takes no 'host'", id="cluster-host"),
+    pytest.param(
+        {"cluster": [("h", 7000)], "sentinels": SENTINELS},
+        "cannot be a Sentinel entry",
+        id="cluster-sentinel",
+    ),
+    pytest.param({"cluster": [("h", 0)]}, "port 0 is out of range", id="cluster-port"),
+    pytest.param({"cluster": ["h:7000"]}, "has no scheme", id="cluster-bare-word"),
+    pytest.param({"cluster": [5]}, "each cluster node is a URL", id="cluster-int-node"),
+    pytest.param({"cluster": [("h", 1), ("h", 1)]}, "lists a node more than once", id="cluster-repeated"),
+    pytest.param(
+        {"cluster": [("h", 7000)], "pasword": SECRET}, "did you mean 'password'", id="cluster-option-typo"
+    ),
     # Anything else
     pytest.param(5, "an entry cannot be a int", id="int-entry"),
     pytest.param(None, "an entry cannot be a NoneType", id="none-entry"),
@@ -415,6 +450,33 @@ def test_bad_entry_is_named_with_its_index_and_the_accepted_forms(entry: object,
     assert ACCEPTED_HINT in message
     assert SECRET not in message
     assert SECRET[3:] not in message
+
+
+def test_cluster_entry_gathers_nodes_and_options() -> None:
+    (spec,) = decode_hosts(
+        [{"cluster": [f"valkeys://:{SECRET}@n1:7000", f"valkeys://:{SECRET}@n2:7001", ("n3", "7002")]}]
+    )
+    assert isinstance(spec, ClusterHost)
+    assert spec.startup_nodes == (("n1", 7000), ("n2", 7001), ("n3", 7002))
+    assert spec.options["password"] == SECRET
+    assert spec.options["connection_class"] is SSLConnection
+    assert "host" not in spec.options
+    assert "db" not in spec.options
+    assert spec.node("n9", 7009).options["host"] == "n9"
+    assert SECRET not in repr(spec)
+    assert repr(spec) == "ClusterHost('cluster of n1:7000, n2:7001, n3:7002 (TLS)')"
+
+
+def test_cluster_entry_options_as_keys() -> None:
+    (spec,) = decode_hosts([{"cluster": [("n1", 7000)], "username": "app", "password": SECRET, "ssl": True}])
+    assert isinstance(spec, ClusterHost)
+    assert spec.options["username"] == "app"
+    assert spec.options["connection_class"] is SSLConnection
+
+
+def test_cluster_entry_must_be_the_only_entry() -> None:
+    with pytest.raises(HostConfigError, match="must be the only entry of hosts"):
+        decode_hosts([{"cluster": [("n1", 7000)]}, "valkey://other:6379"])
 
 
 def test_host_config_error_is_a_value_error() -> None:

@@ -9,6 +9,7 @@ question about who is primary is asked again.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -280,6 +281,43 @@ class ValkeyCluster:
         """
         node.start()
         self.wait_ready(timeout)
+
+    # Resharding -----------------------------------------------------------------------------------------------
+
+    def migrate_slot(self, slot: int, target: ValkeyProcess, *, hold: float = 0.0) -> None:
+        """Move ``slot`` to the primary ``target`` as ``valkey-cli --cluster reshard`` does, one step at a time.
+
+        IMPORTING on the target, MIGRATING on the source, MIGRATE of the slot's keys in batches, then
+        ``SETSLOT NODE`` everywhere. ``hold`` seconds are spent between the last MIGRATE and the hand-over, so a
+        client under load meets the ``ASK`` state (keys already moved, slot still the source's).
+        """
+        source = next((node for node in self.primaries() if slot in self._slots_of(node)), None)
+        if source is None:
+            raise ServerError(f"no primary serves slot {slot}; {self._logs()}")
+        if source is target:
+            raise ValueError(f"slot {slot} is already on {target.name}")
+        source_id, target_id = self._node_id(source), self._node_id(target)
+        with target.client() as to_client, source.client() as from_client:
+            to_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            from_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := from_client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                host, port = target.address
+                from_client.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys)
+            time.sleep(hold)  # the state under test lasts this long; nothing is waited for
+            to_client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            from_client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.primaries():
+            if node not in (source, target):
+                with node.client() as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def _slots_of(self, node: ValkeyProcess) -> frozenset[int]:
+        return next((v.slots for v in self._views() if v.address == node.address), frozenset())
+
+    def _node_id(self, node: ValkeyProcess) -> str:
+        with node.client() as client:
+            reply = client.execute_command("CLUSTER", "MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def __repr__(self) -> str:
         return f"<ValkeyCluster {len(self.nodes)} nodes in {self.workdir}>"

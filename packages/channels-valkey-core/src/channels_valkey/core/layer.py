@@ -34,18 +34,23 @@ from channels_valkey.core.names import (
 from channels_valkey.core.receiver import Entry, LoopReceiver
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
+    AnyShard,
+    ClusterHost,
     ConnectionManager,
     ResiliencePolicy,
-    Shard,
     ShardRing,
     ShardUnavailable,
     bzpopmin_entry,
     decode_hosts,
     delete_prefixed,
+    slot_of,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
 
 logger = logging.getLogger("channels_valkey.core")
+
+#: One queue of a group_send: its key, the message as stored there, and the queue's capacity.
+_Target = tuple[str, bytes, int]
 
 
 class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -94,6 +99,13 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.capacity = capacity
         self.channel_capacity = self.compile_capacities(patterns)
         self.hosts = decode_hosts(hosts)
+        #: On a Valkey Cluster every key carries a hash tag, so that each script call touches one slot.
+        self.cluster = isinstance(self.hosts[0], ClusterHost)
+        if self.cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError(
+                f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: the layer puts each channel "
+                "and group name in braces (a hash tag) to keep the keys of one call in one slot"
+            )
         self.ring_size = len(self.hosts)
         self._ring = ShardRing(self.ring_size)
         self._serializer = registry.get_serializer(
@@ -123,10 +135,16 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """The shard of a name, placed as channels-valkey 0.3 places it."""
         return self._ring.index(value)
 
-    def _queue_key(self, channel: str) -> str:
+    def queue_key(self, channel: str) -> str:
+        """The server key of ``channel``'s queue (shared by every ``name!...`` channel of one process)."""
+        if self.cluster:
+            return f"{self.prefix}{{{non_local_name(channel)}}}"
         return self.prefix + non_local_name(channel)
 
-    def _group_key(self, group: str) -> str:
+    def group_key(self, group: str) -> str:
+        """The server key of ``group``'s member set."""
+        if self.cluster:
+            return f"{self.prefix}:group:{{{group}}}"
         return f"{self.prefix}:group:{group}"
 
     def _shard_of_channel(self, channel: str) -> int:
@@ -167,7 +185,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         member = self.serialize(message)
         args = [repr(time.time()), int(self.expiry), self.get_capacity(channel), member]
         added = await self._script(
-            shard, scripts.SEND_SCRIPT, [self._queue_key(channel)], args, idempotent=True
+            shard, scripts.SEND_SCRIPT, [self.queue_key(channel)], args, idempotent=True
         )
         if not added:
             raise ChannelFull(f"channel {channel!r} is at capacity ({self.get_capacity(channel)})")
@@ -179,11 +197,11 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_channel(channel)
         receiver = self._receiver()
         if is_process_channel(channel):
-            key = self._queue_key(channel)
+            key = self.queue_key(channel)
             shard = self._shard_of_channel(channel)
             queues = [receiver.queue(shard, key, non_local_name(channel), process=True)]
         else:
-            key = self._queue_key(channel)
+            key = self.queue_key(channel)
             queues = [receiver.queue(shard, key, channel, process=False) for shard in range(self.ring_size)]
         return await receiver.receive(channel, queues)
 
@@ -227,16 +245,16 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self._no_bzmpop.add(shard)
         entries = await _pop_one(state, key, timeout, on_interrupted)
         if entries and count > 1:
-            popped = await self._connections.execute(
-                shard, lambda client: client.zpopmin(key, count - 1), idempotent=False
+            popped = await self._connections.execute_command(
+                shard, "ZPOPMIN", key, count - 1, idempotent=False
             )
-            entries += [(member, float(score)) for member, score in popped]
+            entries += _zpopmin_entries(popped)
         return entries
 
     async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
         """Put popped entries back at the head of their queue (their original scores keep the order)."""
-        mapping = dict(entries)
-        await self._connections.execute(shard, lambda client: client.zadd(key, mapping), idempotent=True)
+        pairs = [part for member, score in entries for part in (repr(score), member)]
+        await self._connections.execute_command(shard, "ZADD", key, *pairs, idempotent=True)
 
     # Groups ------------------------------------------------------------------------------------------------------
 
@@ -247,7 +265,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._script(
             self.consistent_hash(group),
             scripts.GROUP_ADD_SCRIPT,
-            [self._group_key(group)],
+            [self.group_key(group)],
             args,
             idempotent=True,
         )
@@ -255,9 +273,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def group_discard(self, group: str, channel: str) -> None:
         check_group(group)
         check_channel(channel)
-        key = self._group_key(group)
-        await self._connections.execute(
-            self.consistent_hash(group), lambda client: client.zrem(key, channel), idempotent=True
+        await self._connections.execute_command(
+            self.consistent_hash(group), "ZREM", self.group_key(group), channel, idempotent=True
         )
 
     async def group_channels(self, group: str) -> list[str]:
@@ -266,7 +283,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         members = await self._script(
             self.consistent_hash(group),
             scripts.GROUP_MEMBERS_SCRIPT,
-            [self._group_key(group)],
+            [self.group_key(group)],
             [repr(time.time() - self.group_expiry)],
             idempotent=True,
         )
@@ -280,32 +297,35 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # One queue key per destination; process channels of one process share theirs and one message names them all.
         by_key: dict[str, list[str]] = defaultdict(list)
         for channel in channels:
-            by_key[self._queue_key(channel)].append(channel)
-        by_shard: dict[int, list[tuple[str, bytes, int]]] = defaultdict(list)
+            by_key[self.queue_key(channel)].append(channel)
+        # One script call per shard, or per slot on a cluster (a script's keys must share a slot there), and
+        # per MAX_KEYS_PER_CALL keys; all at once: calls to one server pipeline on its lane.
+        batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
         for key, names in by_key.items():
             first = names[0]
             payload = {**message, "__asgi_channel__": names} if is_process_channel(first) else message
-            by_shard[self._shard_of_channel(first)].append(
-                (key, self.serialize(payload), self.get_capacity(first))
-            )
-        dropped = await asyncio.gather(
-            *(self._group_send_shard(shard, targets) for shard, targets in by_shard.items())
-        )
-        if sum(dropped):
-            self.counters.group_over_capacity += sum(dropped)
-            logger.info("group_send to %s: %d of %d queues at capacity", group, sum(dropped), len(by_key))
-
-    async def _group_send_shard(self, shard: int, targets: list[tuple[str, bytes, int]]) -> int:
+            place = (self._shard_of_channel(first), slot_of(key) if self.cluster else 0)
+            batches[place].append((key, self.serialize(payload), self.get_capacity(first)))
         now = repr(time.time())
-        dropped = 0
-        for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL):
-            batch = targets[start : start + scripts.MAX_KEYS_PER_CALL]
-            keys = [key for key, _, _ in batch]
-            args = [now, int(self.expiry), *(cap for _, _, cap in batch), *(member for _, member, _ in batch)]
-            # Not idempotent: each member carries a fresh random prefix, so a retry after a lost reply could
-            # deliver twice. Only calls refused before they ran are retried.
-            dropped += int(await self._script(shard, scripts.GROUP_SEND_SCRIPT, keys, args, idempotent=False))
-        return dropped
+        dropped = sum(
+            await asyncio.gather(
+                *(
+                    self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
+                    for (shard, _), targets in batches.items()
+                    for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
+                )
+            )
+        )
+        if dropped:
+            self.counters.group_over_capacity += dropped
+            logger.info("group_send to %s: %d of %d queues at capacity", group, dropped, len(by_key))
+
+    async def _group_send_batch(self, shard: int, now: str, batch: list[_Target]) -> int:
+        keys = [key for key, _, _ in batch]
+        args = [now, int(self.expiry), *(cap for _, _, cap in batch), *(member for _, member, _ in batch)]
+        # Not idempotent: each member carries a fresh random prefix, so a retry after a lost reply could
+        # deliver twice. Only calls refused before they ran are retried.
+        return int(await self._script(shard, scripts.GROUP_SEND_SCRIPT, keys, args, idempotent=False))
 
     # Flush and close ---------------------------------------------------------------------------------------------
 
@@ -316,9 +336,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if receiver is not None:
             receiver.drop_messages()
         for shard in range(self.ring_size):
-            await self._connections.execute(
-                shard, lambda client: delete_prefixed(client, self.prefix), idempotent=True
-            )
+            for server in await self._connections.primaries(shard):
+                await self._connections.execute_on(
+                    server,
+                    lambda client: delete_prefixed(client, self.prefix, one_slot_per_call=self.cluster),
+                    idempotent=True,
+                )
 
     async def close_pools(self) -> None:
         """Close this event loop's readers and connections (they reopen on next use)."""
@@ -362,7 +385,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
 
 async def _pop_many(
-    shard: Shard,
+    shard: AnyShard,
     key: str,
     timeout: float,
     count: int,
@@ -376,7 +399,7 @@ async def _pop_many(
 
 
 async def _pop_one(
-    shard: Shard, key: str, timeout: float, on_interrupted: Callable[[list[Entry]], Awaitable[None]]
+    shard: AnyShard, key: str, timeout: float, on_interrupted: Callable[[list[Entry]], Awaitable[None]]
 ) -> list[Entry]:
     async def put_back(reply: object) -> None:
         await on_interrupted(_bzpopmin_entries(reply))
@@ -391,6 +414,15 @@ def _bzmpop_entries(reply: object) -> list[Entry]:
     if not isinstance(reply, list | tuple) or len(reply) != 2 or not isinstance(reply[1], list | tuple):
         raise valkey_errors.DataError(f"unexpected BZMPOP reply {reply!r}")
     return [(bytes(member), float(score)) for member, score in reply[1]]
+
+
+def _zpopmin_entries(reply: object) -> list[Entry]:
+    """The (member, score) pairs of a raw ``ZPOPMIN key count`` reply: flat in RESP2, pairs in RESP3."""
+    if not isinstance(reply, list | tuple):
+        raise valkey_errors.DataError(f"unexpected ZPOPMIN reply {reply!r}")
+    if reply and isinstance(reply[0], list | tuple):
+        return [(bytes(member), float(score)) for member, score in reply]
+    return [(bytes(member), float(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)]
 
 
 def _bzpopmin_entries(reply: object) -> list[Entry]:

@@ -37,7 +37,9 @@ from channels_valkey.pubsub.names import (
 from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.pubsub.worker import Entry, Popped, QueueReader
 from channels_valkey.sentinel import (
+    ClusterHost,
     ConnectionManager,
+    HostConfigError,
     ResiliencePolicy,
     Shard,
     ShardRing,
@@ -120,6 +122,11 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.channel_capacity = self.compile_capacities(patterns)
         self.worker_channels = worker_channels
         self.hosts = decode_hosts(hosts)
+        if isinstance(self.hosts[0], ClusterHost):
+            raise HostConfigError(
+                f"{type(self).__name__} does not run on a Valkey Cluster yet ({self.hosts[0].describe()}): "
+                "sharded Pub/Sub is not built. channels_valkey.core.ValkeyChannelLayer runs on a cluster."
+            )
         # Payloads exactly as 0.3 publishes them: no random prefix, no TTL on encrypted ones.
         self._serializer = registry.get_serializer(
             serializer_format, random_prefix_length=0, symmetric_encryption_keys=symmetric_encryption_keys
@@ -398,7 +405,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     # What the loop state and readers call -------------------------------------------------------------------------
 
     async def shard(self, index: int) -> Shard:
-        return await self._connections.shard(index)
+        shard = await self._connections.shard(index)
+        if not isinstance(shard, Shard):  # refused in __init__
+            raise TypeError(f"{shard.describe()} is a Valkey Cluster")
+        return shard
 
     async def pop(
         self, shard: int, key: str, on_interrupted: Callable[[Entry], Awaitable[None]]

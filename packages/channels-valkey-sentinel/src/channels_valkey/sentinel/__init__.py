@@ -1,17 +1,24 @@
 """Connections to Valkey for the channel layers (``channels_valkey.sentinel``).
 
-Host decoding, per-event-loop clients, the shard ring, retries and Sentinel failover live here, once, for both
-layers. The layers use four things: :func:`decode_hosts` (``CONFIG["hosts"]`` to shard specs),
+Host decoding, per-event-loop clients, the shard ring, retries, Sentinel failover and Valkey Cluster routing live
+here, once, for both layers. The layers use four things: :func:`decode_hosts` (``CONFIG["hosts"]`` to shard specs),
 :class:`ShardRing` / :func:`consistent_hash` (which shard holds a name), :class:`ConnectionManager` (a client for a
 shard on the running event loop, commands with retries, closing) and :class:`ResiliencePolicy` (timeouts and retries).
 """
 
 from channels_valkey.sentinel.__about__ import __version__
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted, bzpopmin_entry
-from channels_valkey.sentinel.connections import ConnectionManager
-from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError, ShardUnavailable
+from channels_valkey.sentinel.cluster import ClusterShard, slot_of
+from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
+from channels_valkey.sentinel.exceptions import (
+    CommandNotSent,
+    HostConfigError,
+    SentinelDiscoveryError,
+    ShardUnavailable,
+)
 from channels_valkey.sentinel.failures import Failure, classify, refuses_health_check
 from channels_valkey.sentinel.hosts import (
+    ClusterHost,
     HostSpec,
     SentinelDiscovery,
     SentinelHost,
@@ -28,6 +35,10 @@ from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
 
 __all__ = [
     "DEFAULT_POLICY",
+    "AnyShard",
+    "ClusterHost",
+    "ClusterShard",
+    "CommandNotSent",
     "ConnectionManager",
     "Failure",
     "HostConfigError",
@@ -54,4 +65,5 @@ __all__ = [
     "raise_if_cancelling",
     "read_reply",
     "refuses_health_check",
+    "slot_of",
 ]

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import valkey.asyncio as avalkey
 
+from channels_valkey.sentinel.cluster import ClusterShard
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
-from channels_valkey.sentinel.hosts import HostSpec, SentinelDiscovery, discover_services
+from channels_valkey.sentinel.hosts import ClusterHost, HostSpec, SentinelDiscovery, discover_services
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.shard import Shard
 
@@ -28,6 +29,8 @@ logger = logging.getLogger("channels_valkey.sentinel")
 
 T = TypeVar("T")
 Operation = Callable[[avalkey.Valkey], Awaitable[T]]
+#: A shard as the layers see it: one server (or Sentinel-managed primary), or a whole Valkey Cluster.
+AnyShard = Shard | ClusterShard
 
 
 class ConnectionManager:
@@ -66,14 +69,14 @@ class ConnectionManager:
             return None
         return len(self.specs)
 
-    async def shards(self) -> list[Shard]:
+    async def shards(self) -> list[AnyShard]:
         """This event loop's shards, connecting lazily (and discovering Sentinel services on first use)."""
         return await self._loop_shards().get()
 
     async def shard_count(self) -> int:
         return len(await self.shards())
 
-    async def shard(self, index: int) -> Shard:
+    async def shard(self, index: int) -> AnyShard:
         shards = await self.shards()
         if not 0 <= index < len(shards):
             raise IndexError(f"shard index {index} out of range: there are {len(shards)} shards")
@@ -84,8 +87,22 @@ class ConnectionManager:
 
         Commands sent on it directly get no retries; use :meth:`execute` for those.
         """
-        shard = await self.shard(index)
+        shard = await self._server_shard(index, "client")
         return shard.blocking_client if blocking else shard.client
+
+    async def primaries(self, index: int) -> list[Shard]:
+        """The primaries behind shard ``index``: the shard itself, or every primary of a cluster."""
+        shard = await self.shard(index)
+        return await shard.primaries() if isinstance(shard, ClusterShard) else [shard]
+
+    async def _server_shard(self, index: int, method: str) -> Shard:
+        shard = await self.shard(index)
+        if isinstance(shard, ClusterShard):
+            raise TypeError(
+                f"{method}() needs one server, and {shard.describe()} is a Valkey Cluster: send keyed commands "
+                "with execute_command() (routed by key) or reach each primary through primaries()"
+            )
+        return shard
 
     # Commands --------------------------------------------------------------------------------------------------
 
@@ -103,7 +120,7 @@ class ConnectionManager:
         always retried; one whose reply was lost only when ``idempotent`` is true, since it may have run. A shard
         that has never answered, bad credentials and TLS failures raise :class:`ShardUnavailable` at once.
         """
-        shard = await self.shard(index)
+        shard = await self._server_shard(index, "execute")
         return await self._with_retries(
             shard,
             lambda: operation(shard.blocking_client if blocking else shard.client),
@@ -115,14 +132,18 @@ class ConnectionManager:
 
         The lane (:class:`channels_valkey.sentinel.lane.CommandLane`) shares one connection between concurrent
         callers, so this is the cheap way to send short commands; the reply is raw (no valkey-py callbacks).
+        On a cluster the command goes to the primary of its (first) key's slot.
         """
         shard = await self.shard(index)
-        return await self._with_retries(
-            shard, lambda: shard.lane.execute_command(*args), idempotent=idempotent
-        )
+        return await self._with_retries(shard, lambda: shard.execute_command(*args), idempotent=idempotent)
+
+    async def execute_on(self, shard: Shard, operation: Operation[T], *, idempotent: bool) -> T:
+        """Run ``operation(client)`` on one server shard got from :meth:`primaries`, with :meth:`execute`'s
+        retries."""
+        return await self._with_retries(shard, lambda: operation(shard.client), idempotent=idempotent)
 
     async def _with_retries(
-        self, shard: Shard, attempt_once: Callable[[], Awaitable[T]], *, idempotent: bool
+        self, shard: AnyShard, attempt_once: Callable[[], Awaitable[T]], *, idempotent: bool
     ) -> T:
         backoff = self.policy.backoff()
         deadline = time.monotonic() + self.policy.retry_deadline
@@ -179,10 +200,10 @@ class _LoopShards:
 
     def __init__(self, manager: ConnectionManager) -> None:
         self.manager = manager
-        self.shards: list[Shard] | None = None
+        self.shards: list[AnyShard] | None = None
         self._building = asyncio.Lock()
 
-    async def get(self) -> list[Shard]:
+    async def get(self) -> list[AnyShard]:
         if self.shards is not None:
             return self.shards
         async with self._building:
@@ -190,7 +211,7 @@ class _LoopShards:
                 self.shards = await self._build()
         return self.shards
 
-    async def _build(self) -> list[Shard]:
+    async def _build(self) -> list[AnyShard]:
         manager = self.manager
         resolved: list[HostSpec] = []
         for spec in manager.specs:
@@ -199,7 +220,10 @@ class _LoopShards:
             else:
                 resolved.append(spec)
         return [
-            Shard(index, spec, manager.policy, manager.block_seconds) for index, spec in enumerate(resolved)
+            ClusterShard(index, spec, manager.policy, manager.block_seconds)
+            if isinstance(spec, ClusterHost)
+            else Shard(index, spec, manager.policy, manager.block_seconds)
+            for index, spec in enumerate(resolved)
         ]
 
     async def aclose(self) -> None:

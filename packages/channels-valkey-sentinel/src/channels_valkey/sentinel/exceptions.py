@@ -24,3 +24,8 @@ class ShardUnavailable(valkey.exceptions.ConnectionError):
         super().__init__(f"{shard} is unavailable: {type(cause).__name__}: {cause}")
         self.shard = shard
         self.cause = cause
+
+
+class CommandNotSent(valkey.exceptions.ConnectionError):
+    """A command that was never written because no server to send it to was reachable (for example no node
+    of a cluster answered for its slot map); always safe to retry, whatever the command does."""

@@ -13,6 +13,8 @@ import types
 
 from valkey import exceptions as valkey_errors
 
+from channels_valkey.sentinel.exceptions import CommandNotSent
+
 #: Error replies meaning "this node will not take writes now; ask the Sentinels where the primary is".
 NOT_PRIMARY_REPLIES = ("NOREPLICAS", "MASTERDOWN")
 
@@ -37,8 +39,15 @@ def classify(error: BaseException) -> Failure | None:
     if _in_chain(error, valkey_errors.ReadOnlyError | valkey_errors.BusyLoadingError):
         # valkey-py's Sentinel connections turn READONLY into a ConnectionError; the refusal is in the chain.
         return Failure.NOT_RUN
+    if isinstance(
+        error, valkey_errors.MovedError | valkey_errors.TryAgainError | valkey_errors.ClusterDownError
+    ):
+        # A cluster node refusing a key it does not own now, or a slot in the middle of moving.
+        return Failure.NOT_RUN
     if isinstance(error, valkey_errors.ResponseError):
         return Failure.NOT_RUN if str(error).startswith(NOT_PRIMARY_REPLIES) else None
+    if isinstance(error, CommandNotSent):
+        return Failure.NOT_RUN
     if isinstance(error, valkey_errors.ConnectionError | valkey_errors.TimeoutError):
         # valkey-py words every failure to open a connection "... connecting to ..."; nothing was sent then.
         # A Sentinel that knows no usable primary yet (MasterNotFoundError) is the same: nothing was sent.

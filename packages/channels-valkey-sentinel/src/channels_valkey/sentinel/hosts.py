@@ -44,7 +44,8 @@ ACCEPTED_FORMS = (
     "a dict of connection options such as {'host': ..., 'port': ..., 'db': ..., 'password': ...}; "
     "{'address': URL, **options}; a Sentinel dict {'sentinels': [(host, port), ...], 'master_name': NAME, "
     "'sentinel_kwargs': {...}, **options}; or {'sentinels': [...], 'services': [NAME, ...]} for one shard "
-    "per named primary (an empty list: every primary the Sentinels monitor)."
+    "per named primary (an empty list: every primary the Sentinels monitor); or, as the only entry, a Valkey "
+    "Cluster {'cluster': ['valkey://node1:7000', ('node2', 7000), ...], **options}."
 )
 
 # Keyword arguments that the pools take for themselves; the rest go to the connection class.
@@ -53,6 +54,8 @@ _SENTINEL_POOL_KEYS = frozenset({"connection_class", "max_connections", "ssl", "
 # Where a primary is, only the Sentinels say.
 _SENTINEL_LOCATION_KEYS = ("address", "host", "port", "path", "unix_socket_path")
 _SENTINEL_ENTRY_KEYS = frozenset({"sentinels", "master_name", "services", "sentinel_kwargs"})
+# A cluster's nodes are listed in "cluster" and found from there; the cluster routes keys to them.
+_CLUSTER_LOCATION_KEYS = ("address", "host", "port", "path", "unix_socket_path")
 # Key names whose values are never shown; "pas" also catches misspellings such as "pasword".
 _SECRET_KEY_PARTS = ("pas", "pwd", "secret", "token", "credential", "auth")
 _DIGITS = re.compile(r"[0-9]+")
@@ -137,7 +140,32 @@ class SentinelDiscovery(_SafeRepr):
         return f"every primary of Sentinels {_sentinel_list(self.sentinels)}{_extras(self.options)}"
 
 
-HostSpec: TypeAlias = ServerHost | SentinelHost | SentinelDiscovery
+@dataclasses.dataclass(frozen=True, repr=False)
+class ClusterHost(_SafeRepr):
+    """A Valkey Cluster, reached through its ``startup_nodes``; the layer sees it as one shard.
+
+    ``options`` are the ``ConnectionPool`` keyword arguments of every node (credentials, TLS, timeouts), without
+    ``host`` and ``port``: the cluster says which nodes there are (see :class:`channels_valkey.sentinel.ClusterShard`).
+    """
+
+    startup_nodes: tuple[tuple[str, int], ...]
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        nodes = tuple((str(host), int(port)) for host, port in self.startup_nodes)
+        object.__setattr__(self, "startup_nodes", nodes)
+        object.__setattr__(self, "options", _frozen(self.options))
+
+    def node(self, host: str, port: int) -> ServerHost:
+        """The spec of one node of the cluster, with the entry's options."""
+        return ServerHost({**self.options, "host": host, "port": port})
+
+    def describe(self) -> str:
+        """The cluster by its startup nodes for logs and errors, without passwords."""
+        return f"cluster of {_sentinel_list(self.startup_nodes)}{_extras(self.options)}"
+
+
+HostSpec: TypeAlias = ServerHost | SentinelHost | SentinelDiscovery | ClusterHost
 
 
 def _freeze_sentinel_fields(spec: SentinelHost | SentinelDiscovery) -> None:
@@ -237,6 +265,12 @@ def decode_hosts(hosts: object) -> list[HostSpec]:
             raise HostConfigError(
                 f"hosts[{index}] = {_redacted_repr(entry)}: {problem} {ACCEPTED_FORMS}"
             ) from None
+    if len(specs) > 1 and any(isinstance(spec, ClusterHost) for spec in specs):
+        raise HostConfigError(
+            f"a cluster entry must be the only entry of hosts (the cluster shards the keys itself), got "
+            f"{len(entries)} entries: {_redacted_repr(hosts)}. List every node you want to start from in "
+            "the entry's 'cluster' list."
+        )
     return specs
 
 
@@ -277,6 +311,8 @@ def _decode_entry(entry: object) -> list[HostSpec]:
         for key in entry:
             if not isinstance(key, str):
                 raise _EntryProblem(f"option names must be strings, got {key!r}.")
+        if "cluster" in entry:
+            return [_decode_cluster_entry(entry)]
         if _SENTINEL_ENTRY_KEYS & entry.keys():
             return _decode_sentinel_entry(entry)
         if "address" in entry:
@@ -584,6 +620,75 @@ def _check_client_names(sentinel_kwargs: Mapping[str, Any]) -> None:
 def _client_keywords() -> frozenset[str]:
     parameters = inspect.signature(valkey.asyncio.Valkey.__init__).parameters
     return frozenset(parameters) - {"self", "connection_pool", "host", "port"}
+
+
+# Cluster entries --------------------------------------------------------------------------------------------
+
+
+def _decode_cluster_entry(entry: Mapping[str, Any]) -> ClusterHost:
+    """``{'cluster': [node, ...], **options}``: each node a URL or a (host, port) pair.
+
+    Options may come from the URLs (scheme, username, password) or from the entry's keys; the URLs must agree
+    with each other, since every node is reached the same way. Where a URL and a key both set an option, the
+    URL wins, as for ``{'address': URL}``.
+    """
+    options = dict(entry)
+    nodes = options.pop("cluster")
+    clashing = [key for key in _CLUSTER_LOCATION_KEYS if key in options]
+    if clashing:
+        raise _EntryProblem(
+            f"a cluster entry lists its nodes in 'cluster', so it takes no {_names(clashing)}."
+        )
+    clashing = sorted(_SENTINEL_ENTRY_KEYS & options.keys())
+    if clashing:
+        raise _EntryProblem(f"a cluster entry cannot be a Sentinel entry too: drop {_names(clashing)}.")
+    if isinstance(nodes, str | bytes | Mapping | Set) or not isinstance(nodes, Iterable):
+        raise _EntryProblem(
+            "'cluster' must be a list of startup nodes, each a URL 'valkey://host:port' or a (host, port) "
+            f"pair, got {_redacted_repr(nodes)}."
+        )
+    items = list(nodes)
+    if not items:
+        raise _EntryProblem("'cluster' is empty; list at least one node of the cluster.")
+    if _looks_like_pair(items):
+        raise _EntryProblem(f"'cluster' must be a list of nodes: write [{_redacted_repr(nodes)}].")
+    addresses: list[tuple[str, int]] = []
+    from_urls: dict[str, Any] | None = None
+    for item in items:
+        if isinstance(item, str):
+            parsed = _url_options(item)
+            if _is_subclass(parsed.get("connection_class"), UnixDomainSocketConnection):
+                raise _EntryProblem(
+                    "cluster nodes are reached over TCP; a unix socket cannot be a cluster node."
+                )
+            addresses.append(
+                (_host(parsed.pop("host", "localhost")), _port(parsed.pop("port", DEFAULT_PORT)))
+            )
+            if from_urls is None:
+                from_urls = parsed
+            elif parsed != from_urls:
+                raise _EntryProblem(
+                    "the node URLs differ in scheme, credentials or database; every node of a cluster is "
+                    "reached the same way, so give the options once (in the URLs alike, or as keys)."
+                )
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            addresses.append((_host(item[0]), _port(item[1])))
+        else:
+            raise _EntryProblem(
+                f"each cluster node is a URL 'valkey://host:port' or a (host, port) pair, got {_redacted_repr(item)}."
+            )
+    merged = {**options, **(from_urls or {})}
+    if _as_number(merged.get("db", 0)) != 0:
+        raise _EntryProblem(f"a Valkey Cluster has only database 0, got db {_redacted_repr(merged['db'])}.")
+    merged.pop("db", None)
+    host, port = addresses[0]
+    node_options = _server_options({**merged, "host": host, "port": port})
+    if _is_subclass(node_options["connection_class"], UnixDomainSocketConnection):
+        raise _EntryProblem("cluster nodes are reached over TCP; a unix socket cannot be a cluster node.")
+    del node_options["host"], node_options["port"]
+    if len(set(addresses)) != len(addresses):
+        raise _EntryProblem("'cluster' lists a node more than once.")
+    return ClusterHost(tuple(addresses), node_options)
 
 
 # Discovery --------------------------------------------------------------------------------------------------

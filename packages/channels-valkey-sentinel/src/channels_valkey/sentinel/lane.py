@@ -108,12 +108,7 @@ class CommandLane:
 
     async def execute_command(self, *args: Any) -> Any:
         """Send one command and return its reply (the raw reply: no valkey-py response callbacks)."""
-        link = self._link
-        if link is None or not link.usable:
-            link = await self._connect()
-        writer = link.connection._writer
-        if writer is None:
-            raise valkey_errors.ConnectionError("the lane's connection closed before the command was written")
+        link, writer = await self._writable()
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
@@ -124,6 +119,29 @@ class CommandLane:
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await writer.drain()
         return await reply
+
+    async def execute_asking(self, *args: Any) -> Any:
+        """Send ``ASKING`` and then one command, with no other caller's command between them, and return the
+        command's raw reply (a cluster node serves a key of a slot it is importing only right after ``ASKING``)."""
+        link, writer = await self._writable()
+        loop = asyncio.get_running_loop()
+        asking: asyncio.Future[Any] = loop.create_future()
+        asking.cancel()  # its reply is read and dropped; a refused ASKING shows as the command's redirection
+        reply: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            link.progress = loop.time()
+        writer.writelines([*pack(link.connection, ("ASKING",)), *pack(link.connection, args)])
+        self._pending.extend((asking, reply))
+        return await reply
+
+    async def _writable(self) -> tuple[_Link, asyncio.StreamWriter]:
+        link = self._link
+        if link is None or not link.usable:
+            link = await self._connect()
+        writer = link.connection._writer
+        if writer is None:
+            raise valkey_errors.ConnectionError("the lane's connection closed before the command was written")
+        return link, writer
 
     async def _connect(self) -> _Link:
         async with self._connect_lock:

@@ -91,15 +91,20 @@ class Shard:
             if isinstance(client.connection_pool, FollowingPool)
         ]
 
-    def stop_health_checks(self) -> None:
+    async def execute_command(self, *args: Any) -> Any:
+        """Send one command on this shard's lane (no retries; see ``ConnectionManager.execute_command``)."""
+        return await self.lane.execute_command(*args)
+
+    def stop_health_checks(self, *, quietly: bool = False) -> None:
         """Turn off PING health checks on every connection of this shard (for users whose ACL refuses PING).
 
         The pools copy ``health_check_interval`` into each connection they make, so the connections they hold
         already are changed too.
         """
-        logger.warning(
-            "%s: the ACL refuses PING; idle connections are no longer health-checked", self.describe()
-        )
+        if not quietly:
+            logger.warning(
+                "%s: the ACL refuses PING; idle connections are no longer health-checked", self.describe()
+            )
         for client in (self.client, self.blocking_client):
             pool = client.connection_pool
             pool.connection_kwargs["health_check_interval"] = 0

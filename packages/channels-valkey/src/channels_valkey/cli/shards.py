@@ -11,6 +11,7 @@ import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel import (
+    ClusterHost,
     ConnectionManager,
     HostSpec,
     ResiliencePolicy,
@@ -69,6 +70,12 @@ async def open_shards(specs: Sequence[HostSpec], policy: ResiliencePolicy) -> As
                 except (valkey_errors.ValkeyError, OSError) as error:
                     slots.append(ShardSlot(len(slots), spec.describe(), None, problem=str(error)))
                     continue
+            elif isinstance(spec, ClusterHost):
+                try:
+                    resolved = await _cluster_primaries(spec, policy)
+                except (valkey_errors.ValkeyError, OSError) as error:
+                    slots.append(ShardSlot(len(slots), spec.describe(), None, problem=str(error)))
+                    continue
             else:
                 resolved = [spec]
             for one in resolved:
@@ -80,3 +87,12 @@ async def open_shards(specs: Sequence[HostSpec], policy: ResiliencePolicy) -> As
         for slot in slots:
             if slot.manager is not None:
                 await slot.manager.close()
+
+
+async def _cluster_primaries(spec: ClusterHost, policy: ResiliencePolicy) -> list[ServerHost | SentinelHost]:
+    """The primaries of a cluster, each to be checked and inspected as one shard."""
+    manager = ConnectionManager([spec], policy)
+    try:
+        return [node.spec for node in await manager.primaries(0)]
+    finally:
+        await manager.close()

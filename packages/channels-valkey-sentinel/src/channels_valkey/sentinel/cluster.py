@@ -1,0 +1,225 @@
+"""A Valkey Cluster seen as one shard: each command goes to the primary that owns its key's slot.
+
+The layers address a cluster as shard 0 and keep every key of one script call in one slot (hash tags), so routing
+needs nothing but the first key of each command. Each node gets an ordinary :class:`Shard` (a command lane and
+cancellable blocking calls), so a cluster keeps the pipelining and the safety of a single server; commands to
+different nodes run in parallel because they go out on different connections.
+
+The slot map comes from ``CLUSTER SLOTS`` and is read again, once for all waiting callers, after a redirection
+(``MOVED``), a ``CLUSTERDOWN`` or a failed connection: that is how a failover is followed. A command redirected with
+``ASK`` (its slot is being migrated and its key already left) is sent to the importing node right after ``ASKING``,
+on the same lane with nothing in between. A blocking pop redirected that way polls instead of blocking until the
+migration of its slot ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from valkey import exceptions as valkey_errors
+from valkey.asyncio.cluster import ClusterParser
+from valkey.crc import VALKEY_CLUSTER_HASH_SLOTS, key_slot
+
+from channels_valkey.sentinel.blocking import OnInterrupted
+from channels_valkey.sentinel.exceptions import CommandNotSent
+from channels_valkey.sentinel.hosts import ClusterHost, ServerHost
+from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.shard import Shard
+
+logger = logging.getLogger("channels_valkey.sentinel")
+
+Address = tuple[str, int]
+
+#: Position of the first key in the commands that do not have it right after their name.
+_FIRST_KEY_AT = {"EVAL": 3, "EVALSHA": 3, "BZMPOP": 3, "ZMPOP": 2}
+#: Redirections followed for one command before giving up (a slot moves once per resharding step).
+MAX_REDIRECTS = 5
+#: Seconds between polls of a blocking pop whose slot is being migrated.
+ASK_POLL = 0.05
+
+
+def first_key(args: Sequence[Any]) -> str | bytes:
+    """The key a command is routed by: the first key of a script call or ``BZMPOP``, else its first argument."""
+    position = _FIRST_KEY_AT.get(str(args[0]).upper(), 1)
+    if len(args) <= position:
+        raise TypeError(f"{args[0]} has no key to route it by on a Valkey Cluster: {args!r}")
+    key: str | bytes = args[position]
+    return key
+
+
+def slot_of(key: str | bytes) -> int:
+    """The hash slot of ``key`` (its ``{hash tag}`` if it has one)."""
+    return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+class ClusterShard:
+    """The nodes of one Valkey Cluster on one event loop, and the slot map that routes commands to them."""
+
+    def __init__(self, index: int, spec: ClusterHost, policy: ResiliencePolicy, block_seconds: float) -> None:
+        self.index = index
+        self.spec = spec
+        self.policy = policy
+        self.block_seconds = block_seconds
+        #: True once any command on the cluster has succeeded: until then failures are configuration errors.
+        self.ever_connected = False
+        self._nodes: dict[Address, Shard] = {}
+        self._owners: list[Address | None] = [None] * VALKEY_CLUSTER_HASH_SLOTS
+        self._primaries: list[Address] = []
+        self._stale = True
+        self._refresh_lock = asyncio.Lock()
+        self._health_checks = True
+
+    def describe(self) -> str:
+        return f"shard {self.index} ({self.spec.describe()})"
+
+    # Nodes and slots --------------------------------------------------------------------------------------------
+
+    def node(self, address: Address) -> Shard:
+        """The shard of one node (made on first use); its connections parse cluster redirections as errors."""
+        found = self._nodes.get(address)
+        if found is None:
+            host, port = address
+            spec = ServerHost({"parser_class": ClusterParser, **self.spec.node(host, port).options})
+            found = self._nodes[address] = Shard(self.index, spec, self.policy, self.block_seconds)
+            if not self._health_checks:
+                found.stop_health_checks(quietly=True)
+        return found
+
+    async def primaries(self) -> list[Shard]:
+        """One shard per primary that owns slots now."""
+        await self._ensure_map()
+        return [self.node(address) for address in self._primaries]
+
+    async def owner(self, key: str | bytes) -> Shard:
+        """The shard of the primary that owns ``key``'s slot, as far as the slot map knows."""
+        await self._ensure_map()
+        slot = slot_of(key)
+        address = self._owners[slot]
+        if address is None:
+            self._stale = True
+            raise valkey_errors.ClusterDownError(
+                f"CLUSTERDOWN no primary owns slot {slot} in {self.describe()}"
+            )
+        return self.node(address)
+
+    def suspect_map(self) -> None:
+        """Read the slot map again before the next command (a node failed or redirected)."""
+        self._stale = True
+
+    async def _ensure_map(self) -> None:
+        if not self._stale:
+            return
+        async with self._refresh_lock:
+            if self._stale:
+                await self._read_map()
+
+    async def _read_map(self) -> None:
+        """Ask the known nodes, primaries first, then the startup nodes, until one returns ``CLUSTER SLOTS``."""
+        candidates = dict.fromkeys([*self._primaries, *self._nodes, *self.spec.startup_nodes])
+        failures: list[str] = []
+        for address in candidates:
+            try:
+                reply = await self.node(address).lane.execute_command("CLUSTER", "SLOTS")
+            except (valkey_errors.ValkeyError, OSError) as error:
+                if isinstance(error, valkey_errors.AuthenticationError | valkey_errors.NoPermissionError):
+                    raise
+                failures.append(f"{address[0]}:{address[1]}: {type(error).__name__}: {error}")
+                continue
+            self._install(reply, asked=address)
+            return
+        raise CommandNotSent(f"no node of {self.describe()} told the slot map: {'; '.join(failures)}")
+
+    def _install(self, reply: Any, *, asked: Address) -> None:
+        owners: list[Address | None] = [None] * VALKEY_CLUSTER_HASH_SLOTS
+        for start, end, primary, *_replicas in reply:
+            raw_host, port = primary[0], primary[1]
+            host = raw_host.decode() if isinstance(raw_host, bytes) else str(raw_host)
+            if host in ("", "?"):  # the node does not know its own address: it is the one we asked
+                host = asked[0]
+            address = (host, int(port))
+            owners[int(start) : int(end) + 1] = [address] * (int(end) - int(start) + 1)
+        self._owners = owners
+        self._primaries = list(dict.fromkeys(owner for owner in owners if owner is not None))
+        self._stale = False
+
+    # Commands ---------------------------------------------------------------------------------------------------
+
+    async def execute_command(self, *args: Any) -> Any:
+        """Send one command to the primary of its key's slot on that node's lane; the reply is raw."""
+        key = first_key(args)
+        for _ in range(MAX_REDIRECTS):
+            node = await self.owner(key)
+            try:
+                return await node.lane.execute_command(*args)
+            except valkey_errors.MovedError:
+                logger.debug("%s: %s on %r moved", self.describe(), args[0], key)
+                self.suspect_map()
+            except valkey_errors.AskError as redirect:
+                logger.debug(
+                    "%s: %s on %r asked at %s:%s", self.describe(), args[0], key, redirect.host, redirect.port
+                )
+                return await self.node((redirect.host, redirect.port)).lane.execute_asking(*args)
+            except (
+                valkey_errors.ConnectionError,
+                valkey_errors.TimeoutError,
+                valkey_errors.ClusterDownError,
+            ):
+                self.suspect_map()
+                raise
+        raise valkey_errors.ClusterDownError(
+            f"CLUSTERDOWN {args[0]} on {key!r} was redirected {MAX_REDIRECTS} times in {self.describe()}"
+        )
+
+    async def blocking_call(self, args: Sequence[object], on_interrupted: OnInterrupted) -> object:
+        """Run a blocking command such as ``BZMPOP`` on the primary of its key (see :meth:`Shard.blocking_call`).
+
+        While the key's slot is migrating and its key has already left, the reply is the nil of a timeout after a
+        short wait: the caller asks again and reaches the new owner once the migration of the slot ends.
+        """
+        key = first_key(args)
+        for _ in range(MAX_REDIRECTS):
+            node = await self.owner(key)
+            try:
+                return await node.blocking_call(args, on_interrupted)
+            except valkey_errors.MovedError:
+                self.suspect_map()
+            except valkey_errors.AskError:
+                logger.debug("%s: %s on %r waits for its slot's migration", self.describe(), args[0], key)
+                await asyncio.sleep(ASK_POLL)
+                return None
+            except (
+                valkey_errors.ConnectionError,
+                valkey_errors.TimeoutError,
+                valkey_errors.ClusterDownError,
+            ):
+                self.suspect_map()
+                raise
+        raise valkey_errors.ClusterDownError(
+            f"CLUSTERDOWN {args[0]} on {key!r} was redirected {MAX_REDIRECTS} times in {self.describe()}"
+        )
+
+    # Failures and closing ---------------------------------------------------------------------------------------
+
+    def stop_health_checks(self, *, quietly: bool = False) -> None:
+        """Turn off PING health checks on every node's connections (an ACL refusing PING)."""
+        if self._health_checks and not quietly:
+            logger.warning(
+                "%s: the ACL refuses PING; idle connections are no longer health-checked", self.describe()
+            )
+        self._health_checks = False
+        for node in self._nodes.values():
+            node.stop_health_checks(quietly=True)
+
+    async def reset(self) -> None:
+        """A node said it is no primary: read the slot map again before the next command."""
+        self.suspect_map()
+
+    async def aclose(self) -> None:
+        """Close every node's connections."""
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            await node.aclose()
+        self._stale = True

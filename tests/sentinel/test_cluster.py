@@ -1,0 +1,121 @@
+"""A Valkey Cluster through ConnectionManager: commands go to the primary of their key's slot, follow a slot that
+moves (MOVED) or is moving (ASK), and an unreachable cluster fails at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from channels_valkey.sentinel import ClusterShard, ConnectionManager, ShardUnavailable, decode_hosts
+
+from servers.cluster import ValkeyCluster
+from servers.process import ValkeyProcess, free_port, wait_until
+
+
+def _manager(cluster: ValkeyCluster) -> ConnectionManager:
+    return ConnectionManager(decode_hosts([{"cluster": [cluster.url()]}]))
+
+
+async def test_each_key_lands_on_the_primary_of_its_slot(
+    valkey_cluster: ValkeyCluster, key_prefix: str
+) -> None:
+    manager = _manager(valkey_cluster)
+    keys = [f"{key_prefix}{index}" for index in range(30)]
+    try:
+        assert isinstance(await manager.shard(0), ClusterShard)
+        for key in keys:
+            await manager.execute_command(0, "SET", key, key, idempotent=True)
+        script = "return redis.call('SET', KEYS[1], ARGV[1])"
+        await manager.execute_command(0, "EVAL", script, 1, f"{key_prefix}{{tag}}x", "s", idempotent=True)
+        assert len(await manager.primaries(0)) == 3
+    finally:
+        await manager.close()
+    used = set()
+    for key in [*keys, f"{key_prefix}{{tag}}x"]:
+        owner = valkey_cluster.primary_for(key)
+        used.add(owner.name)
+        with owner.client() as client:
+            assert client.get(key) is not None
+    assert len(used) == 3  # thirty keys spread over every primary
+
+
+async def test_a_blocking_pop_goes_to_the_owner(valkey_cluster: ValkeyCluster, key_prefix: str) -> None:
+    manager = _manager(valkey_cluster)
+    key = f"{key_prefix}queue"
+    try:
+        cluster_shard = await manager.shard(0)
+        waiting = asyncio.ensure_future(cluster_shard.blocking_call(("BZPOPMIN", key, 5), _nothing_lost))
+        await manager.execute_command(0, "ZADD", key, 1, "m", idempotent=True)
+        assert await asyncio.wait_for(waiting, 10) == [key.encode(), b"m", b"1"]
+    finally:
+        await manager.close()
+
+
+async def _nothing_lost(reply: object) -> None:
+    raise AssertionError(f"the pop was interrupted with {reply!r}")
+
+
+async def test_commands_follow_a_slot_that_moved_and_one_that_is_moving(
+    private_cluster: ValkeyCluster, key_prefix: str
+) -> None:
+    cluster = private_cluster
+    manager = _manager(cluster)
+    moved, moving = f"{key_prefix}{{moved}}", f"{key_prefix}{{moving}}"
+    try:
+        await manager.execute_command(0, "SET", moved, "before", idempotent=True)  # the slot map is read now
+        source = cluster.primary_for(moved)
+        target = next(node for node in cluster.primaries() if node is not source)
+        await asyncio.to_thread(cluster.migrate_slot, cluster.key_slot(moved), target)
+        # The map still names the old owner: it answers MOVED and the map is read again.
+        assert await manager.execute_command(0, "GET", moved, idempotent=True) == b"before"
+
+        source = cluster.primary_for(moving)
+        target = next(node for node in cluster.primaries() if node is not source)
+        migrating = asyncio.create_task(
+            asyncio.to_thread(cluster.migrate_slot, cluster.key_slot(moving), target, hold=1.5)
+        )
+        # While the slot is migrating and the key is not on the source, the source answers ASK.
+        await asyncio.to_thread(
+            _wait_for_migrating, source, cluster.key_slot(moving), deadline=time.monotonic() + 10
+        )
+        await manager.execute_command(0, "SET", moving, "asked", idempotent=True)
+        await migrating
+        with target.client() as client:
+            assert client.get(moving) == b"asked"
+    finally:
+        await manager.close()
+
+
+def _wait_for_migrating(node: ValkeyProcess, slot: int, *, deadline: float) -> None:
+    """Wait until ``node`` shows ``slot`` as migrating away (``[slot->-target]`` in its CLUSTER NODES)."""
+
+    def migrating() -> bool:
+        with node.client() as client:
+            text = client.execute_command("CLUSTER", "NODES")
+        return f"[{slot}->-" in (text.decode() if isinstance(text, bytes) else str(text))
+
+    wait_until(migrating, timeout=max(deadline - time.monotonic(), 0.1), message=f"slot {slot} to migrate")
+
+
+async def test_an_unreachable_cluster_fails_at_once() -> None:
+    manager = ConnectionManager(decode_hosts([{"cluster": [("127.0.0.1", free_port())]}]))
+    started = time.monotonic()
+    try:
+        with pytest.raises(ShardUnavailable, match=r"cluster of 127\.0\.0\.1"):
+            await manager.execute_command(0, "GET", "k", idempotent=True)
+    finally:
+        await manager.close()
+    assert time.monotonic() - started < 5
+
+
+async def test_single_server_calls_are_refused_on_a_cluster(valkey_cluster: ValkeyCluster) -> None:
+    manager = _manager(valkey_cluster)
+    try:
+        with pytest.raises(TypeError, match="is a Valkey Cluster"):
+            await manager.execute(0, lambda client: client.ping(), idempotent=True)
+        with pytest.raises(TypeError, match="is a Valkey Cluster"):
+            await manager.client(0)
+    finally:
+        await manager.close()
