@@ -5,13 +5,36 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from channels_valkey.sentinel import ClusterShard, ConnectionManager, ShardUnavailable, decode_hosts
 
-from servers.cluster import ValkeyCluster
+from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess, free_port, wait_until
+
+
+CLUSTER_PASSWORD = "cluster-secret-7"
+
+
+@pytest.fixture(scope="module")
+def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """Three primaries (no replicas) that require a password, and an ACL user ``app`` on every node."""
+    cluster = start_cluster(
+        tmp_path_factory.mktemp("secured-cluster"),
+        "cluster",
+        replicas_per_primary=0,
+        password=CLUSTER_PASSWORD,
+    )
+    try:
+        for node in cluster.nodes:
+            with node.client() as client:
+                client.execute_command("ACL", "SETUSER", "app", "on", ">app-secret", "~*", "&*", "+@all")
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _manager(cluster: ValkeyCluster) -> ConnectionManager:
@@ -117,5 +140,41 @@ async def test_single_server_calls_are_refused_on_a_cluster(valkey_cluster: Valk
             await manager.execute(0, lambda client: client.ping(), idempotent=True)
         with pytest.raises(TypeError, match="is a Valkey Cluster"):
             await manager.client(0)
+    finally:
+        await manager.close()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(lambda port: {"cluster": [f"valkey://:{CLUSTER_PASSWORD}@127.0.0.1:{port}"]}, id="url"),
+        pytest.param(lambda port: {"cluster": [("127.0.0.1", port)], "password": CLUSTER_PASSWORD}, id="key"),
+        pytest.param(
+            lambda port: {"cluster": [("127.0.0.1", port)], "username": "app", "password": "app-secret"},
+            id="acl-user",
+        ),
+    ],
+)
+async def test_credentials_reach_every_node(
+    secured_cluster: ValkeyCluster, key_prefix: str, entry: Callable[[int], dict[str, Any]]
+) -> None:
+    manager = ConnectionManager(decode_hosts([entry(secured_cluster.nodes[0].port)]))
+    keys = [f"{key_prefix}{index}" for index in range(12)]
+    try:
+        for key in keys:
+            await manager.execute_command(0, "SET", key, "v", idempotent=True)
+    finally:
+        await manager.close()
+    assert {secured_cluster.primary_for(key).name for key in keys} == {
+        node.name for node in secured_cluster.nodes
+    }
+
+
+async def test_a_wrong_password_fails_at_once(secured_cluster: ValkeyCluster) -> None:
+    port = secured_cluster.nodes[0].port
+    manager = ConnectionManager(decode_hosts([{"cluster": [("127.0.0.1", port)], "password": "wrong"}]))
+    try:
+        with pytest.raises(ShardUnavailable, match="AuthenticationError"):
+            await manager.execute_command(0, "GET", "k", idempotent=True)
     finally:
         await manager.close()

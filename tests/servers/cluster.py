@@ -85,6 +85,7 @@ class ValkeyCluster:
         primaries: int = 3,
         replicas_per_primary: int = 1,
         node_timeout_ms: int = 2000,
+        password: str | None = None,
     ) -> None:
         if primaries < 3:
             raise ValueError(f"a Valkey Cluster needs at least 3 primaries, got primaries={primaries}")
@@ -94,6 +95,7 @@ class ValkeyCluster:
         self.primary_count = primaries
         self.replicas_per_primary = replicas_per_primary
         self.node_timeout_ms = node_timeout_ms
+        self.password = password
         node_config: dict[str, ConfigValue] = {
             "cluster-enabled": "yes",
             "cluster-config-file": "nodes.conf",
@@ -103,8 +105,12 @@ class ValkeyCluster:
             "repl-diskless-sync-delay": 0,
             "appendonly": "no",
         }
+        if password is not None:
+            node_config["masterauth"] = password  # replicas authenticate to their primary
         count = primaries * (1 + replicas_per_primary)
-        self.nodes = [ValkeyProcess(workdir, f"node{index}", node_config) for index in range(count)]
+        self.nodes = [
+            ValkeyProcess(workdir, f"node{index}", node_config, password=password) for index in range(count)
+        ]
 
     # Life cycle ----------------------------------------------------------------------------------------------
 
@@ -123,6 +129,8 @@ class ValkeyCluster:
         command = [str(cli_binary()), "--cluster", "create"]
         command += [f"{node.host}:{node.port}" for node in self.nodes]
         command += ["--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"]
+        if self.password is not None:
+            command += ["-a", self.password, "--no-auth-warning"]
         try:
             result = subprocess.run(
                 command,
@@ -183,8 +191,7 @@ class ValkeyCluster:
 
     def url(self) -> str:
         """The URL of the startup node (the first one); a cluster client discovers the rest from it."""
-        node = self.nodes[0]
-        return f"valkey://{node.host}:{node.port}"
+        return self.nodes[0].url()
 
     def startup_nodes(self) -> list[tuple[str, int]]:
         return [node.address for node in self.nodes]
@@ -302,7 +309,8 @@ class ValkeyCluster:
             from_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
             while keys := from_client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
                 host, port = target.address
-                from_client.execute_command("MIGRATE", host, port, "", 0, 5000, "KEYS", *keys)
+                auth = ["AUTH", self.password] if self.password is not None else []
+                from_client.execute_command("MIGRATE", host, port, "", 0, 5000, *auth, "KEYS", *keys)
             time.sleep(hold)  # the state under test lasts this long; nothing is waited for
             to_client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
             from_client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
@@ -329,13 +337,17 @@ def start_cluster(
     primaries: int = 3,
     replicas_per_primary: int = 1,
     node_timeout_ms: int = 2000,
+    password: str | None = None,
 ) -> ValkeyCluster:
-    """Start a cluster whose nodes live in ``workdir / name``; it is ok (all slots, all replicas linked) on return."""
+    """Start a cluster whose nodes live in ``workdir / name``; it is ok (all slots, all replicas linked) on return.
+
+    With ``password`` every node requires it (``requirepass``, and ``masterauth`` for the replicas)."""
     cluster = ValkeyCluster(
         workdir / name,
         primaries=primaries,
         replicas_per_primary=replicas_per_primary,
         node_timeout_ms=node_timeout_ms,
+        password=password,
     )
     return cluster.start()
 
