@@ -15,7 +15,6 @@ from channels_valkey.sentinel import ClusterShard, ConnectionManager, ShardUnava
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess, free_port, wait_until
 
-
 CLUSTER_PASSWORD = "cluster-secret-7"
 
 
