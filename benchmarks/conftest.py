@@ -1,10 +1,11 @@
-"""What every benchmark suite shares: a Valkey server for the session, ratio tables printed at the end, and the
-way the layer suites compare the two sides.
+"""What every benchmark suite shares: a Valkey server (and a Valkey Cluster) for the session, ratio tables printed
+at the end, and the way the layer suites compare the two sides.
 
-A suite files the figures of both sides (ours and channels_redis) under a group with a :class:`RatioReport` from
-the ``ratio_report`` fixture; at the end of the session each report prints one row per group where both sides ran,
-and writes the same rows as JSON under .benchmarks/ (where pytest-benchmark keeps its own files), for comparing
-runs. ``benchmarks/`` is not on ``sys.path``, so the suites reach all this through fixtures, not imports.
+A suite files the figures of both sides (ours and channels_redis, unless the report names other sides, such as
+ours on a cluster and ours on one server) under a group with a :class:`RatioReport` from the ``ratio_report``
+fixture; at the end of the session each report prints one row per group where both sides ran, and writes the same
+rows as JSON under .benchmarks/ (where pytest-benchmark keeps its own files), for comparing runs. ``benchmarks/`` is
+not on ``sys.path``, so the suites reach all this through fixtures, not imports.
 
 The layer suites (core, pubsub) set a target per row (``target_report``) and run each test on an event loop of its
 own (``run``), with layers built from the suite's ``layer_classes`` fixture, each side under a prefix of its own.
@@ -32,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
+from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
 from servers.topologies import start_standalone
 
@@ -42,7 +44,8 @@ T = TypeVar("T")
 
 #: The figures one side filed for one group, by name.
 Figures = dict[str, float]
-#: Builds a table row from a group's name and the figures of ours and of the peer.
+#: Builds a table row from a group's name and the figures of the report's first side and of its second (by default
+#: ours and the peer).
 RowBuilder = Callable[[str, Figures, Figures], dict[str, Any]]
 
 
@@ -52,7 +55,8 @@ Column = tuple[str, int, Callable[[dict[str, Any]], str]]
 
 
 class RatioReport:
-    """Ours and the peer, group by group: figures filed during the run, a table and a JSON file at the end."""
+    """Two sides (ours and the peer, unless ``sides`` names others), group by group: figures filed during the run,
+    a table and a JSON file at the end."""
 
     def __init__(
         self,
@@ -61,8 +65,13 @@ class RatioReport:
         columns: Sequence[Column],
         row: RowBuilder,
         groups: Sequence[str] | None = None,
+        sides: Sequence[str] = (OURS, PEER),
     ) -> None:
+        if len(sides) != 2 or sides[0] == sides[1]:
+            raise ValueError(f"a report compares two distinct sides, not {list(sides)!r}")
         self.title = title
+        #: The two sides compared, in the order the row builder takes their figures.
+        self.sides = (sides[0], sides[1])
         #: The only groups figures may be filed under, when the report has a fixed set of rows.
         self.groups = list(groups) if groups is not None else None
         self.path = path
@@ -72,18 +81,19 @@ class RatioReport:
 
     def record(self, group: str, side: str, **figures: float) -> None:
         """File ``side``'s figures for ``group`` (a later call for the same group and side replaces them)."""
-        if side not in (OURS, PEER):
-            raise ValueError(f"side must be {OURS!r} or {PEER!r}, not {side!r}")
+        if side not in self.sides:
+            raise ValueError(f"side must be one of {list(self.sides)!r}, not {side!r}")
         if self.groups is not None and group not in self.groups:
             raise ValueError(f"no row named {group!r} in {self.title!r}; the rows are {sorted(self.groups)}")
         self._figures.setdefault(group, {})[side] = figures
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per group that has both sides, in group order."""
+        first, second = self.sides
         return [
-            self._row(group, sides[OURS], sides[PEER])
+            self._row(group, sides[first], sides[second])
             for group, sides in sorted(self._figures.items())
-            if OURS in sides and PEER in sides
+            if first in sides and second in sides
         ]
 
     def lines(self, rows: list[dict[str, Any]]) -> list[str]:
@@ -106,8 +116,8 @@ _REPORTS: dict[str, RatioReport] = {}
 
 @pytest.fixture(scope="session")
 def ratio_report() -> Callable[..., RatioReport]:
-    """``ratio_report(name, title=, columns=, row=, file_env=, groups=None)``: the session's report ``name``, made on
-    first use; with ``groups``, figures may only be filed under those.
+    """``ratio_report(name, title=, columns=, row=, file_env=, groups=None, sides=(OURS, PEER))``: the session's
+    report ``name``, made on first use; with ``groups``, figures may only be filed under those.
 
     Its JSON goes to ``.benchmarks/{name}-ratios.json``, or to the path in the environment variable ``file_env``.
     """
@@ -120,11 +130,12 @@ def ratio_report() -> Callable[..., RatioReport]:
         row: RowBuilder,
         file_env: str,
         groups: Sequence[str] | None = None,
+        sides: Sequence[str] = (OURS, PEER),
     ) -> RatioReport:
         report = _REPORTS.get(name)
         if report is None:
             path = Path(os.environ.get(file_env, f".benchmarks/{name}-ratios.json"))
-            report = _REPORTS[name] = RatioReport(title, path, columns, row, groups)
+            report = _REPORTS[name] = RatioReport(title, path, columns, row, groups, sides)
         return report
 
     return get
@@ -159,6 +170,22 @@ def valkey_server(_bench_server: ValkeyProcess) -> ValkeyProcess:
     """The session's Valkey server, started on first use; every layer on it writes under its own prefix."""
     _bench_server.ensure_running()
     return _bench_server
+
+
+@pytest.fixture(scope="session")
+def _bench_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    # The topology of the test suite's cluster (tests/conftest.py): 3 primaries with a replica each.
+    cluster = start_cluster(tmp_path_factory.mktemp("cls", numbered=True), "bench")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def valkey_cluster(_bench_cluster: ValkeyCluster) -> ValkeyCluster:
+    """The session's Valkey Cluster (3 primaries, 3 replicas on loopback), started on first use: only the suites
+    that compare a cluster with one server pay for its few seconds of start-up."""
+    _bench_cluster.ensure()
+    return _bench_cluster
 
 
 # Targets -------------------------------------------------------------------------------------------------------
@@ -409,10 +436,6 @@ def layer(make_layer: Callable[..., Any]) -> Any:
 # Taking turns --------------------------------------------------------------------------------------------------
 
 
-def _by_side() -> dict[str, list[Any]]:
-    return {side: [] for side in SIDES}
-
-
 @dataclass
 class Turns(Generic[T]):
     """What each side's timed rounds of one comparison took and returned, by side, in the order they ran."""
@@ -420,12 +443,19 @@ class Turns(Generic[T]):
     #: Whether the rounds were timed (``--benchmark-enable``). If not, each side ran one round, to check that it
     #: works, and ``seconds`` holds nothing to compare.
     timed: bool
-    #: Wall seconds of each round: pytest-benchmark's own for ours, ``time.perf_counter()`` for the peer.
-    seconds: dict[str, list[float]] = field(default_factory=_by_side)
+    #: The two sides, the one pytest-benchmark times first (ours, in a comparison with the peer).
+    sides: tuple[str, str] = (OURS, PEER)
+    #: Wall seconds of each round: pytest-benchmark's own for the first side, ``time.perf_counter()`` for the other.
+    seconds: dict[str, list[float]] = field(init=False)
     #: The process's CPU seconds during each round (``time.process_time()``): the client's, the server runs apart.
-    cpu: dict[str, list[float]] = field(default_factory=_by_side)
+    cpu: dict[str, list[float]] = field(init=False)
     #: What each round returned.
-    results: dict[str, list[T]] = field(default_factory=_by_side)
+    results: dict[str, list[T]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.seconds = {side: [] for side in self.sides}
+        self.cpu = {side: [] for side in self.sides}
+        self.results = {side: [] for side in self.sides}
 
     def check(self, wanted: T) -> None:
         """Fail unless both sides ran and every round of each returned ``wanted`` (how many came intact)."""
@@ -454,13 +484,15 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
     """``take_turns(layers, one_round, rounds=, turn=1, warmup=0, before_round=None)``: the rounds of both sides
     of a comparison, timed in turns; a :class:`Turns`.
 
-    ``one_round(side)`` does one round of work with ``layers[side]`` and returns what the test checks;
-    ``before_round(side)``, if given, prepares each round, untimed. After ``warmup`` untimed rounds of each side,
-    pytest-benchmark times ``rounds`` rounds of ours (``benchmark.pedantic``), and its ``setup`` and ``teardown``
-    hooks run as many rounds of the peer in between, timed here: blocks of ``turn`` rounds of each side, in the
-    order peer, ours, ours, peer, peer, ours..., so that neither side always runs right after the other, and
-    rounds of the two sides that get compared ran seconds apart. After each block, the side that ran it finishes
-    its background work (``wait_received``), untimed, so that it does not weigh on the other side's turn.
+    ``layers`` maps the two sides to their layer: ours first and the peer second (as ``layers`` builds them), or
+    any two sides in that order, such as ours on a cluster and ours on one server. ``one_round(side)`` does one
+    round of work with ``layers[side]`` and returns what the test checks; ``before_round(side)``, if given,
+    prepares each round, untimed. After ``warmup`` untimed rounds of each side, pytest-benchmark times ``rounds``
+    rounds of the first side (``benchmark.pedantic``), and its ``setup`` and ``teardown`` hooks run as many rounds
+    of the second in between, timed here: blocks of ``turn`` rounds of each side, in the order second, first,
+    first, second, second, first..., so that neither side always runs right after the other, and rounds of the two
+    sides that get compared ran seconds apart. After each block, the side that ran it finishes its background
+    work (``wait_received``), untimed, so that it does not weigh on the other side's turn.
     """
 
     def settle(layers: Mapping[str, Any], side: str) -> None:
@@ -479,9 +511,12 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
             raise ValueError(
                 f"rounds and turn must be 1 or more, warmup 0 or more; not {rounds}, {turn}, {warmup}"
             )
-        turns: Turns[T] = Turns(timed=benchmark.enabled)
+        if len(layers) != 2:
+            raise ValueError(f"layers must map two sides to their layer, not {list(layers)!r}")
+        timed_side, other = layers
+        turns: Turns[T] = Turns(timed=benchmark.enabled, sides=(timed_side, other))
         if not turns.timed:
-            turn = 1  # the peer's first turn is all it runs: one round, as ours
+            turn = 1  # the other side's first turn is all it runs: one round, as the timed side
 
         def prepare(side: str) -> None:
             if before_round is not None:
@@ -496,42 +531,42 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
             turns.results[side].append(result)
             return result
 
-        def peer_turn(block: int) -> None:
+        def other_turn(block: int) -> None:
             for _ in range(min(turn, rounds - block * turn)):
-                prepare(PEER)
-                start = time.perf_counter()  # pytest-benchmark's default timer, which times ours
-                play(PEER)
-                turns.seconds[PEER].append(time.perf_counter() - start)
-            settle(layers, PEER)
+                prepare(other)
+                start = time.perf_counter()  # pytest-benchmark's default timer, which times the first side
+                play(other)
+                turns.seconds[other].append(time.perf_counter() - start)
+            settle(layers, other)
 
-        def before_ours() -> None:
-            block, place = divmod(len(turns.results[OURS]), turn)
+        def before_timed() -> None:
+            block, place = divmod(len(turns.results[timed_side]), turn)
             if place == 0 and block % 2 == 0:
-                peer_turn(block)
-            prepare(OURS)
+                other_turn(block)
+            prepare(timed_side)
 
-        def after_ours() -> None:
-            done = len(turns.results[OURS])
+        def after_timed() -> None:
+            done = len(turns.results[timed_side])
             if done % turn == 0 or done == rounds:
-                settle(layers, OURS)
+                settle(layers, timed_side)
                 block = (done - 1) // turn
                 if block % 2 == 1:
-                    peer_turn(block)
+                    other_turn(block)
 
         if turns.timed:
-            for side in SIDES:
+            for side in turns.sides:
                 for _ in range(warmup):
                     prepare(side)
                     one_round(side)
                 settle(layers, side)
         benchmark.pedantic(
-            lambda: play(OURS), setup=before_ours, teardown=after_ours, rounds=rounds, iterations=1
+            lambda: play(timed_side), setup=before_timed, teardown=after_timed, rounds=rounds, iterations=1
         )
         if turns.timed:
-            turns.seconds[OURS] = list(benchmark.stats.stats.data)
-            if len(turns.seconds[PEER]) != rounds or len(turns.seconds[OURS]) != rounds:
+            turns.seconds[timed_side] = list(benchmark.stats.stats.data)
+            if len(turns.seconds[other]) != rounds or len(turns.seconds[timed_side]) != rounds:
                 raise AssertionError(f"{rounds} rounds each expected, not {turns.seconds}")
-            benchmark.extra_info["channels_redis median s"] = statistics.median(turns.seconds[PEER])
+            benchmark.extra_info[f"{other} median s"] = statistics.median(turns.seconds[other])
             benchmark.extra_info["turn"] = turn
         return turns
 
