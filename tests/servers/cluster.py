@@ -191,7 +191,9 @@ class ValkeyCluster:
 
     def url(self) -> str:
         """The URL of the startup node (the first one); a cluster client discovers the rest from it."""
-        return self.nodes[0].url()
+        node = self.nodes[0]
+        auth = f":{self.password}@" if self.password else ""
+        return f"valkey://{auth}{node.host}:{node.port}"
 
     def startup_nodes(self) -> list[tuple[str, int]]:
         return [node.address for node in self.nodes]
