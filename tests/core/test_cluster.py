@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -146,3 +147,11 @@ async def test_a_slot_migrated_under_load_loses_nothing(
     lost, duplicated = stream.report(f"CLUSTER slot migration ({took:.2f}s)")
     assert not lost
     assert duplicated == 0
+
+
+@pytest.mark.parametrize("prefix", ["asgi{", "a}sgi", "{tag}"])
+def test_a_prefix_with_braces_is_refused_on_a_cluster(prefix: str) -> None:
+    """On a cluster the layer wraps names in braces (hash tags); braces in the prefix would move the tag."""
+    with pytest.raises(ValueError, match=re.escape(repr(prefix))):
+        ValkeyChannelLayer(hosts=[{"cluster": [("127.0.0.1", 7000)]}], prefix=prefix)
+    ValkeyChannelLayer(hosts=["valkey://127.0.0.1:7000"], prefix=prefix)  # elsewhere braces are plain text
