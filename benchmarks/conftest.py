@@ -33,6 +33,8 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
+from channels_valkey.cli.measure.flows import round_trip
+
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
 from servers.topologies import start_standalone
@@ -571,3 +573,40 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
         return turns
 
     return take
+
+
+@pytest.fixture
+def process_round_trips(
+    take_turns: Callable[..., Turns[Any]],
+    run: Callable[[Awaitable[Any]], Any],
+    layers: dict[str, Any],
+    record: Callable[[str, Mapping[str, float]], None],
+) -> Callable[..., None]:
+    """``process_round_trips(rounds=, turn=)``: that many process-channel round trips per side, in turns, and their
+    p50 and p99 recorded (in us) under "2 process round trip p50" / "p99".
+
+    Latency is timed inside the event loop (``round_trip``), so the ~13 us of entering the loop for every round,
+    which the benchmark table includes, stays out of the ratio.
+    """
+
+    def measure(*, rounds: int, turn: int) -> None:
+        channels = {side: run(layer.new_channel()) for side, layer in layers.items()}
+
+        def one_round_trip(side: str) -> float:
+            elapsed, intact = run(round_trip(layers[side], channels[side]))
+            assert intact, f"{side} garbled a round trip"
+            return float(elapsed)
+
+        turns = take_turns(layers, one_round_trip, rounds=rounds, turn=turn, warmup=50)
+        if turns.timed:
+            latencies = turns.results
+            record(
+                "2 process round trip p50",
+                {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()},
+            )
+            record(
+                "2 process round trip p99",
+                {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
+            )
+
+    return measure

@@ -34,7 +34,6 @@ from channels_valkey.cli.measure.flows import (
     MESSAGE,
     fan_out,
     produce_and_consume,
-    round_trip,
     send_receive_pairs,
 )
 from channels_valkey.core import ValkeyChannelLayer
@@ -222,25 +221,8 @@ def test_cluster_send_receive_concurrent(
 
 
 @pytest.mark.benchmark(group="cluster 2 process round trip")
-def test_cluster_process_round_trip(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
-    channels = {side: run(layer.new_channel()) for side, layer in layers.items()}
-
-    def one_round_trip(side: str) -> float:
-        elapsed, intact = run(round_trip(layers[side], channels[side]))
-        assert intact, f"{side} garbled a round trip"
-        return float(elapsed)
-
-    turns = take_turns(layers, one_round_trip, rounds=ROUND_TRIPS, turn=ROUND_TRIP_TURN, warmup=50)
-    if turns.timed:
-        latencies = turns.results
-        record(
-            "2 process round trip p50",
-            {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()},
-        )
-        record(
-            "2 process round trip p99",
-            {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
-        )
+def test_cluster_process_round_trip(process_round_trips: Callable[..., None]) -> None:
+    process_round_trips(rounds=ROUND_TRIPS, turn=ROUND_TRIP_TURN)
 
 
 # 3. group_send ----------------------------------------------------------------------------------------------------
