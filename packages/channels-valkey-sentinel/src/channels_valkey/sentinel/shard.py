@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import valkey.asyncio as avalkey
@@ -44,6 +44,9 @@ class Shard:
         self._blocking_calls = InterruptibleCalls(self.blocking_client.connection_pool, self.client)
         #: Pipelined hot commands (see lane.py); its connection comes from the command client's pool.
         self.lane = CommandLane(self.client.connection_pool)
+        #: Send one command on the lane (no retries; see ``ConnectionManager.execute_command``). The lane's own
+        #: method, not a wrapper: it is the hot path of every send.
+        self.execute_command: Callable[..., Awaitable[Any]] = self.lane.execute_command
         if isinstance(spec, SentinelHost):
             self._watcher = SwitchWatcher(spec, policy, self._on_promoting, self._on_switch)
             self._watcher.start()
@@ -90,10 +93,6 @@ class Shard:
             for client in (self.client, self.blocking_client)
             if isinstance(client.connection_pool, FollowingPool)
         ]
-
-    async def execute_command(self, *args: Any) -> Any:
-        """Send one command on this shard's lane (no retries; see ``ConnectionManager.execute_command``)."""
-        return await self.lane.execute_command(*args)
 
     def stop_health_checks(self, *, quietly: bool = False) -> None:
         """Turn off PING health checks on every connection of this shard (for users whose ACL refuses PING).
