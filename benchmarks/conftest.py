@@ -472,6 +472,10 @@ class Turns(Generic[T]):
         """By side, ``amount`` per second of the median round, each round moving ``amount`` messages or deliveries."""
         return {side: amount / statistics.median(seconds) for side, seconds in self.seconds.items()}
 
+    def cpu_per(self, amount: float) -> dict[str, float]:
+        """By side, the client's CPU microseconds per message of the median round, each round moving ``amount``."""
+        return {side: statistics.median(cpu) / amount * 1e6 for side, cpu in self.cpu.items()}
+
 
 async def _settle(layer: Any) -> None:
     """Wait for the work ``layer`` still does in the background after its rounds (the peer's Pub/Sub layer is a
@@ -608,5 +612,31 @@ def process_round_trips(
                 "2 process round trip p99",
                 {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
             )
+
+    return measure
+
+
+@pytest.fixture
+def flow_turns(
+    take_turns: Callable[..., Turns[Any]], run: Callable[[Awaitable[Any]], Any], layers: dict[str, Any]
+) -> Callable[..., Turns[Any]]:
+    """``flow_turns(flow, channels, amount, rounds=)``: a message flow of ``channels_valkey.cli.measure.flows``
+    (``flow(layer, channel, amount)``, returning how many messages came intact) run by both sides in turns, after
+    one warm-up round each; every round must bring all ``amount`` messages. ``channels`` is one channel name for
+    both sides, or a name by side."""
+
+    def measure(
+        flow: Callable[[Any, str, int], Awaitable[int]],
+        channels: str | Mapping[str, str],
+        amount: int,
+        *,
+        rounds: int,
+    ) -> Turns[Any]:
+        names = dict.fromkeys(layers, channels) if isinstance(channels, str) else channels
+        turns = take_turns(
+            layers, lambda side: run(flow(layers[side], names[side], amount)), rounds=rounds, warmup=1
+        )
+        turns.check(amount)
+        return turns
 
     return measure

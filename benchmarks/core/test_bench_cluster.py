@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import statistics
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -65,6 +64,8 @@ Run = Callable[..., Any]
 Record = Callable[[str, Mapping[str, float]], None]
 #: ``take_turns`` of benchmarks/conftest.py: it returns a ``Turns``.
 TakeTurns = Callable[..., Any]
+#: ``flow_turns(flow, channels, amount, rounds=)`` (benchmarks/conftest.py): a message flow timed in turns.
+FlowTurns = Callable[..., Any]
 Layers = dict[str, Any]
 #: A member of a group: the layer (process) that receives for it, and its channel.
 Member = tuple[Any, str]
@@ -184,37 +185,18 @@ def layers(build: Callable[[str], ValkeyChannelLayer]) -> Layers:
 
 
 @pytest.mark.benchmark(group="cluster 1a send+receive sequential")
-def test_cluster_send_receive_sequential(
-    take_turns: TakeTurns, run: Run, layers: Layers, record: Record
-) -> None:
-    turns = take_turns(
-        layers,
-        lambda side: run(send_receive_pairs(layers[side], CHANNEL, SEQUENTIAL_PAIRS)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
-    )
-    turns.check(SEQUENTIAL_PAIRS)
+def test_cluster_send_receive_sequential(flow_turns: FlowTurns, record: Record) -> None:
+    turns = flow_turns(send_receive_pairs, CHANNEL, SEQUENTIAL_PAIRS, rounds=THROUGHPUT_ROUNDS)
     if turns.timed:
         record("1a send+receive sequential", turns.rate(SEQUENTIAL_PAIRS))
 
 
 @pytest.mark.benchmark(group="cluster 1b send+receive concurrent")
-def test_cluster_send_receive_concurrent(
-    take_turns: TakeTurns, run: Run, layers: Layers, record: Record
-) -> None:
-    turns = take_turns(
-        layers,
-        lambda side: run(produce_and_consume(layers[side], CHANNEL, CONCURRENT_MESSAGES)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
-    )
-    turns.check(CONCURRENT_MESSAGES)
+def test_cluster_send_receive_concurrent(flow_turns: FlowTurns, record: Record) -> None:
+    turns = flow_turns(produce_and_consume, CHANNEL, CONCURRENT_MESSAGES, rounds=THROUGHPUT_ROUNDS)
     if turns.timed:
         record("1b send+receive concurrent", turns.rate(CONCURRENT_MESSAGES))
-        record(
-            "1c client CPU per message",
-            {side: statistics.median(cpu) / CONCURRENT_MESSAGES * 1e6 for side, cpu in turns.cpu.items()},
-        )
+        record("1c client CPU per message", turns.cpu_per(CONCURRENT_MESSAGES))
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gc
 import os
-import statistics
 import time
 import tracemalloc
 from collections import deque
@@ -68,6 +67,8 @@ Run = Callable[..., Any]
 Record = Callable[[str, Mapping[str, float]], None]
 #: ``take_turns`` of benchmarks/conftest.py: it returns a ``Turns``.
 TakeTurns = Callable[..., Any]
+#: ``flow_turns(flow, channels, amount, rounds=)`` (benchmarks/conftest.py): a message flow timed in turns.
+FlowTurns = Callable[..., Any]
 Layers = dict[str, Any]
 
 
@@ -93,34 +94,19 @@ def fill_backlog(server: ValkeyProcess, layer: Any, count: int) -> None:
 
 
 @pytest.mark.benchmark(group="1a send+receive sequential")
-def test_send_receive_sequential(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
-    turns = take_turns(
-        layers,
-        lambda side: run(send_receive_pairs(layers[side], CHANNEL, SEQUENTIAL_PAIRS)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
-    )
-    turns.check(SEQUENTIAL_PAIRS)
+def test_send_receive_sequential(flow_turns: FlowTurns, record: Record) -> None:
+    turns = flow_turns(send_receive_pairs, CHANNEL, SEQUENTIAL_PAIRS, rounds=THROUGHPUT_ROUNDS)
     if turns.timed:
         record("1a send+receive sequential", turns.rate(SEQUENTIAL_PAIRS))
 
 
 # 1b and 5: the concurrent flow, timed in wall time and in the client's CPU time.
 @pytest.mark.benchmark(group="1b send+receive concurrent")
-def test_send_receive_concurrent(take_turns: TakeTurns, run: Run, layers: Layers, record: Record) -> None:
-    turns = take_turns(
-        layers,
-        lambda side: run(produce_and_consume(layers[side], CHANNEL, CONCURRENT_MESSAGES)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
-    )
-    turns.check(CONCURRENT_MESSAGES)
+def test_send_receive_concurrent(flow_turns: FlowTurns, record: Record) -> None:
+    turns = flow_turns(produce_and_consume, CHANNEL, CONCURRENT_MESSAGES, rounds=THROUGHPUT_ROUNDS)
     if turns.timed:
         record("1b send+receive concurrent", turns.rate(CONCURRENT_MESSAGES))
-        cpu_per_message = {
-            side: statistics.median(cpu) / CONCURRENT_MESSAGES * 1e6 for side, cpu in turns.cpu.items()
-        }
-        record("5 client CPU per message", cpu_per_message)
+        record("5 client CPU per message", turns.cpu_per(CONCURRENT_MESSAGES))
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------

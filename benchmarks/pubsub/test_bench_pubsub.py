@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
@@ -71,6 +70,8 @@ Run = Callable[..., Any]
 Record = Callable[[str, Mapping[str, float]], None]
 #: ``take_turns`` of benchmarks/conftest.py: it returns a ``Turns``.
 TakeTurns = Callable[..., Any]
+#: ``flow_turns(flow, channels, amount, rounds=)`` (benchmarks/conftest.py): a message flow timed in turns.
+FlowTurns = Callable[..., Any]
 Layers = dict[str, Any]
 
 
@@ -137,16 +138,11 @@ def open_channels(run: Run, layers: Layers, kind: str) -> dict[str, str]:
 @pytest.mark.benchmark(group="1 send+receive sequential")
 @pytest.mark.parametrize("kind", ["process", "normal"])
 def test_send_receive_sequential(
-    take_turns: TakeTurns, run: Run, layers: Layers, record: Record, kind: str
+    flow_turns: FlowTurns, run: Run, layers: Layers, record: Record, kind: str
 ) -> None:
-    channels = open_channels(run, layers, kind)
-    turns = take_turns(
-        layers,
-        lambda side: run(send_receive_pairs(layers[side], channels[side], SEQUENTIAL_PAIRS)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
+    turns = flow_turns(
+        send_receive_pairs, open_channels(run, layers, kind), SEQUENTIAL_PAIRS, rounds=THROUGHPUT_ROUNDS
     )
-    turns.check(SEQUENTIAL_PAIRS)
     if turns.timed:
         row = (
             "1a send+receive process sequential" if kind == "process" else "1c send+receive normal sequential"
@@ -158,23 +154,15 @@ def test_send_receive_sequential(
 @pytest.mark.benchmark(group="1 send+receive concurrent")
 @pytest.mark.parametrize("kind", ["process", "normal"])
 def test_send_receive_concurrent(
-    take_turns: TakeTurns, run: Run, layers: Layers, record: Record, kind: str
+    flow_turns: FlowTurns, run: Run, layers: Layers, record: Record, kind: str
 ) -> None:
-    channels = open_channels(run, layers, kind)
-    turns = take_turns(
-        layers,
-        lambda side: run(produce_and_consume(layers[side], channels[side], CONCURRENT_MESSAGES)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
+    turns = flow_turns(
+        produce_and_consume, open_channels(run, layers, kind), CONCURRENT_MESSAGES, rounds=THROUGHPUT_ROUNDS
     )
-    turns.check(CONCURRENT_MESSAGES)
     if turns.timed:
         if kind == "process":
             record("1b send+receive process concurrent", turns.rate(CONCURRENT_MESSAGES))
-            cpu_per_message = {
-                side: statistics.median(cpu) / CONCURRENT_MESSAGES * 1e6 for side, cpu in turns.cpu.items()
-            }
-            record("4 client CPU per message", cpu_per_message)
+            record("4 client CPU per message", turns.cpu_per(CONCURRENT_MESSAGES))
         else:
             record("1d send+receive normal concurrent", turns.rate(CONCURRENT_MESSAGES))
 
