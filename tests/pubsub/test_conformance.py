@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from channels_valkey.pubsub import ChannelFull, ValkeyPubSubChannelLayer
+from channels_valkey.sentinel import HostConfigError
 
 if TYPE_CHECKING:
     from pubsub.conftest import Topology
@@ -275,6 +276,14 @@ def test_unknown_and_bad_options_are_refused_naming_them(hosts: list[Any]) -> No
         ValkeyPubSubChannelLayer(hosts=hosts, prefix=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hosts"):
         ValkeyPubSubChannelLayer(hosts="valkey://localhost")
+
+
+def test_a_cluster_entry_is_refused_clearly() -> None:
+    """Sharded Pub/Sub is not built yet: a cluster entry must fail at once, not at the first publish."""
+    with pytest.raises(
+        HostConfigError, match=r"does not run on a Valkey Cluster yet \(cluster of 127\.0\.0\.1:7000\)"
+    ):
+        ValkeyPubSubChannelLayer(hosts=[{"cluster": [("127.0.0.1", 7000)]}])
 
 
 def test_extensions_are_readable_without_an_event_loop(hosts: list[Any]) -> None:
