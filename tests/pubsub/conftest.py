@@ -1,7 +1,8 @@
 """Fixtures of the Pub/Sub layer's tests: the layer on each server topology, and views of the servers' Pub/Sub.
 
-``topology`` runs a test once on a single server, once on three shards and once behind Sentinel; a test file that
-needs fewer narrows it with ``pytest.mark.parametrize("topology", [...], indirect=True)``. Every layer made here
+``topology`` runs a test once on a single server, once on three shards, once behind Sentinel and once on a Valkey
+Cluster (sharded Pub/Sub); a test file that needs fewer narrows it with
+``pytest.mark.parametrize("topology", [...], indirect=True)``. Every layer made here
 uses the test's own prefix (so its Pub/Sub names and queues are the test's own) and is flushed and closed after.
 """
 
@@ -17,13 +18,14 @@ import pytest
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
+from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess
 from servers.topologies import SentinelGroup, Shards
 
 #: Longest wait for a message that was sent: generous, so only a lost message fails the test.
 RECEIVE_TIMEOUT = 10.0
 
-TOPOLOGIES = ("single", "shards", "sentinel")
+TOPOLOGIES = ("single", "shards", "sentinel", "cluster")
 
 
 @dataclass
@@ -33,8 +35,10 @@ class Topology:
     name: str
     hosts: list[Any]
     servers: list[ValkeyProcess]
-    #: The same servers as ``redis://`` URLs for channels_redis (None for Sentinel, which the peer is not run on).
+    #: The same servers as ``redis://`` URLs for channels_redis (None where the peer is not run: Sentinel, cluster).
     peer_hosts: list[str] | None
+    #: A Valkey Cluster: ``servers`` are its primaries, names are shard channels, queue keys carry a hash tag.
+    cluster: bool = False
 
     def subscriptions(self, prefix: str) -> int:
         """Pub/Sub channels with at least one subscriber whose name starts with ``prefix``, on every server."""
@@ -42,16 +46,27 @@ class Topology:
         total = 0
         for server in self.servers:
             with server.client() as client:
-                total += len(client.pubsub_channels(pattern))
+                if self.cluster:
+                    total += len(client.execute_command("PUBSUB", "SHARDCHANNELS", pattern))
+                else:
+                    total += len(client.pubsub_channels(pattern))
         return total
 
     def subscribers(self, name: str) -> int:
-        """Subscribers of the Pub/Sub channel ``name``, summed over the servers."""
+        """Subscribers of the Pub/Sub channel ``name``, summed over the servers (each node counts its own)."""
         total = 0
         for server in self.servers:
             with server.client() as client:
-                total += sum(count for _, count in client.pubsub_numsub(name))
+                if self.cluster:
+                    reply = client.execute_command("PUBSUB", "SHARDNUMSUB", name)
+                    total += sum(int(count) for count in reply[1::2])
+                else:
+                    total += sum(count for _, count in client.pubsub_numsub(name))
         return total
+
+    def worker_queue(self, prefix: str, channel: str) -> str:
+        """The key the layer queues a worker channel's messages under on this topology."""
+        return f"{prefix}__worker__{{{channel}}}" if self.cluster else f"{prefix}__worker__{channel}"
 
     def keys(self, prefix: str) -> list[bytes]:
         found: list[bytes] = []
@@ -63,7 +78,7 @@ class Topology:
 
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request: pytest.FixtureRequest) -> Topology:
-    """One server, three shards, or a Sentinel-managed primary (the servers are started once per session)."""
+    """One server, three shards, a Sentinel-managed primary or a cluster (started once per session)."""
     if request.param == "single":
         server: ValkeyProcess = request.getfixturevalue("valkey_server")
         return Topology("single", [server.url()], [server], [server.url("redis")])
@@ -73,7 +88,21 @@ def topology(request: pytest.FixtureRequest) -> Topology:
     if request.param == "sentinel":
         group: SentinelGroup = request.getfixturevalue("sentinel_group")
         return Topology("sentinel", [group.host_entry()], [group.current_primary()], None)
+    if request.param == "cluster":
+        cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
+        return Topology("cluster", hosts_of_cluster(cluster), cluster.primaries(), None, cluster=True)
     raise ValueError(f"unknown topology {request.param!r}")
+
+
+def hosts_of_cluster(cluster: ValkeyCluster) -> list[Any]:
+    """The ``hosts`` setting of ``cluster``: one cluster entry naming every node as a startup node."""
+    return [{"cluster": [f"valkey://{host}:{port}" for host, port in cluster.startup_nodes()]}]
+
+
+@pytest.fixture
+def cluster_hosts() -> Callable[[ValkeyCluster], list[Any]]:
+    """``cluster_hosts(cluster)``: the ``hosts`` setting of a cluster, for tests that start their own."""
+    return hosts_of_cluster
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from channels_valkey.pubsub import ChannelFull, ValkeyPubSubChannelLayer
-from channels_valkey.sentinel import HostConfigError
 
 if TYPE_CHECKING:
     from pubsub.conftest import Topology
@@ -55,7 +54,7 @@ async def test_worker_channel_keeps_messages_sent_before_anyone_receives(
     layer: ValkeyPubSubChannelLayer, receive: Receive, topology: Topology, layer_prefix: str
 ) -> None:
     await layer.send("jobs.resize", {"type": "job", "n": 1})
-    assert topology.keys(layer_prefix + "__worker__jobs.resize") != []
+    assert topology.keys(topology.worker_queue(layer_prefix, "jobs.resize")) != []
     assert await receive(layer, "jobs.resize") == {"type": "job", "n": 1}
 
 
@@ -276,14 +275,6 @@ def test_unknown_and_bad_options_are_refused_naming_them(hosts: list[Any]) -> No
         ValkeyPubSubChannelLayer(hosts=hosts, prefix=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="hosts"):
         ValkeyPubSubChannelLayer(hosts="valkey://localhost")
-
-
-def test_a_cluster_entry_is_refused_clearly() -> None:
-    """Sharded Pub/Sub is not built yet: a cluster entry must fail at once, not at the first publish."""
-    with pytest.raises(
-        HostConfigError, match=r"does not run on a Valkey Cluster yet \(cluster of 127\.0\.0\.1:7000\)"
-    ):
-        ValkeyPubSubChannelLayer(hosts=[{"cluster": [("127.0.0.1", 7000)]}])
 
 
 def test_extensions_are_readable_without_an_event_loop(hosts: list[Any]) -> None:

@@ -4,11 +4,16 @@ Process channels (``name!suffix``) and groups travel on Pub/Sub exactly as in 0.
 the same channel names, with the same payload bytes. Normal (worker) channels default to a queue per channel, so
 each message reaches exactly one receiving process as the channels spec requires; ``worker_channels="pubsub"``
 keeps 0.3's behaviour (every subscribed process gets it) for fleets that still have 0.3 receivers.
+
+On a Valkey Cluster (a ``{"cluster": [...]}`` host entry) the same names travel on sharded Pub/Sub: ``SPUBLISH`` to
+the primary serving the name's slot, ``SSUBSCRIBE`` there (see ``sharded.py``), and worker queues carry their
+channel as a hash tag.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -19,12 +24,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-import valkey.asyncio as avalkey
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.pubsub import scripts
+from channels_valkey.pubsub.handover import HANDOVER_RETRY, SlotOwners
 from channels_valkey.pubsub.local import Item, LocalChannel, LoopState
 from channels_valkey.pubsub.names import (
     check_channel,
@@ -33,13 +38,14 @@ from channels_valkey.pubsub.names import (
     group_channel,
     is_peer_process_channel,
     worker_queue,
+    worker_queues,
 )
 from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.pubsub.worker import Entry, Popped, QueueReader
 from channels_valkey.sentinel import (
     ClusterHost,
+    ClusterShard,
     ConnectionManager,
-    HostConfigError,
     ResiliencePolicy,
     Shard,
     ShardRing,
@@ -47,6 +53,7 @@ from channels_valkey.sentinel import (
     bzpopmin_entry,
     decode_hosts,
     delete_prefixed,
+    slot_of,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
 
@@ -122,10 +129,12 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.channel_capacity = self.compile_capacities(patterns)
         self.worker_channels = worker_channels
         self.hosts = decode_hosts(hosts)
-        if isinstance(self.hosts[0], ClusterHost):
-            raise HostConfigError(
-                f"{type(self).__name__} does not run on a Valkey Cluster yet ({self.hosts[0].describe()}): "
-                "sharded Pub/Sub is not built. channels_valkey.core.ValkeyChannelLayer runs on a cluster."
+        #: On a Valkey Cluster names travel on sharded Pub/Sub and worker queues carry a hash tag.
+        self.cluster = isinstance(self.hosts[0], ClusterHost)
+        if self.cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError(
+                f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: a brace would make it the hash "
+                "tag of every name and queue, putting them all in one slot (the layer tags queues by channel)"
             )
         # Payloads exactly as 0.3 publishes them: no random prefix, no TTL on encrypted ones.
         self._serializer = registry.get_serializer(
@@ -143,6 +152,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
         )
+        self._slot_owners: weakref.WeakKeyDictionary[ClusterShard, SlotOwners] = weakref.WeakKeyDictionary()
+        self._owner_checks_refused = False
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
@@ -167,6 +178,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def queue_enabled(self, shard: int) -> bool:
         return shard not in self.pubsub_shards
+
+    def queue_key(self, channel: str) -> str:
+        """The server key of the worker queue of the normal channel ``channel``."""
+        return worker_queue(self.prefix, channel, cluster=self.cluster)
 
     # Serialization ----------------------------------------------------------------------------------------------
 
@@ -215,28 +230,99 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._publish(shard, channel, payload)
 
     async def _publish(self, shard: int, name: str, payload: bytes) -> None:
+        if self.cluster:
+            await self._publish_sharded(shard, name, payload)
+            return
         # Not idempotent: a retried PUBLISH whose reply was lost would deliver twice; only refused ones retry.
         # On the shard's command lane: publishes of all tasks share one pipelined connection.
         await self._connections.execute_command(shard, "PUBLISH", name, payload, idempotent=False)
+
+    async def _publish_sharded(self, shard: int, name: str, payload: bytes) -> None:
+        """``SPUBLISH`` to the primary of the name's slot; again while its slot is being handed over (handover.py)."""
+        cluster = await self.cluster_shard(shard)
+        owners = self._owners_seen(cluster)
+        slot = slot_of(name)
+        if not owners.knows(slot):
+            with contextlib.suppress(valkey_errors.ValkeyError, OSError):  # the publish below retries
+                owners.note(slot, await cluster.owner(name))
+        # Not idempotent, as PUBLISH above.
+        if await self._connections.execute_command(shard, "SPUBLISH", name, payload, idempotent=False):
+            return
+        # Nobody received it: nobody listens, or the subscribers have not followed a slot that changed owner yet,
+        # or the node is no primary any more (a demoted primary takes SPUBLISH without redirecting it).
+        try:
+            published_at = await cluster.owner(name)
+            if not owners.confirmed_lately(published_at) and await self._confirm_owner(shard, name):
+                owners.confirmed(await cluster.owner(name))
+            owner = await cluster.owner(name)
+        except (valkey_errors.ValkeyError, OSError):
+            return
+        until = owners.note(slot, owner)
+        if owner is not published_at:
+            # A demoted primary still hands what it takes to the new primary's subscribers (measured after a
+            # graceful failover): its "0 receivers" does not mean nobody gets it, so publishing again could
+            # deliver twice. The map is right now; the next messages go to the new primary.
+            return
+        while until is not None and time.monotonic() < until:
+            await asyncio.sleep(HANDOVER_RETRY)
+            if await self._connections.execute_command(shard, "SPUBLISH", name, payload, idempotent=False):
+                logger.debug("%s reached a receiver after its slot %d changed owner", name, slot)
+                return
+
+    async def _confirm_owner(self, shard: int, name: str) -> bool:
+        """Bring the slot map up to date for ``name`` with a keyed read, which a node that is no primary redirects;
+        False when the ACL refuses it."""
+        if self._owner_checks_refused:
+            return False
+        try:
+            await self._connections.execute_command(shard, "EXISTS", name, idempotent=True)
+            return True
+        except ShardUnavailable as error:
+            if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                raise
+            self._owner_checks_refused = True
+            logger.warning(
+                "the ACL refuses EXISTS (%s): after a graceful failover, publishers keep sending through the "
+                "demoted primary (which passes messages on) until an error makes them read the slot map; allow "
+                "EXISTS on the Pub/Sub names to follow at once",
+                error.cause,
+            )
+            return False
+
+    def _owners_seen(self, cluster: ClusterShard) -> SlotOwners:
+        found = self._slot_owners.get(cluster)
+        if found is None:
+            with self._lock:
+                found = self._slot_owners.setdefault(cluster, SlotOwners())
+        return found
 
     async def _enqueue(self, shard: int, channel: str, payload: bytes) -> bool:
         """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""
         member = os.urandom(MEMBER_PREFIX) + payload
         args = [repr(time.time()), self.expiry, self.get_capacity(channel), member]
-        key = worker_queue(self.prefix, channel)
+        key = self.queue_key(channel)
 
-        async def call(client: avalkey.Valkey) -> Any:
+        async def call(execute: scripts.Execute) -> Any:
             try:
-                return await scripts.SEND_SCRIPT.run(client, [key], args, use_eval=shard in self._use_eval)
-            except valkey_errors.NoPermissionError as error:
-                if not scripts.refuses_evalsha(error):
+                return await scripts.SEND_SCRIPT.run(execute, [key], args, use_eval=shard in self._use_eval)
+            except (valkey_errors.NoPermissionError, ShardUnavailable) as error:
+                if not scripts.refuses_evalsha(error.cause if isinstance(error, ShardUnavailable) else error):
                     raise
                 self._use_eval.add(shard)
-                return await scripts.SEND_SCRIPT.run(client, [key], args, use_eval=True)
+                return await scripts.SEND_SCRIPT.run(execute, [key], args, use_eval=True)
+
+        async def on_cluster(*command: Any) -> Any:
+            return await self._connections.execute_command(shard, *command, idempotent=True)
 
         try:
             # Idempotent: the script adds nothing when a retried call finds its member already queued.
-            return bool(await self._connections.execute(shard, call, idempotent=True))
+            if self.cluster:
+                return bool(await call(on_cluster))
+            return bool(
+                await self._connections.execute(
+                    shard, lambda client: call(client.execute_command), idempotent=True
+                )
+            )
         except ShardUnavailable as error:
             if not isinstance(error.cause, valkey_errors.NoPermissionError):
                 raise
@@ -279,7 +365,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         local.waiters.append(waiter)
         if self._is_worker(local.name) and local.shard not in self.pubsub_shards:
             if local.reader is None:
-                local.reader = QueueReader(self, local, local.shard, worker_queue(self.prefix, local.name))
+                local.reader = QueueReader(self, local, local.shard, self.queue_key(local.name))
             local.reader.ensure_running()
         try:
             return await waiter
@@ -380,19 +466,25 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         state = self._states.get(asyncio.get_running_loop())
         if state is not None:
             await state.flush()
-        queues = worker_queue(self.prefix, "")
+        queues = worker_queues(self.prefix)
         for shard in range(len(await self._connections.shards())):
-            try:
-                await self._connections.execute(
-                    shard, lambda client: delete_prefixed(client, queues), idempotent=True
-                )
-            except ShardUnavailable as error:
-                if not isinstance(error.cause, valkey_errors.NoPermissionError):
-                    raise
-                # A user limited to Pub/Sub (as 0.3 needed) has no queues to delete.
-                logger.info(
-                    "flush: shard %d refuses deleting keys (%s); no worker queues deleted", shard, error
-                )
+            # Every primary of a cluster: queues are spread over its slots.
+            for server in await self._connections.primaries(shard):
+                try:
+                    await self._connections.execute_on(
+                        server,
+                        lambda client: delete_prefixed(client, queues, one_slot_per_call=self.cluster),
+                        idempotent=True,
+                    )
+                except ShardUnavailable as error:
+                    if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                        raise
+                    # A user limited to Pub/Sub (as 0.3 needed) has no queues to delete.
+                    logger.info(
+                        "flush: %s refuses deleting keys (%s); no worker queues deleted",
+                        server.describe(),
+                        error,
+                    )
 
     async def close_pools(self) -> None:
         """Close this event loop's subscriptions, readers and connections (they reopen on next use)."""
@@ -406,8 +498,14 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def shard(self, index: int) -> Shard:
         shard = await self._connections.shard(index)
-        if not isinstance(shard, Shard):  # refused in __init__
-            raise TypeError(f"{shard.describe()} is a Valkey Cluster")
+        if not isinstance(shard, Shard):
+            raise TypeError(f"{shard.describe()} is a Valkey Cluster: use cluster_shard()")
+        return shard
+
+    async def cluster_shard(self, index: int) -> ClusterShard:
+        shard = await self._connections.shard(index)
+        if not isinstance(shard, ClusterShard):
+            raise TypeError(f"{shard.describe()} is no Valkey Cluster: use shard()")
         return shard
 
     async def pop(
@@ -424,6 +522,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
         """Put popped entries back at the head of their queue (their scores keep the order)."""
         mapping = dict(entries)
+        if self.cluster:
+            scored = [part for member, score in mapping.items() for part in (repr(score), member)]
+            await self._connections.execute_command(shard, "ZADD", key, *scored, idempotent=True)
+            return
         await self._connections.execute(shard, lambda client: client.zadd(key, mapping), idempotent=True)
 
     # Event loops ------------------------------------------------------------------------------------------------

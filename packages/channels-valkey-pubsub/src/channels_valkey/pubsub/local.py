@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
+from channels_valkey.pubsub.sharded import ClusterSubscriber
 from channels_valkey.pubsub.stats import DropCounters
-from channels_valkey.pubsub.subscriber import Subscriber
+from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
 from channels_valkey.pubsub.worker import Popped, QueueReader, QueueSource
-from channels_valkey.sentinel import Shard, cancel_and_wait
+from channels_valkey.sentinel import ClusterShard, Shard, cancel_and_wait
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
@@ -37,12 +38,16 @@ class Owner(QueueSource, Protocol):
     counters: DropCounters
     on_disconnect: str | None
     on_reconnect: str | None
+    #: Whether the layer runs on a Valkey Cluster (sharded Pub/Sub, see sharded.py).
+    cluster: bool
 
     def get_capacity(self, channel: str) -> int: ...
 
     def pubsub_shard(self, name: str) -> int: ...
 
     async def shard(self, index: int) -> Shard: ...
+
+    async def cluster_shard(self, index: int) -> ClusterShard: ...
 
 
 class LocalChannel:
@@ -121,18 +126,21 @@ class LoopState:
         self.channels: dict[str, LocalChannel] = {}
         #: Group Pub/Sub name -> names of the local channels in it.
         self.groups: dict[str, set[str]] = {}
-        self.subscribers: dict[int, Subscriber] = {}
+        self.subscribers: dict[int, Subscriptions] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.closed = False
 
     # Subscriptions ------------------------------------------------------------------------------------------
 
-    def subscriber(self, index: int) -> Subscriber:
+    def subscriber(self, index: int) -> Subscriptions:
         found = self.subscribers.get(index)
         if found is None:
-            found = self.subscribers[index] = Subscriber(
-                index, _shard_getter(self.owner, index), self.owner.policy, self
-            )
+            owner = self.owner
+            if owner.cluster:
+                found = ClusterSubscriber(index, _cluster_getter(owner, index), owner.policy, self)
+            else:
+                found = Subscriber(index, _shard_getter(owner, index), owner.policy, self)
+            self.subscribers[index] = found
         return found
 
     async def subscribe(self, name: str, *, wait: bool) -> None:
@@ -204,7 +212,7 @@ class LoopState:
 
     # What the subscribers report ----------------------------------------------------------------------------
 
-    def on_message(self, shard: int, name: str, data: bytes) -> None:
+    def on_message(self, name: str, data: bytes) -> None:
         channel = self.channels.get(name)
         if channel is not None:
             channel.deliver(data)
@@ -215,29 +223,26 @@ class LoopState:
                 if target is not None:
                     target.deliver(data)
 
-    def on_down(self, shard: int) -> None:
+    def on_down(self, source: Subscriptions, names: Collection[str]) -> None:
         if self.owner.on_disconnect is not None:
-            self._notify(shard, self.owner.on_disconnect)
+            self._notify(names, self.owner.on_disconnect)
 
-    def on_restored(self, shard: int) -> None:
+    def on_restored(self, source: Subscriptions, names: Collection[str]) -> None:
         if self.owner.on_reconnect is not None:
-            self._notify(shard, self.owner.on_reconnect)
+            self._notify(names, self.owner.on_reconnect)
 
-    def on_failed(self, shard: int, error: BaseException) -> None:
-        for channel in self._channels_on(shard):
+    def on_failed(self, source: Subscriptions, names: Collection[str], error: BaseException) -> None:
+        for channel in self._channels_of(names):
             channel.fail(error)
 
-    def _notify(self, shard: int, kind: str) -> None:
-        for channel in self._channels_on(shard):
+    def _notify(self, names: Collection[str], kind: str) -> None:
+        for channel in self._channels_of(names):
             channel.deliver({"type": kind})
 
-    def _channels_on(self, shard: int) -> list[LocalChannel]:
-        """Local channels with a subscription (their own or a group's) on ``shard``."""
-        subscriber = self.subscribers.get(shard)
-        if subscriber is None:
-            return []
+    def _channels_of(self, names: Collection[str]) -> list[LocalChannel]:
+        """Local channels reached through the subscriptions ``names`` (their own or a group's)."""
         found: dict[str, LocalChannel] = {}
-        for name in subscriber.wanted:
+        for name in names:
             channel = self.channels.get(name)
             if channel is not None:
                 found[name] = channel
@@ -324,5 +329,12 @@ def _reader_idle(channel: LocalChannel) -> bool:
 def _shard_getter(owner: Owner, index: int) -> Callable[[], Awaitable[Shard]]:
     async def get() -> Shard:
         return await owner.shard(index)
+
+    return get
+
+
+def _cluster_getter(owner: Owner, index: int) -> Callable[[], Awaitable[ClusterShard]]:
+    async def get() -> ClusterShard:
+        return await owner.cluster_shard(index)
 
     return get

@@ -2,7 +2,8 @@
 
 The Pub/Sub names are channels-valkey 0.3's (and channels_redis 4's), so old and new processes meet on them: a
 channel is published and subscribed under its own name, a group under ``{prefix}__group__{group}``. Worker queues
-are new and live under ``{prefix}__worker__{channel}``, a key no 0.3 process ever touches.
+are new and live under ``{prefix}__worker__{channel}``, a key no 0.3 process ever touches; on a Valkey Cluster the
+channel part is a hash tag, ``{prefix}__worker__{{channel}}``, so a queue lives in the slot of its channel's name.
 """
 
 from __future__ import annotations
@@ -49,9 +50,16 @@ def group_channel(prefix: str, group: str) -> str:
     return f"{prefix}__group__{group}"
 
 
-def worker_queue(prefix: str, channel: str) -> str:
-    """The sorted set that holds the messages of the normal channel ``channel``."""
+def worker_queue(prefix: str, channel: str, *, cluster: bool = False) -> str:
+    """The sorted set that holds the messages of the normal channel ``channel`` (tagged on a cluster)."""
+    if cluster:
+        return f"{prefix}__worker__{{{channel}}}"
     return f"{prefix}__worker__{channel}"
+
+
+def worker_queues(prefix: str) -> str:
+    """What the name of every worker queue of ``prefix`` starts with (``flush`` deletes them)."""
+    return f"{prefix}__worker__"
 
 
 def is_peer_process_channel(prefix: str, channel: str) -> bool:

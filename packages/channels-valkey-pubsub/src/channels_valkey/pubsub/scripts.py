@@ -4,11 +4,13 @@ refused). It declares its one key in KEYS and calls only ``redis.call``, which V
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
+
+#: Sends one command and returns its reply: a client's ``execute_command``, or the cluster's routed one.
+Execute = Callable[..., Awaitable[Any]]
 
 # Returns 1 when the message is in the queue, 0 when the queue is at capacity. A member is unique (random
 # prefix), so finding it already there means this is a retry of a call whose reply was lost: nothing is added.
@@ -31,15 +33,13 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
-    async def run(
-        self, client: avalkey.Valkey, keys: Sequence[str], args: Sequence[Any], *, use_eval: bool
-    ) -> Any:
+    async def run(self, execute: Execute, keys: Sequence[str], args: Sequence[Any], *, use_eval: bool) -> Any:
         if not use_eval:
             try:
-                return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+                return await execute("EVALSHA", self.sha, len(keys), *keys, *args)
             except valkey_errors.NoScriptError:
                 pass
-        return await client.execute_command("EVAL", self.source, len(keys), *keys, *args)
+        return await execute("EVAL", self.source, len(keys), *keys, *args)
 
 
 def refuses_evalsha(error: BaseException) -> bool:

@@ -7,6 +7,10 @@ restores every wanted name in one ``SUBSCRIBE``, and once the server has confirm
 ``on_reconnect`` notices). The connection comes from the shard's command pool, so a Sentinel failover, which drops
 every connection of the pool, moves it to the new primary like any other.
 
+The same class, with the sharded commands (``SSUBSCRIBE``...), serves one node of a Valkey Cluster for
+:mod:`channels_valkey.pubsub.sharded`, which decides which names each node holds; the hooks it overrides are
+``_batches``, ``_ever_connected`` and the ``_on_...`` methods below.
+
 Replies arrive in the order commands were sent; each command written is remembered until all its replies are in,
 so that an error reply (an ACL refusing ``PING`` or a channel) is pinned on the right command.
 """
@@ -18,9 +22,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection
@@ -46,16 +50,45 @@ HEALTHY_CONNECTION = 5.0
 MAX_BACKOFF_STEP = 10
 
 
+class Subscriptions(Protocol):
+    """One shard's subscriptions on one event loop, as the loop state uses them: a :class:`Subscriber`, or on a
+    Valkey Cluster a ``ClusterSubscriber`` that spreads them over the nodes."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def wanted(self) -> set[str]: ...
+
+    @property
+    def confirmed(self) -> set[str]: ...
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def connections_made(self) -> int: ...
+
+    async def subscribe(self, names: Iterable[str], *, wait: bool) -> None: ...
+
+    async def unsubscribe(self, names: Iterable[str]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Sink(Protocol):
-    """Where a subscriber reports what arrives and what happens to its connection."""
+    """Where subscriptions report what arrives and what happens to their connections.
 
-    def on_message(self, shard: int, name: str, data: bytes) -> None: ...
+    ``names`` are the subscribed names a notice is about: the local channels they reach get it.
+    """
 
-    def on_down(self, shard: int) -> None: ...
+    def on_message(self, name: str, data: bytes) -> None: ...
 
-    def on_restored(self, shard: int) -> None: ...
+    def on_down(self, source: Subscriptions, names: Collection[str]) -> None: ...
 
-    def on_failed(self, shard: int, error: BaseException) -> None: ...
+    def on_restored(self, source: Subscriptions, names: Collection[str]) -> None: ...
+
+    def on_failed(self, source: Subscriptions, names: Collection[str], error: BaseException) -> None: ...
 
 
 @dataclass(eq=False)
@@ -82,6 +115,12 @@ class _Link:
 class Subscriber:
     """The Pub/Sub state of shard ``index`` on the running event loop."""
 
+    #: The commands written for each kind of request, and the kinds of the replies and messages that come back.
+    COMMANDS: ClassVar[dict[str, str]] = {"SUBSCRIBE": "SUBSCRIBE", "UNSUBSCRIBE": "UNSUBSCRIBE"}
+    MESSAGE: ClassVar[str] = "message"
+    SUBSCRIBED: ClassVar[str] = "subscribe"
+    UNSUBSCRIBED: ClassVar[str] = "unsubscribe"
+
     def __init__(
         self, index: int, shard: Callable[[], Awaitable[Shard]], policy: ResiliencePolicy, sink: Sink
     ) -> None:
@@ -102,6 +141,8 @@ class Subscriber:
         self._down_announced = False
         self._pings = True
         self._task: asyncio.Task[None] | None = None
+        #: Failed connection attempts since the listener last held a connection.
+        self.connect_failures = 0
 
     # What consumers call ------------------------------------------------------------------------------------
 
@@ -142,7 +183,7 @@ class Subscriber:
             self.wanted.discard(name)
             self.confirmed.discard(name)
             # Whoever waits for it has nothing left to wait for.
-            _settle(self._confirmations.pop(name, None))
+            settle(self._confirmations.pop(name, None))
         if not self.wanted:
             # Sets keep the table of their largest size; after a burst of consumers, give it back.
             self.wanted, self.confirmed = set(), set()
@@ -156,6 +197,11 @@ class Subscriber:
         """Whether the listener holds a working connection right now."""
         return self._link is not None
 
+    @property
+    def listening(self) -> bool:
+        """Whether the listener runs (connected or trying to); it stops for good only when the shard is unusable."""
+        return self._task is not None and not self._task.done()
+
     async def aclose(self) -> None:
         """Stop the listener and let go of its connection; waiting confirmations are cancelled."""
         task, self._task = self._task, None
@@ -163,7 +209,7 @@ class Subscriber:
             await cancel_and_wait(task)
         closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
         for confirmation in self._confirmations.values():
-            _settle(confirmation, closed)
+            settle(confirmation, closed)
         self._confirmations.clear()
 
     # Writing ------------------------------------------------------------------------------------------------
@@ -177,20 +223,32 @@ class Subscriber:
         if kind == "SUBSCRIBE":
             for name in names:
                 self._outstanding[name] = self._outstanding.get(name, 0) + 1
-        link.sent.append(_Sent(kind, tuple(names), max(1, len(names))))
-        try:
-            await link.connection.send_command(kind, *names, check_health=False)
-        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError, AttributeError) as error:
-            # The listener sees the same failure on its next read and restores everything wanted. (valkey-py
-            # raises AttributeError when the connection is closed while the write waits for its turn.)
-            logger.debug("shard %d: writing %s failed (%s)", self.index, kind, error)
+        command = self.COMMANDS[kind]
+        for batch in self._batches(names):
+            link.sent.append(_Sent(kind, tuple(batch), max(1, len(batch))))
+            try:
+                await link.connection.send_command(command, *batch, check_health=False)
+            except (
+                valkey_errors.ConnectionError,
+                valkey_errors.TimeoutError,
+                OSError,
+                AttributeError,
+            ) as error:
+                # The listener sees the same failure on its next read and restores everything wanted. (valkey-py
+                # raises AttributeError when the connection is closed while the write waits for its turn.)
+                logger.debug("shard %d: writing %s failed (%s)", self.index, command, error)
+                return
+
+    def _batches(self, names: list[str]) -> list[list[str]]:
+        """How ``names`` are split into commands (one here; a cluster node takes one slot per command)."""
+        return [names]
 
     def _confirmation(self, name: str) -> asyncio.Future[None]:
         future = self._confirmations.get(name)
         if future is None or future.done():
             future = self._confirmations[name] = asyncio.get_running_loop().create_future()
             # Read the outcome even when the waiter gave up first, so no failure is reported as unretrieved.
-            future.add_done_callback(_retrieve)
+            future.add_done_callback(retrieve_outcome)
         return future
 
     # The listener -------------------------------------------------------------------------------------------
@@ -212,14 +270,16 @@ class Subscriber:
                 connection = await pool.get_connection("SUBSCRIBE")
             except Exception as error:
                 failure = classify(error)
-                if failure is Failure.FATAL or not shard.ever_connected:
+                if failure is Failure.FATAL or not self._ever_connected(shard):
                     self._fail(ShardUnavailable(shard.describe(), error))
                     return
                 attempt += 1
+                self.connect_failures += 1
                 logger.info("%s: Pub/Sub connection failed (%s); retry %d", shard.describe(), error, attempt)
                 await asyncio.sleep(backoff.compute(min(attempt, MAX_BACKOFF_STEP)))
                 continue
             shard.ever_connected = True
+            self.connect_failures = 0
             self.connections_made += 1
             started = time.monotonic()
             try:
@@ -245,6 +305,10 @@ class Subscriber:
             else:
                 attempt += 1
                 await asyncio.sleep(backoff.compute(min(attempt, MAX_BACKOFF_STEP)))
+
+    def _ever_connected(self, shard: Shard) -> bool:
+        """Whether a failed connection is worth retrying: the server was reachable once."""
+        return shard.ever_connected
 
     async def _serve(self, connection: AbstractConnection) -> None:
         link = self._link = _Link(connection)
@@ -307,15 +371,23 @@ class Subscriber:
             return
         kind = reply[0]
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        if kind == "message" and len(reply) == 3:
-            self.sink.on_message(self.index, _text(reply[1]), reply[2])
-        elif kind == "subscribe":
+        if kind == self.MESSAGE and len(reply) == 3:
+            self.sink.on_message(_text(reply[1]), reply[2])
+        elif kind == self.SUBSCRIBED:
             self._take_reply(link)
             self._on_subscribed(_text(reply[1]))
-        elif kind == "unsubscribe":
-            self._take_reply(link)
+        elif kind == self.UNSUBSCRIBED:
+            name = _text(reply[1])
+            if _answers(link, "UNSUBSCRIBE", name):
+                self._take_reply(link)
+            else:
+                # Nobody asked: the server dropped the subscription (a cluster node whose slot moved away).
+                self._on_pushed_out(name)
         elif kind == "pong":
             self._on_pong(link)
+
+    def _on_pushed_out(self, name: str) -> None:
+        logger.warning("shard %d: the server ended the subscription of %s unasked", self.index, name)
 
     def _on_pong(self, link: _Link) -> None:
         self._take_reply(link)
@@ -341,7 +413,7 @@ class Subscriber:
         if name not in self.wanted:
             return
         self.confirmed.add(name)
-        _settle(self._confirmations.pop(name, None))
+        settle(self._confirmations.pop(name, None))
         if self._restoring is not None:
             self._restoring.discard(name)
             self._check_restored()
@@ -363,14 +435,27 @@ class Subscriber:
                 )
             return
         if head.kind == "SUBSCRIBE":
-            logger.error("shard %d: SUBSCRIBE %s refused: %s", self.index, list(head.names[:3]), error)
-            for name in head.names:
-                self._outstanding.pop(name, None)
-                self.wanted.discard(name)
-                _settle(self._confirmations.pop(name, None), error)
-            if self._restoring is not None:
-                self._restoring.difference_update(head.names)
-                self._check_restored()
+            self._on_refused(head.names, error)
+        else:
+            logger.debug("shard %d: %s %s failed: %s", self.index, head.kind, list(head.names[:3]), error)
+
+    def _on_refused(self, names: tuple[str, ...], error: valkey_errors.ResponseError) -> None:
+        """The server refused to subscribe ``names`` (an ACL): they are no longer wanted, waiters get the error."""
+        logger.error("shard %d: SUBSCRIBE %s refused: %s", self.index, list(names[:3]), error)
+        self.forget(names)
+        for name in names:
+            settle(self._confirmations.pop(name, None), error)
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Stop wanting ``names`` without telling the server (it dropped or refused them itself)."""
+        names = list(names)
+        for name in names:
+            self._outstanding.pop(name, None)
+            self.wanted.discard(name)
+            self.confirmed.discard(name)
+        if self._restoring is not None:
+            self._restoring.difference_update(names)
+            self._check_restored()
 
     # Connection state ---------------------------------------------------------------------------------------
 
@@ -379,22 +464,28 @@ class Subscriber:
             return
         self._restoring = None
         self._down_announced = False
-        self.sink.on_restored(self.index)
+        self.sink.on_restored(self, self.wanted)
 
     def _announce_down(self) -> None:
         if not self._down_announced:
             self._down_announced = True
-            self.sink.on_down(self.index)
+            self.sink.on_down(self, self.wanted)
+
+    @property
+    def down(self) -> bool:
+        """Whether the listener lost its connection, or failed to connect, and has not recovered yet."""
+        return self._link is None and (self._down_announced or self.connect_failures > 0)
 
     def _fail(self, error: BaseException) -> None:
         logger.error("shard %d: cannot subscribe: %s", self.index, error)
         for confirmation in self._confirmations.values():
-            _settle(confirmation, error)
+            settle(confirmation, error)
         self._confirmations.clear()
-        self.sink.on_failed(self.index, error)
+        self.sink.on_failed(self, self.wanted, error)
 
 
-def _settle(future: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
+def settle(future: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
+    """Resolve a confirmation future (with ``error`` if given) unless it is resolved already."""
     if future is None or future.done():
         return
     if error is None:
@@ -403,9 +494,24 @@ def _settle(future: asyncio.Future[None] | None, error: BaseException | None = N
         future.set_exception(error)
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def retrieve_outcome(future: asyncio.Future[None]) -> None:
+    """Read a confirmation's outcome even when its waiter gave up first, so no failure goes unretrieved."""
     if not future.cancelled():
         future.exception()
+
+
+def _answers(link: _Link, kind: str, name: str) -> bool:
+    """Whether a reply about ``name`` is the one the oldest command written, of ``kind``, waits for next.
+
+    Replies come in the order of the names of the command; anything else about ``name`` is a message the server
+    pushed on its own.
+    """
+    if not link.sent:
+        return False
+    head = link.sent[0]
+    if head.kind != kind or not head.names:
+        return False
+    return head.names[len(head.names) - head.replies_left] == name
 
 
 def _text(value: object) -> str:
