@@ -14,6 +14,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.sentinel import ReplyLost
 
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess, wait_until
@@ -256,3 +257,33 @@ async def test_channels_used_once_leave_nothing_behind_in_the_receiver(layer: Va
             f"{len(receiver._queues)} queues, {len(receiver._buffers)} buffers kept"
         )
         await asyncio.sleep(0.01)
+
+
+async def test_a_send_whose_reply_was_lost_raises_instead_of_queueing_a_second_copy(
+    fault_proxy: FaultProxy, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    """The send reaches the server and a receiver takes the message before the reply is lost: retrying the send
+    would queue it again (the first copy is gone, so the script cannot tell), so the sender gets the error."""
+    sender = ValkeyChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
+    receiver = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
+    try:
+        await sender.send("work", {"type": "warm up"})
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "warm up"}
+        fault_proxy.set_latency(0.5)
+        sending = asyncio.create_task(sender.send("work", {"type": "once"}))
+        # The server has run the send: the receiver got it while the reply is still held in the proxy.
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "once"}
+        assert not sending.done()
+        fault_proxy.cut()
+        fault_proxy.set_latency(0)
+        with pytest.raises(
+            ReplyLost,
+            match=r"send to .work.: the connection failed after the message was written .* may have been delivered",
+        ):
+            await asyncio.wait_for(sending, 10)
+        await sender.send("work", {"type": "next"})
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "next"}
+    finally:
+        await sender.flush()
+        await sender.close_pools()
+        await receiver.close_pools()

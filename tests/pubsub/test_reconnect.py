@@ -8,8 +8,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer, subscriber
-from channels_valkey.sentinel import ResiliencePolicy
+from channels_valkey.sentinel import ReplyLost, ResiliencePolicy
 
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
@@ -160,3 +162,36 @@ async def test_a_server_gone_silent_is_noticed_by_the_keep_alive(
         await _works_again(layer, alone, grouped, receive)
     finally:
         await layer.close_pools()
+
+
+@pytest.mark.parametrize("kind", ["worker", "process"])
+async def test_a_send_whose_reply_was_lost_raises_instead_of_sending_a_second_copy(
+    valkey_server: ValkeyProcess, fault_proxy: FaultProxy, key_prefix: str, receive: Receive, kind: str
+) -> None:
+    """The message reached its receiver, then the sender's connection failed before the reply came back: sending it
+    again would deliver it twice (on a worker channel the receiver already popped it, so the queueing script cannot
+    tell), so the sender gets ReplyLost instead."""
+    sender = ValkeyPubSubChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
+    receiver = ValkeyPubSubChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
+    try:
+        channel = "work" if kind == "worker" else await receiver.new_channel()
+        await sender.send(channel, {"type": "warm up"})
+        assert await receive(receiver, channel) == {"type": "warm up"}
+        fault_proxy.set_latency(0.5)
+        sending = asyncio.create_task(sender.send(channel, {"type": "once"}))
+        # The server has run the send: the receiver got it while the reply is still held in the proxy.
+        assert await receive(receiver, channel) == {"type": "once"}
+        assert not sending.done()
+        fault_proxy.cut()
+        fault_proxy.set_latency(0)
+        with pytest.raises(
+            ReplyLost, match=r"send to .+: the connection failed after the message was written"
+        ):
+            await asyncio.wait_for(sending, 10)
+        await sender.send(channel, {"type": "next"})
+        assert await receive(receiver, channel) == {"type": "next"}
+    finally:
+        await sender.flush()
+        await sender.close_pools()
+        await receiver.close_pools()
+

@@ -81,6 +81,23 @@ async def test_a_restarted_server_is_found_before_writing(
         await manager.close()
 
 
+async def test_a_connection_reset_just_before_a_write_is_not_taken_for_a_lost_reply(
+    fault_proxy: FaultProxy, key_prefix: str
+) -> None:
+    """The reset reaches the socket before the lane's reader has seen it: the write is refused at once, so the
+    command cannot have run and a non-idempotent one is sent again on a new connection, exactly once."""
+    manager = ConnectionManager(decode_hosts([fault_proxy.url()]), ResiliencePolicy())
+    key = f"{key_prefix}counter"
+    try:
+        for expected in range(1, 6):
+            assert await manager.execute_command(0, "INCR", key, idempotent=False) == 2 * expected - 1
+            fault_proxy.cut()  # returns once both sides are reset; no await lets the reader run before the write
+            assert await manager.execute_command(0, "INCR", key, idempotent=False) == 2 * expected
+    finally:
+        await manager.execute_command(0, "DEL", key, idempotent=True)
+        await manager.close()
+
+
 async def test_a_silent_server_fails_the_waiting_command_and_the_lane_recovers(
     fault_proxy: FaultProxy,
 ) -> None:

@@ -43,6 +43,7 @@ from channels_valkey.sentinel import (
     bzpopmin_entry,
     decode_hosts,
     delete_prefixed,
+    raise_if_reply_lost,
     slot_of,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
@@ -184,9 +185,15 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             shard = next(self._send_shards)
         member = self.serialize(message)
         args = [repr(time.time()), int(self.expiry), self.get_capacity(channel), member]
-        added = await self._script(
-            shard, scripts.SEND_SCRIPT, [self.queue_key(channel)], args, idempotent=True
-        )
+        try:
+            # Not idempotent: a receiver may take the message before a lost reply is noticed, and a second call
+            # would then queue it again. Only calls refused before they ran are retried.
+            added = await self._script(
+                shard, scripts.SEND_SCRIPT, [self.queue_key(channel)], args, idempotent=False
+            )
+        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
+            raise_if_reply_lost(error, f"send to {channel!r}")
+            raise
         if not added:
             raise ChannelFull(f"channel {channel!r} is at capacity ({self.get_capacity(channel)})")
 
@@ -307,15 +314,19 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             place = (self._shard_of_channel(first), slot_of(key) if self.cluster else 0)
             batches[place].append((key, self.serialize(payload), self.get_capacity(first)))
         now = repr(time.time())
-        dropped = sum(
-            await asyncio.gather(
-                *(
-                    self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
-                    for (shard, _), targets in batches.items()
-                    for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
+        try:
+            dropped = sum(
+                await asyncio.gather(
+                    *(
+                        self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
+                        for (shard, _), targets in batches.items()
+                        for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
+                    )
                 )
             )
-        )
+        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
+            raise_if_reply_lost(error, f"group_send to {group!r}")
+            raise
         if dropped:
             self.counters.group_over_capacity += dropped
             logger.info("group_send to %s: %d of %d queues at capacity", group, dropped, len(by_key))

@@ -18,10 +18,6 @@ MAX_KEYS_PER_CALL = 500
 _SEND = """
 local queue = KEYS[1]
 local now, expiry, capacity, member = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
--- Already there (a retried call whose first reply was lost): report success, add nothing.
-for _, existing in ipairs(redis.call('ZRANGE', queue, now, now, 'BYSCORE')) do
-    if existing == member then return 1 end
-end
 redis.call('ZREMRANGEBYSCORE', queue, 0, now - expiry)
 if redis.call('ZCOUNT', queue, '-inf', '+inf') >= capacity then return 0 end
 redis.call('ZADD', queue, now, member)

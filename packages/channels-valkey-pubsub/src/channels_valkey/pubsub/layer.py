@@ -53,6 +53,7 @@ from channels_valkey.sentinel import (
     bzpopmin_entry,
     decode_hosts,
     delete_prefixed,
+    raise_if_reply_lost,
     slot_of,
 )
 from channels_valkey.serializers import MessageDecodeError, registry
@@ -221,13 +222,17 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_message(message)
         payload = self.serialize(message)
         shard = self.consistent_hash(channel)
-        if self._is_worker(channel) and shard not in self.pubsub_shards:
-            if await self._enqueue(shard, channel, payload):
-                return
-            if shard not in self.pubsub_shards:
-                capacity = self.get_capacity(channel)
-                raise ChannelFull(f"channel {channel!r} is at capacity ({capacity} messages queued)")
-        await self._publish(shard, channel, payload)
+        try:
+            if self._is_worker(channel) and shard not in self.pubsub_shards:
+                if await self._enqueue(shard, channel, payload):
+                    return
+                if shard not in self.pubsub_shards:
+                    capacity = self.get_capacity(channel)
+                    raise ChannelFull(f"channel {channel!r} is at capacity ({capacity} messages queued)")
+            await self._publish(shard, channel, payload)
+        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
+            raise_if_reply_lost(error, f"send to {channel!r}")
+            raise
 
     async def _publish(self, shard: int, name: str, payload: bytes) -> None:
         if self.cluster:
@@ -312,15 +317,16 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 return await scripts.SEND_SCRIPT.run(execute, [key], args, use_eval=True)
 
         async def on_cluster(*command: Any) -> Any:
-            return await self._connections.execute_command(shard, *command, idempotent=True)
+            return await self._connections.execute_command(shard, *command, idempotent=False)
 
         try:
-            # Idempotent: the script adds nothing when a retried call finds its member already queued.
+            # Not idempotent: a receiver may pop the message before a lost reply is noticed, and a second call
+            # would then queue it again. Only calls refused before they ran are retried.
             if self.cluster:
                 return bool(await call(on_cluster))
             return bool(
                 await self._connections.execute(
-                    shard, lambda client: call(client.execute_command), idempotent=True
+                    shard, lambda client: call(client.execute_command), idempotent=False
                 )
             )
         except ShardUnavailable as error:
@@ -454,7 +460,11 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_group(group)
         check_message(message)
         name = group_channel(self.prefix, group)
-        await self._publish(self.consistent_hash(name), name, self.serialize(message))
+        try:
+            await self._publish(self.consistent_hash(name), name, self.serialize(message))
+        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
+            raise_if_reply_lost(error, f"group_send to {group!r}")
+            raise
 
     # Flush and close --------------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from valkey import exceptions as valkey_errors
 Execute = Callable[..., Awaitable[Any]]
 
 # Returns 1 when the message is in the queue, 0 when the queue is at capacity. A member is unique (random
-# prefix), so finding it already there means this is a retry of a call whose reply was lost: nothing is added.
+# prefix); one found already there (a call sent twice, which the layer never does on purpose) is not added again.
 _SEND = """
 local queue = KEYS[1]
 local now, expiry, capacity, member = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]

@@ -13,10 +13,11 @@ from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
 from channels_valkey.sentinel.exceptions import (
     CommandNotSent,
     HostConfigError,
+    ReplyLost,
     SentinelDiscoveryError,
     ShardUnavailable,
 )
-from channels_valkey.sentinel.failures import Failure, classify, refuses_health_check
+from channels_valkey.sentinel.failures import Failure, classify, raise_if_reply_lost, refuses_health_check
 from channels_valkey.sentinel.hosts import (
     ClusterHost,
     HostSpec,
@@ -45,6 +46,7 @@ __all__ = [
     "HostSpec",
     "InterruptibleCalls",
     "OnInterrupted",
+    "ReplyLost",
     "ResiliencePolicy",
     "SentinelDiscovery",
     "SentinelDiscoveryError",
@@ -63,6 +65,7 @@ __all__ = [
     "discover_services",
     "glob_escape",
     "raise_if_cancelling",
+    "raise_if_reply_lost",
     "read_reply",
     "refuses_health_check",
     "slot_of",

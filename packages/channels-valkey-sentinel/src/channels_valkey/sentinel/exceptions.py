@@ -29,3 +29,11 @@ class ShardUnavailable(valkey.exceptions.ConnectionError):
 class CommandNotSent(valkey.exceptions.ConnectionError):
     """A command that was never written because no server to send it to was reachable (for example no node
     of a cluster answered for its slot map); always safe to retry, whatever the command does."""
+
+
+class ReplyLost(valkey.exceptions.ConnectionError):
+    """A write whose connection failed after it was sent: it may have run, and it was not sent again.
+
+    Raised by the layers for sends, where a second try could deliver a message twice: a receiver may already have
+    taken the first copy, so nothing on the server shows that it arrived. The caller decides whether to send again.
+    """

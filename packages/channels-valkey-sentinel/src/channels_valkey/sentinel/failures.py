@@ -13,7 +13,7 @@ import types
 
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.sentinel.exceptions import CommandNotSent
+from channels_valkey.sentinel.exceptions import CommandNotSent, ReplyLost
 
 #: Error replies meaning "this node will not take writes now; ask the Sentinels where the primary is".
 NOT_PRIMARY_REPLIES = ("NOREPLICAS", "MASTERDOWN")
@@ -70,6 +70,21 @@ def _is_unwritten_send(error: BaseException) -> bool:
     connection's writer at None, and the write fails with this AttributeError before any byte left.
     """
     return isinstance(error, AttributeError) and error.name == "writelines" and error.obj is None
+
+
+def raise_if_reply_lost(error: BaseException, what: str) -> None:
+    """Raise :class:`ReplyLost` naming ``what`` (for example "send to 'chat'") when ``error`` means a message was
+    written and its reply lost; return for any other failure, which the caller raises itself.
+
+    The layers call it for sends, which are not retried after a lost reply (a second copy could arrive twice), so
+    that the caller learns the message may have been delivered rather than reading a bare connection error.
+    """
+    if isinstance(error, ReplyLost) or classify(error) is not Failure.MAYBE_RUN:
+        return
+    raise ReplyLost(
+        f"{what}: the connection failed after the message was written ({type(error).__name__}: {error}); the "
+        "message may have been delivered, so it was not sent again: a second copy could arrive twice"
+    ) from error
 
 
 def refuses_health_check(error: BaseException) -> bool:

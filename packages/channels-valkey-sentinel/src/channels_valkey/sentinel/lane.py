@@ -27,6 +27,7 @@ from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection, ConnectionPool
 from valkey.utils import LIBVALKEY_AVAILABLE
 
+from channels_valkey.sentinel.exceptions import CommandNotSent
 from channels_valkey.sentinel.tasks import cancel_and_wait
 
 try:  # valkey-py's libvalkey extra, a dependency of this package: its C packer is four times as fast.
@@ -54,6 +55,12 @@ async def read_reply(connection: AbstractConnection) -> Any:
         return await parser.read_response(disable_decoding=False)
     except OSError as error:
         raise valkey_errors.ConnectionError(f"error while reading: {error!r}") from error
+
+
+def _refused_write() -> CommandNotSent:
+    """The error for a command whose write the socket refused at once (the connection had been reset under the
+    lane): the transport closed without sending it, so it cannot have run; the next command connects again."""
+    return CommandNotSent("the lane's connection was reset before the command reached the server")
 
 
 def pack(connection: AbstractConnection, args: tuple[Any, ...]) -> list[bytes]:
@@ -94,7 +101,11 @@ class _Link:
 
     @property
     def usable(self) -> bool:
-        return self.reader is not None and not self.reader.done() and self.connection.is_connected
+        if self.reader is None or self.reader.done() or not self.connection.is_connected:
+            return False
+        # Reset under the lane a moment ago, before its reader saw it: a new connection is needed.
+        writer = self.connection._writer
+        return writer is not None and not writer.transport.is_closing()
 
 
 class CommandLane:
@@ -115,6 +126,8 @@ class CommandLane:
             link.progress = loop.time()
         # Written and queued in one step with no await between: the reply to read next is always this one's.
         writer.writelines(pack(link.connection, args))
+        if writer.transport.is_closing():
+            raise _refused_write()
         self._pending.append(reply)
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await writer.drain()
@@ -131,6 +144,8 @@ class CommandLane:
         if not self._pending:
             link.progress = loop.time()
         writer.writelines([*pack(link.connection, ("ASKING",)), *pack(link.connection, args)])
+        if writer.transport.is_closing():
+            raise _refused_write()
         self._pending.extend((asking, reply))
         return await reply
 
@@ -140,7 +155,7 @@ class CommandLane:
             link = await self._connect()
         writer = link.connection._writer
         if writer is None:
-            raise valkey_errors.ConnectionError("the lane's connection closed before the command was written")
+            raise CommandNotSent("the lane's connection closed before the command was written")
         return link, writer
 
     async def _connect(self) -> _Link:
