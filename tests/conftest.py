@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from servers.certificates import CertificateFiles, create_certificates
-from servers.cluster import ValkeyCluster, start_cluster
+from servers.cluster import TLSCluster, ValkeyCluster, start_cluster, start_tls_cluster
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess, install_shutdown_handlers
 from servers.tls_proxy import TLSProxy
@@ -187,6 +187,24 @@ def private_cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
     cluster = start_cluster(tmp_path, "cluster")
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def _tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory, certificates: CertificateFiles
+) -> Iterator[TLSCluster]:
+    cluster = start_tls_cluster(tmp_path_factory.mktemp("tls-cluster"), "cluster", certificates)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def tls_cluster(_tls_cluster: TLSCluster) -> TLSCluster:
+    """A Valkey Cluster of 3 primaries (no replicas) reached only through TLS: ``tls_cluster.url()`` is a
+    ``valkeys://`` URL, the CA is ``tls_cluster.ca_file``, and every node announces its own TLS proxy
+    (``tls_cluster.proxy_of(node)``). One per test module, apart from :func:`valkey_cluster`."""
+    _tls_cluster.ensure()
+    return _tls_cluster
 
 
 @pytest.fixture

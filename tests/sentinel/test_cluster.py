@@ -1,5 +1,5 @@
 """A Valkey Cluster through ConnectionManager: commands go to the primary of their key's slot, follow a slot that
-moves (MOVED) or is moving (ASK), and an unreachable cluster fails at once."""
+moves (MOVED) or is moving (ASK), and an unreachable cluster fails at once; credentials and TLS reach every node."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from valkey.asyncio.connection import SSLConnection
 
 from channels_valkey.sentinel import ClusterShard, ConnectionManager, ShardUnavailable, decode_hosts
 
-from servers.cluster import ValkeyCluster, start_cluster
+from servers.cluster import TLSCluster, ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess, free_port, wait_until
 
 CLUSTER_PASSWORD = "cluster-secret-7"
@@ -175,5 +176,115 @@ async def test_a_wrong_password_fails_at_once(secured_cluster: ValkeyCluster) ->
     try:
         with pytest.raises(ShardUnavailable, match="AuthenticationError"):
             await manager.execute_command(0, "GET", "k", idempotent=True)
+    finally:
+        await manager.close()
+
+
+# TLS: a proxy in front of each node, which announces the proxy's port -------------------------------------------
+
+
+def _tls_entry(cluster: TLSCluster, form: str) -> dict[str, Any]:
+    """The cluster entry of ``cluster`` over TLS: a ``valkeys://`` URL, or ``"ssl": True`` and a (host, port)."""
+    if form == "url":
+        return {"cluster": [cluster.url()], "ssl_ca_certs": str(cluster.ca_file)}
+    return {"cluster": [cluster.proxies[0].address], "ssl": True, "ssl_ca_certs": str(cluster.ca_file)}
+
+
+def _keys_on_every_primary(cluster: TLSCluster, prefix: str) -> dict[str, ValkeyProcess]:
+    """A few keys, with the primary serving each, until every primary serves one."""
+    owners: dict[str, ValkeyProcess] = {}
+    primaries = {node.name for node in cluster.primaries()}
+    for index in range(100):
+        key = f"{prefix}{index}"
+        owners[key] = cluster.primary_for(key)
+        if {node.name for node in owners.values()} == primaries:
+            return owners
+    raise AssertionError(f"100 keys and still a primary of {sorted(primaries)} without one")
+
+
+@pytest.mark.parametrize("form", ["url", "keys"])
+async def test_tls_reaches_every_primary_through_its_proxy(
+    tls_cluster: TLSCluster, key_prefix: str, form: str
+) -> None:
+    manager = ConnectionManager(decode_hosts([_tls_entry(tls_cluster, form)]))
+    owners = _keys_on_every_primary(tls_cluster, key_prefix)
+    queues = {owner.name: f"{key_prefix}{{{key}}}queue" for key, owner in owners.items()}
+    pops_before = {node.name: _blocking_pops(node) for node in tls_cluster.nodes}
+    try:
+        for key in owners:
+            await manager.execute_command(0, "SET", key, key, idempotent=True)
+        cluster_shard = await manager.shard(0)
+        assert isinstance(cluster_shard, ClusterShard)
+        waiting = [
+            asyncio.ensure_future(cluster_shard.blocking_call(("BZPOPMIN", queue, 5), _nothing_lost))
+            for queue in queues.values()
+        ]
+        for queue in queues.values():
+            await manager.execute_command(0, "ZADD", queue, 1, "m", idempotent=True)
+        popped = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        assert popped == [[queue.encode(), b"m", b"1"] for queue in queues.values()]
+
+        primaries = await manager.primaries(0)
+        assert {(shard.spec.options["host"], shard.spec.options["port"]) for shard in primaries} == {
+            proxy.address for proxy in tls_cluster.proxies
+        }
+        assert all(issubclass(shard.spec.options["connection_class"], SSLConnection) for shard in primaries)
+        # Every connection the manager opened came through a proxy; none reached a plaintext port.
+        await asyncio.to_thread(tls_cluster.wait_only_through_proxies)
+    finally:
+        await manager.close()
+    for key, owner in owners.items():
+        with owner.client() as client:
+            assert client.get(key) == key.encode()
+            client.delete(key)
+    # One blocking pop ran on each primary, the one serving its queue.
+    pops = {node.name: _blocking_pops(node) - pops_before[node.name] for node in tls_cluster.nodes}
+    assert pops == dict.fromkeys(queues, 1)
+
+
+def _blocking_pops(node: ValkeyProcess) -> int:
+    return int(node.info("commandstats").get("cmdstat_bzpopmin", {}).get("calls", 0))
+
+
+class _CountedTLSConnection(SSLConnection):
+    """A real TLS connection that counts how often it tries to connect (each TCP connect and TLS handshake)."""
+
+    attempts = 0
+
+    async def _connect(self) -> None:
+        type(self).attempts += 1
+        await super()._connect()
+
+
+@pytest.mark.parametrize("form", ["url", "keys"])
+async def test_tls_with_a_ca_that_did_not_sign_the_nodes_fails_at_once(
+    tls_cluster: TLSCluster, form: str
+) -> None:
+    entry = {**_tls_entry(tls_cluster, form), "ssl_ca_certs": str(tls_cluster.certificates.wrong_ca_file)}
+    manager = ConnectionManager(decode_hosts([entry]))
+    started = time.monotonic()
+    try:
+        with pytest.raises(ShardUnavailable, match=r"\(TLS\)\) is unavailable.*CERTIFICATE_VERIFY_FAILED"):
+            await manager.execute_command(0, "GET", "k", idempotent=True)
+    finally:
+        await manager.close()
+    assert time.monotonic() - started < 2
+
+
+async def test_tls_with_the_wrong_ca_tries_each_startup_node_once(tls_cluster: TLSCluster) -> None:
+    counted = type("Counted", (_CountedTLSConnection,), {})  # a counter of this test's own
+    startup = [proxy.address for proxy in tls_cluster.proxies]
+    entry = {
+        "cluster": startup,
+        "connection_class": counted,
+        "ssl_ca_certs": str(tls_cluster.certificates.wrong_ca_file),
+    }
+    manager = ConnectionManager(decode_hosts([entry]))
+    try:
+        for call in range(1, 3):
+            with pytest.raises(ShardUnavailable, match="certificate verify failed"):
+                await manager.execute_command(0, "SET", "k", "v", idempotent=True)
+            # No retries: one TLS handshake per startup node and call, then the error.
+            assert counted.attempts == call * len(startup)
     finally:
         await manager.close()

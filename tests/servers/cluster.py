@@ -18,7 +18,9 @@ from typing import Any
 
 import valkey
 
+from servers.certificates import CertificateFiles
 from servers.process import ConfigValue, ServerError, ValkeyProcess, cli_binary, wait_until
+from servers.tls_proxy import TLSProxy
 
 #: Number of hash slots a Valkey Cluster divides keys into.
 SLOTS = 16384
@@ -352,6 +354,184 @@ def start_cluster(
         password=password,
     )
     return cluster.start()
+
+
+class TLSCluster(ValkeyCluster):
+    """A cluster whose clients speak TLS to every node: a :class:`TLSProxy` in front of each node, announced.
+
+    The server binary has no TLS, so each node gets a proxy, and ``cluster-announce-port`` makes the node name its
+    proxy's port wherever it names itself (``CLUSTER SLOTS``, ``CLUSTER NODES``, ``MOVED``), so a client that
+    follows the slot map reaches every node through TLS. ``cluster-announce-tls-port`` would not do: a node names
+    that port only to clients connected over its own TLS, and the proxies reach the nodes in plaintext.
+
+    The nodes are joined in plaintext first (``valkey-cli --cluster create`` must reach them itself), and only then
+    announce their proxies. There are no replicas: a replica reaches its primary at the primary's announced port,
+    which is a TLS proxy it cannot speak to. Tests inspect the nodes directly (:meth:`primaries`, ``node.client()``),
+    in plaintext, as for any other cluster.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        certificates: CertificateFiles,
+        *,
+        primaries: int = 3,
+        node_timeout_ms: int = 2000,
+    ) -> None:
+        if not isinstance(certificates, CertificateFiles):
+            raise TypeError(
+                f"certificates must be a CertificateFiles from create_certificates(), got {certificates!r}"
+            )
+        super().__init__(
+            workdir, primaries=primaries, replicas_per_primary=0, node_timeout_ms=node_timeout_ms
+        )
+        self.certificates = certificates
+        #: The TLS proxy of each node, by node name; filled by :meth:`start`.
+        self._proxies: dict[str, TLSProxy] = {}
+
+    def start(self, timeout: float = 30.0) -> TLSCluster:
+        """Create the cluster in plaintext, put a TLS proxy in front of each node, and wait until every node's
+        ``CLUSTER SLOTS`` names only proxy ports."""
+        super().start(timeout)
+        try:
+            for node in self.nodes:
+                self._proxies[node.name] = TLSProxy(node.host, node.port, self.certificates).start()
+            for node in self.nodes:
+                port = self._proxies[node.name].port
+                # In the config file too, so a node restarted with ``rejoin`` still announces its proxy.
+                node.set_config("cluster-announce-port", port)
+                with node.client() as client:
+                    client.config_set("cluster-announce-port", port)
+            self._wait_announced(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        proxies, self._proxies = list(self._proxies.values()), {}
+        try:
+            for proxy in proxies:
+                proxy.close()
+        finally:
+            super().stop()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait as :meth:`ValkeyCluster.wait_ready` does, then (once the proxies run) until the slot map of every
+        node names only proxy ports."""
+        super().wait_ready(timeout)
+        if self._proxies:
+            self._wait_announced(timeout)
+
+    def _wait_announced(self, timeout: float) -> None:
+        proxy_ports = {proxy.port for proxy in self._proxies.values()}
+
+        def announced() -> bool:
+            for node in self.nodes:
+                ports = _slot_map_ports(node)
+                if not ports or not ports <= proxy_ports:
+                    return False
+            return True
+
+        def named_now() -> str:
+            maps = []
+            for node in self.nodes:
+                try:
+                    maps.append(f"{node.name}: {sorted(_slot_map_ports(node))}")
+                except (valkey.ValkeyError, OSError) as exc:
+                    maps.append(f"{node.name}: {type(exc).__name__}")
+            return f"every node's CLUSTER SLOTS to name only proxy ports {sorted(proxy_ports)} ({'; '.join(maps)})"
+
+        try:
+            wait_until(announced, timeout=timeout, message=named_now)
+        except TimeoutError as exc:
+            raise ServerError(f"{exc}; {self._logs()}") from exc
+
+    # What clients need ------------------------------------------------------------------------------------------
+
+    def url(self) -> str:
+        """``valkeys://`` URL of the first node's proxy; a client finds the other proxies in the slot map."""
+        return self.proxy_of(self.nodes[0]).url()
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that signed the proxies' certificate: what a verifying client trusts."""
+        return self.certificates.ca_file
+
+    @property
+    def proxies(self) -> list[TLSProxy]:
+        """The proxies, in the order of :attr:`nodes`."""
+        return [self.proxy_of(node) for node in self.nodes]
+
+    def proxy_of(self, node: ValkeyProcess) -> TLSProxy:
+        """The TLS proxy in front of ``node``."""
+        proxy = self._proxies.get(node.name)
+        if proxy is None:
+            raise ServerError(f"{node.name} has no TLS proxy (is {self!r} started?)")
+        return proxy
+
+    def connections(self) -> dict[str, tuple[int, int]]:
+        """For each node by name: (client connections the server has, connections open on its proxy).
+
+        Every connection reaching the server through its proxy is one open on the proxy, so the two numbers are
+        equal exactly when no client reached the node's plaintext port directly (the asking one not counted).
+        """
+        counts: dict[str, tuple[int, int]] = {}
+        for node in self.nodes:
+            with node.client() as client:
+                own_id = client.client_id()
+                clients = [entry for entry in client.client_list() if int(entry["id"]) != own_id]
+            counts[node.name] = (len(clients), self.proxy_of(node).connection_count)
+        return counts
+
+    def wait_only_through_proxies(self, timeout: float = 5.0) -> None:
+        """Wait until every node has client connections, each of them open on its proxy (see :meth:`connections`);
+        a client that reached a plaintext port, or a node never reached, fails this after ``timeout`` seconds."""
+
+        def through_proxies() -> bool:
+            return all(server == proxy > 0 for server, proxy in self.connections().values())
+
+        wait_until(
+            through_proxies,
+            timeout=timeout,
+            message=lambda: (
+                f"(server, proxy) connections of each node to be equal and not 0: {self.connections()}"
+            ),
+        )
+
+    # The nodes behind the announced proxy addresses -------------------------------------------------------------
+
+    def _node_at(self, address: tuple[str, int]) -> ValkeyProcess:
+        for node in self.nodes:
+            proxy = self._proxies.get(node.name)
+            if proxy is not None and proxy.address == address:
+                return node
+        return super()._node_at(address)
+
+    def _slots_of(self, node: ValkeyProcess) -> frozenset[int]:
+        return next((v.slots for v in self._views() if self._node_at(v.address) is node), frozenset())
+
+    def __repr__(self) -> str:
+        return f"<TLSCluster {len(self.nodes)} nodes behind TLS proxies in {self.workdir}>"
+
+
+def start_tls_cluster(
+    workdir: Path,
+    name: str,
+    certificates: CertificateFiles,
+    primaries: int = 3,
+    node_timeout_ms: int = 2000,
+) -> TLSCluster:
+    """Start a :class:`TLSCluster` in ``workdir / name``; on return every node announces its TLS proxy."""
+    cluster = TLSCluster(workdir / name, certificates, primaries=primaries, node_timeout_ms=node_timeout_ms)
+    return cluster.start()
+
+
+def _slot_map_ports(node: ValkeyProcess) -> set[int]:
+    """The ports ``node``'s ``CLUSTER SLOTS`` names, primaries and replicas alike."""
+    with node.client(socket_timeout=1, socket_connect_timeout=1) as client:
+        reply = client.execute_command("CLUSTER", "SLOTS")
+    return {int(member[1]) for _start, _end, *members in reply for member in members}
 
 
 def _cluster_ok(node: ValkeyProcess, known_nodes: int | None = None) -> bool:
