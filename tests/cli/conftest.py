@@ -4,7 +4,7 @@
 ``(status, stdout, stderr)`` (a :class:`CliResult`, whose ``.json()`` parses stdout). ``run_cli_process`` does the
 same through the ``channels-valkey`` script that the distribution installs, in a child process with a time limit.
 Neither may be called from a running event loop (the commands run their own): async tests use
-``await asyncio.to_thread(run_cli, ...)``.
+``await asyncio.to_thread(run_cli, ...)``. ``small_cluster`` is a Valkey Cluster of the test's own.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import pytest
 
 from channels_valkey.cli.main import main
+
+from servers.cluster import ValkeyCluster, start_cluster
 
 #: Longest a command may take in a child process before the test fails (no command should come near it).
 PROCESS_TIMEOUT = 60.0
@@ -77,6 +79,15 @@ def run_cli_process() -> Callable[..., CliResult]:
         return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
     return run
+
+
+@pytest.fixture
+def small_cluster(tmp_path: Path) -> Iterator[ValkeyCluster]:
+    """A Valkey Cluster of this test's own, three primaries without replicas (quicker to start than
+    ``private_cluster``): for ACL users on every node, and for a primary killed with no replica to take over."""
+    cluster = start_cluster(tmp_path, "cluster", replicas_per_primary=0)
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from channels_valkey.cli.commands.check import judge_eviction, judge_server
 from channels_valkey.cli.probes import probe_args
-from channels_valkey.cli.requirements import CORE_NEEDS, PUBSUB_NEEDS, commands_of
+from channels_valkey.cli.requirements import CORE_NEEDS, PUBSUB_NEEDS, commands_of, needs_of
 from channels_valkey.core import scripts as core_scripts
 from channels_valkey.pubsub import scripts as pubsub_scripts
 
@@ -425,8 +425,21 @@ def test_a_settings_module_that_cannot_be_imported(
         (["--hosts", '{"sentinels": [}'], "--hosts entry 0 starts with '{' but is not valid JSON"),
         (["--hosts", '{"sentinels": [["127.0.0.1", 26379]]}'], "exactly one of 'master_name'"),
         (["--hosts", "valkey://localhost", "--alias", "x"], "--alias picks a CHANNEL_LAYERS entry"),
-        (["--settings", "x", "--hosts", "valkey://localhost"], "either --settings or --hosts"),
+        (
+            ["--settings", "x", "--hosts", "valkey://localhost"],
+            "give one of --settings, --hosts or --cluster",
+        ),
         (["--settings", "x", "--layer", "pubsub"], "--layer goes with --hosts"),
+        (
+            ["--cluster", "valkey://127.0.0.1:7000", "--hosts", "valkey://localhost"],
+            "not --hosts and --cluster",
+        ),
+        (["--cluster", "valkey://127.0.0.1:7000", "--alias", "x"], "goes with --settings, not --cluster"),
+        (["--cluster", '{"cluster": ["valkey://127.0.0.1:7000"]}'], "--cluster node 0 is not a URL"),
+        (["--cluster", "127.0.0.1:7000"], "the URL has no scheme"),
+        (["--cluster", "unix:///tmp/valkey.sock"], "a unix socket cannot be a cluster node"),
+        (["--cluster", "valkey://127.0.0.1:7000/2"], "a Valkey Cluster has only database 0"),
+        (["--cluster", "valkey://127.0.0.1:7000", "valkey://127.0.0.1:7000"], "lists a node more than once"),
         ([], "say which layer to look at"),
     ],
 )
@@ -440,9 +453,18 @@ def test_bad_options_exit_with_2(
     assert result.stdout == ""
 
 
-def test_passwords_in_a_bad_hosts_value_are_masked(run_cli: RunCli) -> None:
-    result = run_cli("check", "--hosts", "valkey://user:hunter2@127.0.0.1:0")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--hosts", "valkey://user:hunter2@127.0.0.1:0"],
+        ["--cluster", "valkey://user:hunter2@127.0.0.1:0"],
+        ["--cluster", '{"password": "hunter2"}'],
+    ],
+)
+def test_passwords_in_a_bad_hosts_value_are_masked(run_cli: RunCli, argv: list[str]) -> None:
+    result = run_cli("check", *argv)
     assert result.status == 2
+    assert result.stderr
     assert "hunter2" not in result.stderr
 
 
@@ -468,24 +490,52 @@ def test_the_installed_program(run_cli_process: Callable[..., Any], valkey_url: 
 # The rules --------------------------------------------------------------------------------------------------
 
 
-def _readme_commands(layer: str) -> set[str]:
-    """The commands in the "Commands and ACLs" table of ``layer``'s README."""
+def _commands_in(text: str) -> set[str]:
+    """The command names quoted in ``text`` (``ZADD``, ``CLIENT ID``; not ``{prefix}*`` or ``$inflight``)."""
+    return {token for token in re.findall(r"`([^`]+)`", text) if re.fullmatch(r"[A-Z]+( [A-Z]+)?", token)}
+
+
+def _readme_commands(layer: str, *, cluster: bool) -> set[str]:
+    """The commands of the "Commands and ACLs" table of ``layer``'s README, on one server or on a cluster.
+
+    The table's row "on a Valkey Cluster" adds the commands it names to the others' and takes away those it names
+    after "instead of".
+    """
     text = README[layer].read_text()
     section = text.split("## Commands and ACLs", 1)[1].split("\n## ", 1)[0]
     rows = [
         line for line in section.splitlines() if line.startswith("|") and not set(line) <= {"|", "-", " "}
     ]
-    found = set()
-    for row in rows[1:]:  # the first is the header
-        found.update(
-            token for token in re.findall(r"`([^`]+)`", row) if re.fullmatch(r"[A-Z]+( [A-Z]+)?", token)
-        )
-    return found
+    rows = rows[1:]  # the first is the header
+    cluster_rows = [row for row in rows if row.split("|")[1].strip() == "on a Valkey Cluster"]
+    assert len(cluster_rows) == 1, f"{README[layer]}: expected one row 'on a Valkey Cluster'"
+    single = set().union(*(_commands_in(row) for row in rows if row not in cluster_rows))
+    if not cluster:
+        return single
+    (row,) = cluster_rows
+    replaced = re.search(r"instead of ([^;|]*)", row)
+    taken_away = _commands_in(replaced.group(1)) if replaced else set()
+    return (single - taken_away) | (_commands_in(row) - taken_away)
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["one-server", "cluster"])
 @pytest.mark.parametrize("layer", ["core", "pubsub"])
-def test_the_table_of_needs_matches_the_readme(layer: str) -> None:
-    assert commands_of(layer) == _readme_commands(layer)
+def test_the_table_of_needs_matches_the_readme(layer: str, cluster: bool) -> None:
+    assert commands_of(layer, cluster=cluster) == _readme_commands(layer, cluster=cluster)
+
+
+def test_on_a_cluster_the_pubsub_layer_needs_the_sharded_commands_instead() -> None:
+    single, sharded = commands_of("pubsub"), commands_of("pubsub", cluster=True)
+    assert {"PUBLISH", "SUBSCRIBE", "UNSUBSCRIBE"} <= single - sharded
+    assert sharded - single == {"SPUBLISH", "SSUBSCRIBE", "SUNSUBSCRIBE", "CLUSTER SLOTS", "ASKING", "EXISTS"}
+    assert commands_of("core", cluster=True) - commands_of("core") == {"CLUSTER SLOTS", "ASKING"}
+    # Without worker queues, nothing of theirs is asked for on a cluster either.
+    uses = {need.use for need in needs_of("pubsub", worker_queues=False, cluster=True)}
+    assert not any("worker channels on queues" in use for use in uses)
+    levels = {need.commands: need.severity for need in needs_of("pubsub", cluster=True)}
+    assert levels[frozenset({"CLUSTER SLOTS"})] == "error"
+    assert levels[frozenset({"ASKING"})] == "warning"
+    assert levels[frozenset({"EXISTS"})] == "note"
 
 
 @pytest.mark.parametrize(("layer", "module"), [("core", core_scripts), ("pubsub", pubsub_scripts)])
@@ -501,7 +551,8 @@ def test_every_command_of_the_layers_scripts_is_in_the_table(layer: str, module:
 
 
 def test_every_need_has_a_harmless_probe() -> None:
-    for need in (*CORE_NEEDS, *PUBSUB_NEEDS):
+    cluster_needs = (*needs_of("core", cluster=True), *needs_of("pubsub", cluster=True))
+    for need in (*CORE_NEEDS, *PUBSUB_NEEDS, *cluster_needs):
         for command in need.commands:
             args = probe_args(command, "asgi__check__x", "asgi__check__x")
             assert " ".join(str(arg) for arg in args).upper().startswith(command)

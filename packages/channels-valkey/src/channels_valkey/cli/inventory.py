@@ -1,29 +1,57 @@
 """What a layer holds on one shard right now: its channels (queue length, age of the oldest message) and groups.
 
 Keys are found with ``SCAN MATCH {prefix}*`` (the prefix glob-escaped), never ``KEYS``, and at most ``limit`` of them
-are looked at per shard; a scan cut short by that bound says so. Group sizes of the core layer come from the
-layer's own ``group_channels``, so "a member" means here what it means to ``group_send``.
+are looked at per shard (per primary of a cluster); a scan cut short by that bound says so. Group sizes of the core
+layer come from the layer's own ``group_channels``, so "a member" means here what it means to ``group_send``.
+
+Names are read back from keys with the layer's own key functions (``queue_key``, ``group_key``), so on a cluster,
+where the name in a key is a hash tag (``asgi{emails}``), the rows say ``emails``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import ValkeyChannelLayer
-from channels_valkey.pubsub.names import group_channel, worker_queue
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+from channels_valkey.pubsub.names import group_channel
 from channels_valkey.sentinel import glob_escape
 
 #: Keys asked for per ``SCAN`` call (a hint to the server, which stays responsive whatever the keyspace size).
 SCAN_COUNT = 1000
 #: Keys read per pipelined round trip, and channels per ``PUBSUB NUMSUB``.
 BATCH = 500
-#: Where the core layer keeps a group, after the prefix (``{prefix}:group:{group}``).
-CORE_GROUP_MARK = ":group:"
+#: Stands for the name when a layer's key function is asked for the layout of its keys: no name holds it.
+NAME_MARK = "\x00"
+
+
+class KeyLayout(NamedTuple):
+    """How a layer builds one kind of key around a name: what comes before the name, and what after it."""
+
+    head: str
+    tail: str
+
+    @classmethod
+    def of(cls, make_key: Callable[[str], str]) -> KeyLayout:
+        """The layout of the keys ``make_key`` (such as ``layer.queue_key``) makes."""
+        head, mark, tail = make_key(NAME_MARK).partition(NAME_MARK)
+        if not mark:
+            raise ValueError(f"{make_key!r} does not put the name in the key it makes")
+        return cls(head, tail)
+
+    def name(self, key: str) -> str | None:
+        """The name ``key`` was made of, or None when it is not a key of this layout."""
+        if len(key) <= len(self.head) + len(self.tail):
+            return None
+        if not (key.startswith(self.head) and key.endswith(self.tail)):
+            return None
+        return key[len(self.head) : len(key) - len(self.tail)]
 
 
 @dataclass
@@ -133,35 +161,43 @@ def _name(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def _name_in(layout: KeyLayout, key: str) -> str:
+    """The name in ``key``; a key of the prefix that the layout does not explain is shown as it is after the head."""
+    name = layout.name(key)
+    return key[len(layout.head) :] if name is None else name
+
+
 async def core_inventory(
     shard: ShardInventory, client: avalkey.Valkey, layer: ValkeyChannelLayer, limit: int
 ) -> None:
     """Fill ``shard`` with the core layer's queues and groups found there."""
-    prefix = layer.prefix
-    keys, shard.complete = await scan_keys(client, prefix, limit)
+    keys, shard.complete = await scan_keys(client, layer.prefix, limit)
     shard.keys_examined = len(keys)
+    queue_layout, group_layout = KeyLayout.of(layer.queue_key), KeyLayout.of(layer.group_key)
     queues: list[bytes] = []
     for key in keys:
-        rest = _name(key[len(prefix.encode()) :])
-        if rest.startswith(CORE_GROUP_MARK):
-            shard.groups.append(await _core_group(shard.index, rest[len(CORE_GROUP_MARK) :], layer))
+        # Groups first: outside a cluster a group key has the form of a queue key too.
+        group = group_layout.name(_name(key))
+        if group is not None:
+            shard.groups.append(await _core_group(shard.index, group, layer))
         else:
             queues.append(key)
     for key, (messages, oldest) in zip(queues, await queue_stats(client, queues, "ZCOUNT"), strict=True):
-        rest = _name(key[len(prefix.encode()) :])
+        name = _name_in(queue_layout, _name(key))
         if messages is None:
             kind = "not a queue"
-        elif rest.endswith("$inflight"):
+        elif name.endswith("$inflight"):
             kind = "in-flight backup"
-        elif rest.endswith("!"):
+        elif name.endswith("!"):
             kind = "process"
         else:
             kind = "normal"
-        shard.channels.append(ChannelRow(shard.index, rest, kind, messages, oldest))
+        shard.channels.append(ChannelRow(shard.index, name, kind, messages, oldest))
 
 
 async def _core_group(index: int, name: str, layer: ValkeyChannelLayer) -> GroupRow:
-    placed = layer.consistent_hash(name)
+    # On a cluster the slot places a group, and the scan found it on the primary that serves it.
+    placed = index if layer.cluster else layer.consistent_hash(name)
     if placed != index:
         return GroupRow(index, name, None, f"the ring places this group on shard {placed}")
     try:
@@ -173,15 +209,23 @@ async def _core_group(index: int, name: str, layer: ValkeyChannelLayer) -> Group
     return GroupRow(index, name, len(members))
 
 
-async def pubsub_inventory(shard: ShardInventory, client: avalkey.Valkey, prefix: str, limit: int) -> None:
-    """Fill ``shard`` with the Pub/Sub layer's subscribed channels and groups and its worker queues."""
+async def pubsub_inventory(
+    shard: ShardInventory, client: avalkey.Valkey, layer: ValkeyPubSubChannelLayer, limit: int
+) -> None:
+    """Fill ``shard`` with the Pub/Sub layer's subscribed channels and groups and its worker queues.
+
+    On a cluster the layer subscribes with sharded Pub/Sub, on the primary serving each name's slot, so that is
+    where ``PUBSUB SHARDCHANNELS`` and ``SHARDNUMSUB`` find its names.
+    """
+    prefix = layer.prefix
+    listing, counting = ("SHARDCHANNELS", "SHARDNUMSUB") if layer.cluster else ("CHANNELS", "NUMSUB")
     subscribed = [
-        _name(raw) for raw in await client.execute_command("PUBSUB", "CHANNELS", glob_escape(prefix) + "*")
+        _name(raw) for raw in await client.execute_command("PUBSUB", listing, glob_escape(prefix) + "*")
     ]
     if len(subscribed) > limit:
         subscribed, shard.complete = sorted(subscribed)[:limit], False
-    queue_prefix = worker_queue(prefix, "")
-    queues, queues_complete = await scan_keys(client, queue_prefix, limit)
+    queue_layout = KeyLayout.of(layer.queue_key)
+    queues, queues_complete = await scan_keys(client, queue_layout.head, limit)
     shard.complete = shard.complete and queues_complete
     shard.keys_examined = len(queues)
     group_prefix = group_channel(prefix, "")
@@ -191,12 +235,13 @@ async def pubsub_inventory(shard: ShardInventory, client: avalkey.Valkey, prefix
             continue
         rows[name] = ChannelRow(shard.index, name, "process" if "!" in name else "worker")
     for key, (messages, oldest) in zip(queues, await queue_stats(client, queues, "ZCARD"), strict=True):
-        name = _name(key[len(queue_prefix.encode()) :])
+        name = _name_in(queue_layout, _name(key))
         row = rows.setdefault(name, ChannelRow(shard.index, name, "worker"))
         row.messages, row.oldest_seconds = messages, oldest
     # Worker channels named outside the prefix have subscribers too (receivers listen for 0.3 senders).
     listed = set(subscribed)
-    counts = await _subscriber_counts(client, [*subscribed, *(name for name in rows if name not in listed)])
+    names = [*subscribed, *(name for name in rows if name not in listed)]
+    counts = await _subscriber_counts(client, counting, names)
     for name, row in rows.items():
         row.subscribers = counts.get(name, 0)
     shard.channels.extend(rows.values())
@@ -205,10 +250,12 @@ async def pubsub_inventory(shard: ShardInventory, client: avalkey.Valkey, prefix
             shard.groups.append(GroupRow(shard.index, name[len(group_prefix) :], counts.get(name, 0)))
 
 
-async def _subscriber_counts(client: avalkey.Valkey, names: Sequence[str]) -> dict[str, int]:
+async def _subscriber_counts(client: avalkey.Valkey, counting: str, names: Sequence[str]) -> dict[str, int]:
+    """Subscribers per name on this server, by ``PUBSUB NUMSUB`` (or ``SHARDNUMSUB``, which takes names of any
+    slot and counts this node's subscribers)."""
     counts: dict[str, int] = {}
     for start in range(0, len(names), BATCH):
-        reply = await client.execute_command("PUBSUB", "NUMSUB", *names[start : start + BATCH])
+        reply = await client.execute_command("PUBSUB", counting, *names[start : start + BATCH])
         pairs = (
             list(reply.items())
             if isinstance(reply, dict)

@@ -6,6 +6,10 @@ for that user. Otherwise each command runs for real in a form that changes nothi
 prefix that does not exist (``ZADD key XX ...`` adds nothing, ``EXPIRE`` of a missing key sets nothing, ``EVALSHA``
 of an unknown script runs nothing, blocking pops wait a millisecond on an empty key); a ``NOPERM`` reply, for the
 command, the key or the channel, means the layer would be refused too.
+
+On a cluster node the probe names may hash to a slot another node serves; that does not change the answer: Valkey
+checks the ACL before it redirects, so a ``MOVED`` reply means the ACL let the command through (``NOPERM`` comes
+first, whichever node serves the slot).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.cli.requirements import Names, Need
-from channels_valkey.pubsub.names import worker_queue
+from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.sentinel import glob_escape
 
 Level = Literal["ok", "note", "warning", "error"]
@@ -32,6 +37,14 @@ UNKNOWN_SHA = "0" * 40
 #: Seconds a probing blocking pop waits on its empty key.
 PROBE_BLOCK = "0.001"
 PING_ROUNDS = 3
+#: Commands probed in pairs on a connection of their own (subscribing, then unsubscribing), by either command.
+SUBSCRIBE_PAIRS = {
+    command: pair
+    for pair in (("SUBSCRIBE", "UNSUBSCRIBE"), ("SSUBSCRIBE", "SUNSUBSCRIBE"))
+    for command in pair
+}
+#: Commands whose key is a Pub/Sub name (the layer asks whether the name's slot still lives where it published).
+CHANNEL_AS_KEY = frozenset({"EXISTS"})
 
 
 # Server facts -------------------------------------------------------------------------------------------------
@@ -49,10 +62,13 @@ class ServerFacts:
     maxmemory_policy: str | None = None
     #: Why ``maxmemory_policy`` is unknown (the ACL refusing ``CONFIG GET``).
     policy_unknown_because: str | None = None
+    #: ``cluster_state`` of ``CLUSTER INFO`` on a cluster node ("ok" or "fail"); None elsewhere, or when refused.
+    cluster_state: str | None = None
 
 
 async def server_facts(client: avalkey.Valkey) -> ServerFacts:
-    """Name, version, role and mode (``HELLO``, which every user may run), PING latency, maxmemory-policy.
+    """Name, version, role and mode (``HELLO``, which every user may run), PING latency, maxmemory-policy, and on
+    a cluster node the cluster's state.
 
     Connection failures propagate: the caller reports the shard as unreachable.
     """
@@ -70,7 +86,22 @@ async def server_facts(client: avalkey.Valkey) -> ServerFacts:
     else:
         values = _pairs(reply)
         facts.maxmemory_policy = values.get("maxmemory-policy")
+    if facts.mode == "cluster":
+        facts.cluster_state = await _cluster_state(client)
     return facts
+
+
+async def _cluster_state(client: avalkey.Valkey) -> str | None:
+    """``cluster_state`` from ``CLUSTER INFO``; None when the ACL refuses it (the layers never send it)."""
+    try:
+        reply = await client.execute_command("CLUSTER", "INFO")
+    except valkey_errors.ResponseError:
+        return None
+    for line in _text(reply).splitlines():
+        name, _, value = line.partition(":")
+        if name == "cluster_state":
+            return value.strip()
+    return None
 
 
 async def ping_latency(client: avalkey.Valkey, rounds: int = PING_ROUNDS) -> float:
@@ -132,12 +163,13 @@ class ProbeNames:
     outside_channel: str | None
 
     @classmethod
-    def for_layer(cls, layer: str, prefix: str) -> ProbeNames:
+    def for_layer(cls, layer: ValkeyChannelLayer | ValkeyPubSubChannelLayer) -> ProbeNames:
+        """Names as ``layer`` makes them: its queue key for a made-up channel (a worker queue for the Pub/Sub
+        layer, which an ACL may allow exactly; hash-tagged on a cluster) and a channel under its prefix."""
         token = f"__check__{secrets.token_hex(6)}"
-        # The Pub/Sub layer's keys are its worker queues; an ACL may allow exactly those.
-        key = prefix + token if layer == "core" else worker_queue(prefix, token)
+        prefix = layer.prefix
         outside = None if token.startswith(prefix) else token
-        return cls(key=key, channel=prefix + token, outside_channel=outside)
+        return cls(key=layer.queue_key(token), channel=prefix + token, outside_channel=outside)
 
     def applies(self, need: Need) -> bool:
         """Whether ``need`` can be asked about with these names."""
@@ -206,6 +238,13 @@ def probe_args(command: str, key: str, channel: str, client_id: int | None = Non
         "PUBLISH": ("PUBLISH", channel, ""),
         "SUBSCRIBE": ("SUBSCRIBE", channel),
         "UNSUBSCRIBE": ("UNSUBSCRIBE", channel),
+        "SPUBLISH": ("SPUBLISH", channel, ""),
+        "SSUBSCRIBE": ("SSUBSCRIBE", channel),
+        "SUNSUBSCRIBE": ("SUNSUBSCRIBE", channel),
+        "EXISTS": ("EXISTS", channel),
+        "CLUSTER SLOTS": ("CLUSTER", "SLOTS"),
+        # It only lets the next command reach a slot this node imports; the probes are harmless there too.
+        "ASKING": ("ASKING",),
         "CLIENT ID": ("CLIENT", "ID"),
         # Without our own id, 0: no client has it.
         "CLIENT UNBLOCK": ("CLIENT", "UNBLOCK", client_id or 0),
@@ -262,10 +301,10 @@ class AclChecker:
             channel = self.names.channel if names == "prefix" else self.names.outside_channel or ""
             if self.method == "dryrun":
                 self._found[command, names] = await self._dry_run(command, channel)
-            elif command in ("SUBSCRIBE", "UNSUBSCRIBE"):
-                subscribe, unsubscribe = await self._subscribe_pair(channel)
-                self._found["SUBSCRIBE", names] = subscribe
-                self._found["UNSUBSCRIBE", names] = unsubscribe
+            elif command in SUBSCRIBE_PAIRS:
+                subscribe, unsubscribe = SUBSCRIBE_PAIRS[command]
+                found = await self._subscribe_pair(subscribe, unsubscribe, channel)
+                self._found[subscribe, names], self._found[unsubscribe, names] = found
             else:
                 self._found[command, names] = await self._run(command, channel)
         return self._found[command, names]
@@ -273,7 +312,9 @@ class AclChecker:
     async def clean_up(self) -> None:
         """Delete the probe key in case anything made it exist (nothing should), where DEL is allowed."""
         if self.method == "probe" and self._found.get(("DEL", "prefix"), "unknown") is None:
-            await self.client.execute_command("DEL", self.names.key)
+            # A cluster node that does not serve the key's slot redirects: the probes there never reached it.
+            with contextlib.suppress(valkey_errors.AskError):
+                await self.client.execute_command("DEL", self.names.key)
 
     async def _dry_run(self, command: str, channel: str) -> str | None:
         args = probe_args(command, self.names.key, channel, self._client_id)
@@ -288,31 +329,36 @@ class AclChecker:
             reply = await self.client.execute_command(
                 *probe_args(command, self.names.key, channel, self._client_id)
             )
-        except valkey_errors.NoScriptError:
-            return None  # got past the ACL: only the script is unknown
-        except valkey_errors.NoPermissionError as error:
-            return self._word(command, str(error), channel)
         except valkey_errors.ResponseError as error:
-            # Past the ACL, other complaints do not matter, except a command the server does not have.
-            return (
-                self._word(command, str(error), channel) if "unknown command" in str(error).lower() else None
-            )
+            return self._judge_error(command, error, channel)
         if command == "CLIENT ID" and isinstance(reply, int):
             self._client_id = reply
         return None
 
-    async def _subscribe_pair(self, channel: str) -> tuple[str | None, str | None]:
-        """SUBSCRIBE then UNSUBSCRIBE on a connection of their own, which is closed afterwards."""
+    def _judge_error(self, command: str, error: valkey_errors.ResponseError, channel: str) -> str | None:
+        """The refusal an error reply stands for, or None when the command got past the ACL.
+
+        Past the ACL, other complaints do not matter (an unknown script, a ``MOVED`` to the node serving the
+        slot), except a command the server does not have.
+        """
+        if isinstance(error, valkey_errors.NoPermissionError) or "unknown command" in str(error).lower():
+            return self._word(command, str(error), channel)
+        return None
+
+    async def _subscribe_pair(
+        self, subscribe: str, unsubscribe: str, channel: str
+    ) -> tuple[str | None, str | None]:
+        """``subscribe`` then ``unsubscribe`` on a connection of their own, which is closed afterwards."""
         pool = self.client.connection_pool
-        connection = await pool.get_connection("SUBSCRIBE")
+        connection = await pool.get_connection(subscribe)
         results: list[str | None] = []
         try:
-            for command in ("SUBSCRIBE", "UNSUBSCRIBE"):
+            for command in (subscribe, unsubscribe):
                 await connection.send_command(command, channel)
                 try:
                     await connection.read_response()
                 except valkey_errors.ResponseError as error:
-                    results.append(self._word(command, str(error), channel))
+                    results.append(self._judge_error(command, error, channel))
                 else:
                     results.append(None)
         finally:
@@ -327,7 +373,8 @@ class AclChecker:
         if "unknown command" in text or "not found" in text:
             return f"{command} (unknown to this server)"
         if text.endswith(" key"):
-            return f"{command} on key {self.names.key!r}"
+            key = channel if command in CHANNEL_AS_KEY else self.names.key
+            return f"{command} on key {key!r}"
         if text.endswith(" channel"):
             return f"{command} on channel {channel!r}"
         return command

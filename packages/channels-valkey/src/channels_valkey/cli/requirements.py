@@ -1,14 +1,16 @@
 """What each channel layer needs the server's ACL to allow: the one table ``channels-valkey check`` works from.
 
 Each :class:`Need` is one thing a layer does and the commands it takes, the preferred way first and then the
-fallbacks the layer switches to by itself when the ACL refuses the preferred way. The tests compare this table
-with the "Commands and ACLs" sections of the core and Pub/Sub READMEs and with the commands the layers' Lua
-scripts call, so that a layer growing a command cannot leave ``check`` behind unnoticed.
+fallbacks the layer switches to by itself when the ACL refuses the preferred way. On a Valkey Cluster the Pub/Sub
+layer sends the sharded twins of the Pub/Sub commands, and both layers need a few commands more (the slot map,
+redirections). The tests compare this table with the "Commands and ACLs" sections of the core and Pub/Sub READMEs
+(their "on a Valkey Cluster" rows included) and with the commands the layers' Lua scripts call, so that a layer
+growing a command cannot leave ``check`` behind unnoticed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 #: Where a command's key or channel argument points: under the layer's prefix, or outside it.
@@ -110,15 +112,54 @@ PUBSUB_NEEDS: tuple[Need, ...] = (
 )
 
 
-def needs_of(layer: str, *, worker_queues: bool = True) -> tuple[Need, ...]:
-    """The needs of ``layer`` ("core" or "pubsub"); ``worker_queues=False`` for ``worker_channels="pubsub"``."""
+#: On a Valkey Cluster the Pub/Sub layer publishes and subscribes with sharded Pub/Sub, under the same names.
+SHARDED_PUBSUB = {"PUBLISH": "SPUBLISH", "SUBSCRIBE": "SSUBSCRIBE", "UNSUBSCRIBE": "SUNSUBSCRIBE"}
+
+#: What both layers need on a Valkey Cluster, besides what they need on one server.
+CLUSTER_NEEDS: tuple[Need, ...] = (
+    Need("finding the cluster's nodes (the slot map)", (("CLUSTER SLOTS",),)),
+    Need(
+        "commands on a slot being migrated (resharding)",
+        (("ASKING",),),
+        without="while a slot migrates, commands on its keys that already moved are retried, and may fail, "
+        "until the migration ends",
+        severity="warning",
+    ),
+)
+
+#: What the Pub/Sub layer needs on a Valkey Cluster besides :data:`CLUSTER_NEEDS`.
+PUBSUB_CLUSTER_NEEDS: tuple[Need, ...] = (
+    Need(
+        "following a graceful failover at once (a publish that reached nobody)",
+        (("EXISTS",),),
+        without="after a graceful failover, publishers keep sending through the demoted primary, which passes "
+        "their messages on, until an error makes them read the slot map again",
+        severity="note",
+    ),
+)
+
+
+def needs_of(layer: str, *, worker_queues: bool = True, cluster: bool = False) -> tuple[Need, ...]:
+    """The needs of ``layer`` ("core" or "pubsub"); ``worker_queues=False`` for ``worker_channels="pubsub"``,
+    ``cluster=True`` for a cluster entry (``{"cluster": [...]}``) in ``hosts``."""
     if layer == "core":
-        return CORE_NEEDS
-    if layer == "pubsub":
-        return tuple(need for need in PUBSUB_NEEDS if worker_queues or not need.worker_queues)
-    raise ValueError(f"unknown layer {layer!r}: expected 'core' or 'pubsub'")
+        needs = CORE_NEEDS
+    elif layer == "pubsub":
+        needs = tuple(need for need in PUBSUB_NEEDS if worker_queues or not need.worker_queues)
+    else:
+        raise ValueError(f"unknown layer {layer!r}: expected 'core' or 'pubsub'")
+    if not cluster:
+        return needs
+    extra = CLUSTER_NEEDS + (PUBSUB_CLUSTER_NEEDS if layer == "pubsub" else ())
+    return tuple(_sharded(need) for need in needs) + extra
 
 
-def commands_of(layer: str) -> frozenset[str]:
-    """Every command ``layer`` may send, fallbacks included."""
-    return frozenset().union(*(need.commands for need in needs_of(layer)))
+def _sharded(need: Need) -> Need:
+    """``need`` with each Pub/Sub command replaced by its sharded twin, as the layer sends it on a cluster."""
+    ways = tuple(tuple(SHARDED_PUBSUB.get(command, command) for command in way) for way in need.ways)
+    return need if ways == need.ways else replace(need, ways=ways)
+
+
+def commands_of(layer: str, *, cluster: bool = False) -> frozenset[str]:
+    """Every command ``layer`` may send (on one server, or with ``cluster=True`` on a cluster), fallbacks included."""
+    return frozenset().union(*(need.commands for need in needs_of(layer, cluster=cluster)))

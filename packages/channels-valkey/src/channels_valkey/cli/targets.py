@@ -1,9 +1,12 @@
-"""Which layer and which servers a command looks at: a Django settings module, or ``--hosts`` on the command line.
+"""Which layer and which servers a command looks at: a Django settings module, or ``--hosts`` (or ``--cluster``)
+on the command line.
 
 ``check`` and ``inspect`` take the same options. A settings module is imported as it is, without
 ``django.setup()``, so a project's channel layer settings can be checked before the rest of the project runs;
 ``CHANNEL_LAYERS[alias]["BACKEND"]`` says which layer it is and ``CONFIG`` is handed to that layer, which checks it
-as it would at startup. Every mistake ends in :class:`TargetError`, whose message says what to fix.
+as it would at startup. ``--cluster URL ...`` is short for the cluster entry ``--hosts '{"cluster": [URL, ...]}'``
+when the nodes need no options beyond what a URL says. Every mistake ends in :class:`TargetError`, whose message
+says what to fix.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "what to look at",
         "Either a Django settings module (--settings, or the DJANGO_SETTINGS_MODULE environment variable) or the "
-        "servers themselves (--hosts).",
+        "servers themselves (--hosts, or --cluster for a Valkey Cluster).",
     )
     group.add_argument(
         "--settings",
@@ -81,14 +84,23 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="HOST",
         help="one entry per shard, as in CONFIG['hosts']: a URL (valkey://, valkeys://, unix://) or a JSON "
-        'object such as \'{"sentinels": [["10.0.0.1", 26379]], "master_name": "mymaster"}\'',
+        'object such as \'{"sentinels": [["10.0.0.1", 26379]], "master_name": "mymaster"}\' or '
+        '\'{"cluster": ["valkey://10.0.0.1:7000"], "ssl_ca_certs": "ca.pem"}\'',
     )
     group.add_argument(
-        "--layer", choices=sorted(LAYERS), help="which layer the --hosts serve (default: core)"
+        "--cluster",
+        nargs="+",
+        metavar="URL",
+        help="some nodes of a Valkey Cluster (valkey://host:port or valkeys://..., credentials in the URL); the "
+        "same as --hosts '{\"cluster\": [URL, ...]}'",
+    )
+    group.add_argument(
+        "--layer", choices=sorted(LAYERS), help="which layer the --hosts or --cluster serve (default: core)"
     )
     group.add_argument(
         "--prefix",
-        help=f"the layer's key prefix (default: the settings' prefix, or {DEFAULT_PREFIX!r} with --hosts)",
+        help=f"the layer's key prefix (default: the settings' prefix, or {DEFAULT_PREFIX!r} with --hosts or "
+        "--cluster)",
     )
     parser.add_argument(
         "--timeout",
@@ -115,17 +127,25 @@ def command_policy(timeout: float) -> ResiliencePolicy:
 def resolve_target(args: argparse.Namespace) -> Target:
     """The layer the parsed options point at; raises :class:`TargetError` naming what is wrong."""
     settings = args.settings
-    if settings and args.hosts:
-        raise TargetError("give either --settings or --hosts, not both")
-    if args.hosts:
+    given = [
+        option
+        for option, value in (("--settings", settings), ("--hosts", args.hosts), ("--cluster", args.cluster))
+        if value
+    ]
+    if len(given) > 1:
+        raise TargetError(f"give one of --settings, --hosts or --cluster, not {' and '.join(given)}")
+    if args.hosts or args.cluster:
+        source = "--hosts" if args.hosts else "--cluster"
         if args.alias is not None:
-            raise TargetError("--alias picks a CHANNEL_LAYERS entry and goes with --settings, not --hosts")
+            raise TargetError(f"--alias picks a CHANNEL_LAYERS entry and goes with --settings, not {source}")
         layer = args.layer or "core"
-        config: dict[str, Any] = {"hosts": _parse_hosts(args.hosts)}
-        source = "--hosts"
+        hosts = _parse_hosts(args.hosts) if args.hosts else [_cluster_entry(args.cluster)]
+        config: dict[str, Any] = {"hosts": hosts}
     else:
         if args.layer is not None:
-            raise TargetError("--layer goes with --hosts; with settings, the BACKEND says which layer it is")
+            raise TargetError(
+                "--layer goes with --hosts or --cluster; with settings, the BACKEND says which layer it is"
+            )
         if not settings:
             settings = os.environ.get("DJANGO_SETTINGS_MODULE")
             if not settings:
@@ -171,6 +191,19 @@ def _parse_hosts(values: Sequence[str]) -> list[Any]:
         else:
             hosts.append(value)
     return hosts
+
+
+def _cluster_entry(values: Sequence[str]) -> dict[str, Any]:
+    """``--cluster`` values as a cluster entry; the layer checks the URLs as it checks any cluster entry."""
+    for index, value in enumerate(values):
+        if value.lstrip().startswith(("{", "[")):
+            # The value itself is not repeated: it may hold a password.
+            raise TargetError(
+                f"--cluster node {index} is not a URL: --cluster takes node URLs such as valkey://10.0.0.1:7000; "
+                "for options a URL cannot carry (ssl_ca_certs, ...) give the whole entry to --hosts: "
+                '\'{"cluster": ["valkeys://10.0.0.1:7000"], "ssl_ca_certs": "ca.pem"}\''
+            )
+    return {"cluster": list(values)}
 
 
 def _from_settings(module_name: str, alias: str) -> tuple[str, dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 Per shard: reachable and how far (PING round trip), which server and version, its role (a replica refuses the
 layer's writes), its ``maxmemory-policy`` (one that evicts can drop queued messages and groups), and whether the
-connected user's ACL allows every command the layer sends, or only the fallbacks that leave it degraded.
+connected user's ACL allows every command the layer sends, or only the fallbacks that leave it degraded. A Valkey
+Cluster is checked primary by primary, each with the cluster's state as that node sees it.
 Exit status: 1 for any error, 0 otherwise (warnings too, unless ``--strict``), 2 when the options or settings
 are wrong.
 """
@@ -42,6 +43,8 @@ class ShardCheck:
     reachable: str = "no"
     facts: ServerFacts | None = None
     service: str | None = None
+    #: A shard of a cluster entry (``{"cluster": [...]}``): one of the primaries its slot map names.
+    cluster: bool = False
     primary: str | None = None
     acl_method: str | None = None
     acl_user: str | None = None
@@ -59,6 +62,8 @@ class ShardCheck:
         shown = "primary" if role == "master" else "replica" if role in ("replica", "slave") else role
         if self.service is not None:
             return f"{shown} (Sentinel {self.service!r}: {self.primary or 'address unknown'})"
+        if self.cluster:
+            return f"{shown} (cluster)"
         return shown
 
     @property
@@ -131,9 +136,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 async def check_shard(slot: ShardSlot, target: Target) -> ShardCheck:
     """Everything ``check`` finds on one shard; connection failures become findings, not exceptions."""
-    result = ShardCheck(slot.index, slot.host, service=slot.service)
+    result = ShardCheck(slot.index, slot.host, service=slot.service, cluster=slot.cluster is not None)
     if slot.problem is not None:
-        result.add("error", f"unreachable: {slot.problem}")
+        if slot.login_refused:
+            result.reachable = "login refused"
+        result.add("error", slot.problem)
         return result
     try:
         client = await slot.client()
@@ -141,12 +148,13 @@ async def check_shard(slot: ShardSlot, target: Target) -> ShardCheck:
         result.reachable = "yes"
         result.primary = primary_address(client) if slot.service else None
         _judge_facts(result, facts, target)
-        if facts.mode in ("sentinel", "cluster"):
+        if facts.mode == "sentinel" or (facts.mode == "cluster" and not result.cluster):
             return result
-        checker = AclChecker(client, ProbeNames.for_layer(target.layer, target.prefix))
+        checker = AclChecker(client, ProbeNames.for_layer(target.instance))
         await checker.start()
         result.acl_method, result.acl_user = checker.method, checker.user
-        result.verdicts = await checker.verdicts(needs_of(target.layer, worker_queues=target.worker_queues))
+        needs = needs_of(target.layer, worker_queues=target.worker_queues, cluster=result.cluster)
+        result.verdicts = await checker.verdicts(needs)
         await checker.clean_up()
     except valkey_errors.AuthenticationError as error:
         result.reachable = "login refused"
@@ -172,15 +180,32 @@ def _judge_facts(result: ShardCheck, facts: ServerFacts, target: Target) -> None
             "({'sentinels': [(host, port)], 'master_name': ...})",
         )
         return
-    if facts.mode == "cluster":
-        result.add("error", "the server runs in cluster mode, which the layers do not support yet")
+    if facts.mode == "cluster" and not result.cluster:
+        result.add(
+            "error",
+            "the server runs in cluster mode: as a plain hosts entry the layer would get MOVED for every key of "
+            "another node's slots; write the cluster as one entry, "
+            '{"cluster": ["valkey://HOST:PORT", ...]} (on the command line: --cluster URL ...)',
+        )
         return
     verdict = judge_server(facts.name, facts.version)
     if verdict is not None:
         result.add(*verdict)
+    if result.cluster and facts.cluster_state not in (None, "ok"):
+        result.add(
+            "error",
+            f"cluster_state is {facts.cluster_state!r} (CLUSTER INFO): the cluster refuses commands until every "
+            "slot is served again",
+        )
     writes = target.layer == "core" or target.worker_queues
     if facts.role in ("replica", "slave"):
-        if result.service is not None:
+        if result.cluster:
+            result.add(
+                "error",
+                "the cluster's slot map names this node a primary, but it reports role replica: a failover may "
+                "be under way; check again",
+            )
+        elif result.service is not None:
             result.add(
                 "error",
                 f"the Sentinels name this node the primary of {result.service!r}, but it reports role replica: "
@@ -257,6 +282,7 @@ def _shard_json(shard: ShardCheck) -> dict[str, Any]:
         "mode": facts.mode,
         "role": None if shard.facts is None or facts.role is None else shard.role.split(" ")[0],
         "sentinel": {"service": shard.service, "primary": shard.primary} if shard.service else None,
+        "cluster": {"state": facts.cluster_state} if shard.cluster else None,
         "maxmemory_policy": facts.maxmemory_policy,
         "acl": {
             "status": shard.acl,
@@ -318,10 +344,10 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "check",
         help="check that the servers suit the configured layer (version, role, eviction, ACL)",
-        description="Check each shard of a channel layer: reachable and latency, server and version, role, "
-        "maxmemory-policy, and whether the ACL allows every command the layer uses. Exit status: 0 when "
-        "the layer can work (warnings are printed), 1 when something is an error (or a warning, with "
-        "--strict), 2 when the options or the settings are wrong.",
+        description="Check each shard of a channel layer (each primary of a Valkey Cluster): reachable and "
+        "latency, server and version, role, maxmemory-policy, and whether the ACL allows every command the layer "
+        "uses. Exit status: 0 when the layer can work (warnings are printed), 1 when something is an error (or a "
+        "warning, with --strict), 2 when the options or the settings are wrong.",
     )
     add_target_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="exit with status 1 on warnings too")

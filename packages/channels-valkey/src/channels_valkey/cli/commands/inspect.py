@@ -3,8 +3,8 @@
 Core layer: every channel queue with its length and the age of its oldest message, and every group with its live
 members (as ``group_channels`` counts them, which also drops members past ``group_expiry``, as the next
 ``group_send`` would). Pub/Sub layer: the subscribed channels and groups with their subscriber counts, and the
-worker queues. Keys are found with ``SCAN``, never ``KEYS``, at most ``--max-keys`` per shard. Exit status: 0, or
-1 when a shard could not be inspected, 2 when the options or settings are wrong.
+worker queues. Keys are found with ``SCAN``, never ``KEYS``, at most ``--max-keys`` per shard (per primary of a
+Valkey Cluster). Exit status: 0, or 1 when a shard could not be inspected, 2 when the options or settings are wrong.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ async def inspect_shard(slot: ShardSlot, target: Target, limit: int) -> ShardInv
     """The inventory of one shard; a failure is kept as its ``problem`` instead of being raised."""
     shard = ShardInventory(slot.index, slot.host)
     if slot.problem is not None:
-        shard.problem = f"unreachable: {slot.problem}"
+        shard.problem = slot.problem
         return shard
     try:
         client = await slot.client()
         if isinstance(target.instance, ValkeyChannelLayer):
             await core_inventory(shard, client, target.instance, limit)
         else:
-            await pubsub_inventory(shard, client, target.prefix, limit)
+            await pubsub_inventory(shard, client, target.instance, limit)
     except valkey_errors.NoPermissionError as error:
         shard.problem = f"the ACL refuses a command inspect needs (SCAN, ZRANGE, PUBSUB ...): {error}"
     except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as error:
@@ -197,10 +197,10 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "inspect",
         help="list a layer's channels (queue length, oldest message) and groups on its servers",
-        description="List what one prefix holds on every shard: channels with their queue length and the age "
-        "of their oldest message, groups with their members (core) or subscribers (Pub/Sub). Keys are found "
-        "with SCAN, never KEYS. Exit status: 0, 1 when a shard could not be inspected, 2 when the options or "
-        "the settings are wrong.",
+        description="List what one prefix holds on every shard (every primary of a Valkey Cluster): channels "
+        "with their queue length and the age of their oldest message, groups with their members (core) or "
+        "subscribers (Pub/Sub). Keys are found with SCAN, never KEYS. Exit status: 0, 1 when a shard could not "
+        "be inspected, 2 when the options or the settings are wrong.",
     )
     add_target_arguments(parser)
     parser.add_argument(
@@ -208,7 +208,7 @@ def register(commands: Any) -> None:
         type=max_keys,
         default=DEFAULT_MAX_KEYS,
         metavar="N",
-        help=f"look at no more than N keys per shard (default: {DEFAULT_MAX_KEYS})",
+        help=f"look at no more than N keys per shard or cluster primary (default: {DEFAULT_MAX_KEYS})",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=run)
