@@ -167,6 +167,21 @@ def test_send_receive_concurrent(
             record("1d send+receive normal concurrent", turns.rate(CONCURRENT_MESSAGES))
 
 
+# 1e: normal channels like for like: ours with worker_channels="pubsub" publishes them to every listening process,
+# as the peer does, instead of queueing each for one process.
+@pytest.mark.benchmark(group="1 send+receive sequential")
+def test_send_receive_normal_like_for_like(
+    flow_turns: FlowTurns, run: Run, layers: Layers, build_layer: Callable[..., Any], record: Record
+) -> None:
+    ours, peer = layers  # the sides' names, ours first
+    pair = {ours: build_layer(ours, worker_channels="pubsub"), peer: layers[peer]}
+    turns = flow_turns(
+        send_receive_pairs, open_channels(run, pair, "normal"), SEQUENTIAL_PAIRS, rounds=THROUGHPUT_ROUNDS
+    )
+    if turns.timed:
+        record("1e send+receive normal sequential, both on Pub/Sub", turns.rate(SEQUENTIAL_PAIRS))
+
+
 # 2. process-channel round trip ------------------------------------------------------------------------------------
 
 

@@ -185,6 +185,20 @@ async def test_local_buffer_is_bounded_by_capacity(
     assert [(await receive(layer, channel))["n"] for _ in range(3)] == [2, 3, 4]
 
 
+async def test_local_buffer_is_bounded_by_the_channel_capacity_that_matches(
+    make_layer: MakeLayer, receive: Receive, eventually: Eventually
+) -> None:
+    layer = make_layer(capacity=10, channel_capacity={"*tight.*": 2})  # names start with the layer prefix
+    tight, roomy = await layer.new_channel("tight."), await layer.new_channel("roomy.")
+    for n in range(4):
+        await layer.send(tight, {"type": "n", "n": n})
+        await layer.send(roomy, {"type": "n", "n": n})
+    await eventually(lambda: layer.counters.buffer_overflow == 2, "two messages to overflow the tight buffer")
+    assert [(await receive(layer, tight))["n"] for _ in range(2)] == [2, 3]
+    assert [(await receive(layer, roomy))["n"] for _ in range(4)] == [0, 1, 2, 3]
+    assert layer.counters.buffer_overflow == 2
+
+
 @pytest.mark.parametrize("topology", ["single"], indirect=True)
 async def test_buffered_messages_expire(
     make_layer: MakeLayer, receive: Receive, eventually: Eventually, topology: Topology
@@ -261,6 +275,9 @@ async def test_invalid_names_and_messages_are_refused_naming_the_value(
 def test_unknown_and_bad_options_are_refused_naming_them(hosts: list[Any]) -> None:
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'brpop_timeout', 'capacty'"):
         ValkeyPubSubChannelLayer(hosts=hosts, capacty=10, brpop_timeout=1)
+    # The core layer's option that Pub/Sub payloads have no use for: refused, not silently ignored.
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'random_prefix_length'"):
+        ValkeyPubSubChannelLayer(hosts=hosts, random_prefix_length=12)
     with pytest.raises(ValueError, match="capacity must be a whole number >= 1, not 0"):
         ValkeyPubSubChannelLayer(hosts=hosts, capacity=0)
     with pytest.raises(ValueError, match=r"expiry must be a whole number >= 1, not 1\.5"):

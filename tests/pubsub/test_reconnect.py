@@ -195,3 +195,37 @@ async def test_a_send_whose_reply_was_lost_raises_instead_of_sending_a_second_co
         await sender.close_pools()
         await receiver.close_pools()
 
+
+async def test_on_several_shards_only_the_channels_reached_through_the_lost_shard_are_told(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str, receive: Receive
+) -> None:
+    """Decision: a channel is told when a shard carrying one of its subscriptions (its own name or one of its
+    groups) drops; a channel with nothing on that shard missed nothing, so it gets no notice."""
+    kept, lost = server_factory(), server_factory()
+    layer = ValkeyPubSubChannelLayer(
+        hosts=[kept.url(), lost.url()], prefix=key_prefix, on_disconnect="layer.down", on_reconnect="layer.up"
+    )
+    try:
+        names: dict[int, list[str]] = {0: [], 1: []}
+        while len(names[0]) < 2 or not names[1]:
+            channel = await layer.new_channel()
+            names[layer.consistent_hash(channel)].append(channel)
+        untouched, via_group, own = names[0][0], names[0][1], names[1][0]
+        group = next(
+            g
+            for g in (f"room{n}" for n in range(100))
+            if layer.consistent_hash(f"{key_prefix}__group__{g}") == 1
+        )
+        await layer.group_add(group, via_group)
+        lost.kill()
+        assert await receive(layer, own) == {"type": "layer.down"}
+        assert await receive(layer, via_group) == {"type": "layer.down"}
+        await asyncio.to_thread(lost.start)
+        assert await receive(layer, own) == {"type": "layer.up"}
+        assert await receive(layer, via_group) == {"type": "layer.up"}
+        await layer.send(untouched, {"type": "no notice came before me"})
+        assert await receive(layer, untouched) == {"type": "no notice came before me"}
+        await layer.group_send(group, {"type": "grouped"})
+        assert await receive(layer, via_group) == {"type": "grouped"}
+    finally:
+        await layer.close_pools()
