@@ -4,6 +4,7 @@ live members (or subscribers), one prefix at a time, and a scan that says when i
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
 from servers.process import ValkeyProcess, free_port
-from servers.topologies import add_acl_user
+from servers.topologies import SentinelGroup, add_acl_user
 
 RunCli = Callable[..., Any]
 
@@ -96,6 +97,31 @@ def test_core_channels_and_groups(run_cli: RunCli, urls: list[str], key_prefix: 
         assert any(line.split() == ["shard", "group", "members"] for line in lines)
         assert any(line.split()[1:] == ["room", "2"] for line in lines)
         assert lines[-1].endswith("no problems found (exit status 0)")
+    finally:
+        asyncio.run(_flush(layer))
+
+
+def test_through_sentinel(run_cli: RunCli, sentinel_group: SentinelGroup, key_prefix: str) -> None:
+    """A Sentinel entry: the primary the Sentinels name is inspected, its row says which service it is."""
+    prefix = key_prefix + "asgi"
+    entry = sentinel_group.host_entry()
+    layer = ValkeyChannelLayer(hosts=[entry], prefix=prefix)
+
+    async def fill() -> None:
+        await layer.send("chat.lobby", {"type": "one"})
+        await layer.send("chat.lobby", {"type": "two"})
+        await layer.group_add("room", "chat.lobby")
+        await layer.close_pools()
+
+    try:
+        asyncio.run(fill())
+        result = run_cli("inspect", "--hosts", json.dumps(entry), "--prefix", prefix, "--json")
+        assert result.status == 0, result.stdout
+        document = result.json()
+        assert {name: total["messages"] for name, total in _by_channel(document).items()} == {"chat.lobby": 2}
+        assert [(group["name"], group["members"]) for group in document["groups"]] == [("room", 1)]
+        (shard,) = document["shards"]
+        assert "mymaster" in json.dumps(shard)
     finally:
         asyncio.run(_flush(layer))
 

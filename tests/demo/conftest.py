@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import runpy
 import selectors
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import valkey
@@ -26,7 +28,8 @@ import valkey
 from servers.process import ValkeyProcess, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_PY = REPO / "examples" / "chat" / "run.py"
+DEMO_DIR = REPO / "examples" / "chat"
+RUN_PY = DEMO_DIR / "run.py"
 LAYERS = ("core", "pubsub")
 #: Seconds the launcher may take to print its URL line (Django imported in every worker, first page served).
 START_TIMEOUT = 60.0
@@ -133,6 +136,26 @@ class Demo:
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
+
+    def channel_layer_settings(self) -> dict[str, Any]:
+        """``CHANNEL_LAYERS["default"]`` as the demo's settings module builds it for this demo's layer and hosts.
+
+        The module is run afresh with the variables run.py gives uvicorn, so a test reads the demo's real
+        configuration (its prefix above all) instead of repeating it.
+        """
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CHAT_DEMO_LAYER", self.layer)
+            patch.setenv("CHAT_DEMO_HOSTS", " ".join(self.valkey_urls))
+            settings = runpy.run_path(str(DEMO_DIR / "chat_project" / "settings.py"))
+        layer: dict[str, Any] = settings["CHANNEL_LAYERS"]["default"]
+        return layer
+
+    @staticmethod
+    def group_of(room: str) -> str:
+        """The Channels group the demo's consumer puts every connection to ``room`` in."""
+        group_for = runpy.run_path(str(DEMO_DIR / "rooms" / "rules.py"))["group_for"]
+        group: str = group_for(room)
+        return group
 
     def uvicorn_master(self) -> ProcessId:
         masters = [child for child in children_of(self.pid) if "uvicorn" in child.command]

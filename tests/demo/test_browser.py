@@ -1,12 +1,16 @@
-"""The chat in a real browser (Debian's Chromium driven by Playwright): a message typed in one tab shows in another.
+"""The chat in a real browser (Debian's Chromium driven by Playwright): a message typed in one tab shows in another
+tab, served by another worker process.
 
-Playwright never downloads a browser here: it drives the system's ``/usr/bin/chromium``. A screenshot of the
-receiving tab is kept as a build artifact (``$CHANNELS_VALKEY_ARTIFACTS``, else ``build/artifacts/``).
+Playwright never downloads a browser here: it drives the ``chromium`` on PATH, found as ``.ci/run`` finds it before
+deciding to install Debian's package. A screenshot of the receiving tab, showing the message's hop from one worker
+through Valkey to the other, is kept as a build artifact (``$CHANNELS_VALKEY_ARTIFACTS``, else ``build/artifacts/``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +18,10 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Error as PlaywrightError
 
-CHROMIUM = Path("/usr/bin/chromium")
+#: How to get a Chromium the test can drive; .ci/run runs this when it finds none.
+INSTALL_CHROMIUM = "install Debian's package with `sudo apt-get install chromium` (.ci/run does so on CI)"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -27,6 +33,8 @@ CHROMIUM_ARGS = [
 ]
 #: Milliseconds, as Playwright counts: generous, so only a message that never arrives fails the test.
 TIMEOUT_MS = 10_000
+#: Tabs opened, at most, before one connects to a worker other than the first tab's (they share one socket).
+MAX_TABS = 40
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,18 +46,34 @@ def artifacts_dir() -> Path:
     return directory
 
 
-@pytest.fixture
-def chromium() -> Path:
-    """The system's Chromium; its absence fails the test (CI installs it), it never skips it."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"the browser tests need Chromium at {CHROMIUM}: apt-get install chromium")
-    return CHROMIUM
+def find_chromium() -> Path:
+    """The first ``chromium`` on PATH unless it is a snap launcher: the rule .ci/run applies before installing one.
+
+    A snap's Chromium is confined to its own directories and cannot use the profile Playwright gives it, so it is
+    refused here with the same advice as a missing one. A failure, never a skip: CI installs the package.
+    """
+    found = shutil.which("chromium")
+    if found is None:
+        pytest.fail(f"the browser tests need a `chromium` on PATH and there is none: {INSTALL_CHROMIUM}")
+    target = Path(found).resolve()
+    if target.parts[1:2] == ("snap",) or target.name == "snap":
+        pytest.fail(
+            f"the `chromium` on PATH, {found}, is a snap launcher (it leads to {target}), which Playwright "
+            f"cannot drive: {INSTALL_CHROMIUM}, and put /usr/bin before /snap/bin on PATH"
+        )
+    return Path(found)
 
 
 @pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
+async def browser() -> AsyncIterator[Browser]:
+    chromium = find_chromium()
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            browser = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        except PlaywrightError as exc:
+            pytest.fail(
+                f"Playwright could not start {chromium}: {exc}\nIs it Debian's Chromium? {INSTALL_CHROMIUM}"
+            )
         try:
             yield browser
         finally:
@@ -64,10 +88,37 @@ async def open_tab(browser: Browser) -> Page:
     return page
 
 
-async def wait_connected(page: Page, layer: str) -> None:
-    await expect(page.locator("#status")).to_contain_text("connected to worker", timeout=TIMEOUT_MS)
-    await expect(page.locator("#status")).to_contain_text(f"{layer} layer", timeout=TIMEOUT_MS)
+async def wait_connected(page: Page, layer: str) -> int:
+    """Wait for the page's WebSocket to be welcomed; return the PID of the worker it is on (the page shows it)."""
+    status = page.locator("#status")
+    await expect(status).to_contain_text("connected to worker", timeout=TIMEOUT_MS)
+    await expect(status).to_contain_text(f"{layer} layer", timeout=TIMEOUT_MS)
     await expect(page.locator("#send")).to_be_enabled(timeout=TIMEOUT_MS)
+    text = await status.text_content() or ""
+    found = re.search(r"connected to worker (\d+)", text)
+    assert found is not None, text
+    return int(found[1])
+
+
+async def open_room_on_another_worker(
+    browser: Browser, url: str, room: str, layer: str, avoid: int
+) -> tuple[Page, int]:
+    """A new visitor's tab on ``room`` whose WebSocket is served by a worker other than ``avoid``.
+
+    Connections land on whichever worker accepts first, often the same one: tabs are reopened until one lands
+    elsewhere, at most :data:`MAX_TABS` times.
+    """
+    workers = []
+    for _ in range(MAX_TABS):
+        page = await open_tab(browser)
+        await page.goto(f"{url}room/{room}/")
+        await expect(page.locator("h1")).to_have_text(f"#{room}")
+        worker = await wait_connected(page, layer)
+        if worker != avoid:
+            return page, worker
+        workers.append(worker)
+        await page.context.close()
+    pytest.fail(f"{MAX_TABS} tabs all connected to worker {avoid}, the first tab's: {workers}")
 
 
 async def send(page: Page, author: str, text: str) -> None:
@@ -79,28 +130,36 @@ async def send(page: Page, author: str, text: str) -> None:
 async def test_a_message_typed_in_one_tab_appears_in_the_other(browser: Browser, demo: Any) -> None:
     room = f"tea-{uuid.uuid4().hex[:6]}"
     sender = await open_tab(browser)
-    receiver = await open_tab(browser)
 
-    # The first visitor picks the room with the form; the second follows a link to it.
+    # The first visitor picks the room with the form; the second follows a link to it, served by another worker.
     await sender.goto(demo.url)
     await sender.fill("#room", room)
     await sender.click("#picker button[type=submit]")
     await expect(sender).to_have_url(f"{demo.url}room/{room}/", timeout=TIMEOUT_MS)
-    await receiver.goto(f"{demo.url}room/{room}/")
-    await expect(receiver.locator("h1")).to_have_text(f"#{room}")
-    await wait_connected(sender, demo.layer)
-    await wait_connected(receiver, demo.layer)
+    sender_worker = await wait_connected(sender, demo.layer)
+    receiver, receiver_worker = await open_room_on_another_worker(
+        browser, demo.url, room, demo.layer, avoid=sender_worker
+    )
 
     await send(sender, "ada", "Does the layer carry this across workers?")
     arrived = receiver.locator("#log .message").filter(has_text="Does the layer carry this across workers?")
     await expect(arrived).to_have_count(1, timeout=TIMEOUT_MS)
     await expect(arrived.locator(".author")).to_have_text("ada")
-    await expect(sender.locator("#log .message")).to_have_count(1, timeout=TIMEOUT_MS)
+    # Received by the sender's worker, delivered by the receiver's: the page shows the hop through the layer.
+    await expect(arrived).to_have_class(re.compile(r"\bremote\b"))
+    await expect(arrived.locator(".route")).to_contain_text(
+        f"worker {sender_worker} → Valkey → worker {receiver_worker}"
+    )
+    echoed = sender.locator("#log .message")
+    await expect(echoed).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(echoed).to_have_class(re.compile(r"\blocal\b"))
     assert await sender.locator("#message").input_value() == ""
 
     await send(receiver, "grace", "It does: <b>this</b> stays text.")
-    await expect(sender.locator("#log .message").filter(has_text="<b>this</b> stays text")).to_have_count(
-        1, timeout=TIMEOUT_MS
+    answer = sender.locator("#log .message").filter(has_text="<b>this</b> stays text")
+    await expect(answer).to_have_count(1, timeout=TIMEOUT_MS)
+    await expect(answer.locator(".route")).to_contain_text(
+        f"worker {receiver_worker} → Valkey → worker {sender_worker}"
     )
     await expect(receiver.locator("#log .message")).to_have_count(2, timeout=TIMEOUT_MS)
     assert await receiver.locator("#log b").count() == 0

@@ -1,24 +1,28 @@
-"""``examples/chat/run.py`` itself: its URL line serves the page, every way of stopping it leaves nothing behind,
-and bad options are refused by name."""
+"""``examples/chat/run.py`` itself: ``hatch run demo`` runs it, its URL line serves the page, every way of stopping
+it leaves nothing behind, and bad options are refused by name."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import os
+import shlex
 import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import tomllib
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from servers.process import ValkeyProcess
 
+REPO = Path(__file__).resolve().parents[2]
 RUN_PY = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "chat", "run.py")
 TIMEOUT = 10.0
 
@@ -33,6 +37,42 @@ def get(url: str, path: str = "") -> tuple[int, str, str]:
         return response.status, response.getheader("Content-Type", ""), response.read().decode()
     finally:
         connection.close()
+
+
+def test_hatch_run_demo_is_this_launcher_with_the_arguments_passed_on() -> None:
+    """The README says ``hatch run demo``; every other test starts run.py directly, so the script line is checked
+    here. Running hatch itself would have to build the default environment, which CI (``hatch test``) never does."""
+    scripts = tomllib.loads((REPO / "hatch.toml").read_text())["envs"]["default"]["scripts"]
+    script = scripts.get("demo")
+    if isinstance(script, list) and len(script) == 1:
+        [script] = script
+    assert isinstance(script, str), (
+        f"hatch.toml: envs.default.scripts.demo must be one command, not {script!r}"
+    )
+    words = shlex.split(script)
+    # `python` is the environment's interpreter; hatch replaces {args} with what follows `hatch run demo`, and
+    # drops those words altogether from a script that has no {args}.
+    assert len(words) == 3, f"demo = {script!r}: expected `python examples/chat/run.py {{args}}`"
+    assert words[0] == "python", f"demo = {script!r} must run the environment's `python`"
+    assert (REPO / words[1]).resolve() == Path(RUN_PY).resolve(), f"demo = {script!r} runs another file"
+    assert words[2] == "{args}", f"demo = {script!r} must end with {{args}} to pass the options on"
+
+    # Run it as hatch does: through the shell, from the project root, with the environment's scripts first on PATH.
+    command = script.replace("{args}", shlex.join(["--workers", "0"]))
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("usage: hatch run demo "), result.stderr
+    assert "argument --workers: invalid worker count 0" in result.stderr
 
 
 def test_the_printed_url_serves_the_chat(demo: Any) -> None:

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+
+from servers.process import ValkeyProcess
 
 #: Connections to open, at most, before two land on different workers (they share one listening socket).
 MAX_ATTEMPTS = 40
@@ -95,6 +97,43 @@ async def test_workers_relay_messages_through_the_layer(demo: Any, clients: Clie
     await say(outsider, "eve", "anyone here?")
     echoed = await receive(outsider)
     assert (echoed["type"], echoed["author"], echoed["text"]) == ("message", "eve", "anyone here?")
+
+
+async def test_the_layer_at_work_is_the_one_named(
+    demo: Any, clients: Clients, valkey_server: ValkeyProcess, eventually: Callable[..., Awaitable[None]]
+) -> None:
+    """The welcome frame and the page only repeat the setting's label; this looks for what the running layer
+    itself leaves on the demo's Valkey when a client joins a room: a group sorted set (core) or a subscription
+    to the group's Pub/Sub channel (pubsub), and never the other."""
+    assert demo.valkey_urls == [valkey_server.url()]
+    prefix = demo.channel_layer_settings()["CONFIG"]["prefix"]
+    room = unique("room")
+    group = demo.group_of(room)
+    group_key = f"{prefix}:group:{group}"  # the core layer's sorted set of the group's channels
+    group_channel = f"{prefix}__group__{group}"  # what the Pub/Sub layer subscribes a group's members to
+
+    with valkey_server.client() as server:
+
+        def on_server() -> tuple[int, int]:
+            """(channels in the group's sorted set, connections subscribed to the group's channel)."""
+            [(_, subscribers)] = server.pubsub_numsub(group_channel)
+            return server.zcard(group_key), subscribers
+
+        assert on_server() == (0, 0)
+        client, _ = await clients.join(room)
+        # The consumer says welcome only once group_add has returned: the layer has done its part by now.
+        members, subscribers = on_server()
+        seen = (
+            f"{demo.layer} layer: {members} in {group_key!r}, {subscribers} subscribed to {group_channel!r}"
+        )
+        if demo.layer == "core":
+            assert (members, subscribers) == (1, 0), seen
+        else:
+            assert members == 0, seen
+            assert subscribers > 0, seen
+
+        await client.close()
+        await eventually(lambda: on_server() == (0, 0), f"the {demo.layer} layer to let go of {group!r}")
 
 
 @pytest.mark.parametrize(
