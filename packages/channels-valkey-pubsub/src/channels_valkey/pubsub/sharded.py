@@ -36,8 +36,9 @@ from channels_valkey.pubsub.subscriber import (
     Sink,
     Subscriber,
     Subscriptions,
-    retrieve_outcome,
+    confirmation,
     settle,
+    wait_confirmed,
 )
 from channels_valkey.sentinel import (
     ClusterShard,
@@ -167,18 +168,13 @@ class ClusterSubscriber:
             self._kick()
         if not wait:
             return
-        pending = [self._confirmation(name) for name in names if name not in self.confirmed]
-        if not pending:
-            return
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(f) for f in pending)), self.policy.retry_deadline
-            )
-        except asyncio.TimeoutError:
-            raise valkey_errors.TimeoutError(
-                f"shard {self.index}: the cluster did not confirm SSUBSCRIBE {names[:3]} within "
-                f"{self.policy.retry_deadline:g}s; the subscription is kept and made as soon as the cluster answers"
-            ) from None
+        pending = [confirmation(self._confirmations, name) for name in names if name not in self.confirmed]
+        await wait_confirmed(
+            pending,
+            self.policy.retry_deadline,
+            f"shard {self.index}: the cluster did not confirm SSUBSCRIBE {names[:3]}",
+            "made as soon as the cluster answers",
+        )
 
     async def unsubscribe(self, names: Iterable[str]) -> None:
         """Stop wanting ``names``; each node is told at once when connected."""
@@ -224,8 +220,8 @@ class ClusterSubscriber:
         for node in nodes:
             await node.aclose()
         closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
-        for confirmation in self._confirmations.values():
-            settle(confirmation, closed)
+        for waiting in self._confirmations.values():
+            settle(waiting, closed)
         self._confirmations.clear()
 
     # What the node subscribers report (the Sink of each) ----------------------------------------------------
@@ -422,10 +418,3 @@ class ClusterSubscriber:
         if self._told and not self._down:
             told, self._told = self._told, set()
             self.sink.on_restored(self, told)
-
-    def _confirmation(self, name: str) -> asyncio.Future[None]:
-        future = self._confirmations.get(name)
-        if future is None or future.done():
-            future = self._confirmations[name] = asyncio.get_running_loop().create_future()
-            future.add_done_callback(retrieve_outcome)
-        return future

@@ -161,18 +161,13 @@ class Subscriber:
             await self._write("SUBSCRIBE", new)
         if not wait:
             return
-        pending = [self._confirmation(name) for name in names if name not in self.confirmed]
-        if not pending:
-            return
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(asyncio.shield(f) for f in pending)), self.policy.retry_deadline
-            )
-        except asyncio.TimeoutError:
-            raise valkey_errors.TimeoutError(
-                f"shard {self.index}: the server did not confirm SUBSCRIBE {names[:3]} within "
-                f"{self.policy.retry_deadline:g}s; the subscription is kept and restored when the shard answers"
-            ) from None
+        pending = [confirmation(self._confirmations, name) for name in names if name not in self.confirmed]
+        await wait_confirmed(
+            pending,
+            self.policy.retry_deadline,
+            f"shard {self.index}: the server did not confirm SUBSCRIBE {names[:3]}",
+            "restored when the shard answers",
+        )
 
     async def unsubscribe(self, names: Iterable[str]) -> None:
         """Stop wanting ``names``; the server is told at once when connected (a new connection never has them)."""
@@ -208,8 +203,8 @@ class Subscriber:
         if task is not None:
             await cancel_and_wait(task)
         closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
-        for confirmation in self._confirmations.values():
-            settle(confirmation, closed)
+        for waiting in self._confirmations.values():
+            settle(waiting, closed)
         self._confirmations.clear()
 
     # Writing ------------------------------------------------------------------------------------------------
@@ -242,14 +237,6 @@ class Subscriber:
     def _batches(self, names: list[str]) -> list[list[str]]:
         """How ``names`` are split into commands (one here; a cluster node takes one slot per command)."""
         return [names]
-
-    def _confirmation(self, name: str) -> asyncio.Future[None]:
-        future = self._confirmations.get(name)
-        if future is None or future.done():
-            future = self._confirmations[name] = asyncio.get_running_loop().create_future()
-            # Read the outcome even when the waiter gave up first, so no failure is reported as unretrieved.
-            future.add_done_callback(retrieve_outcome)
-        return future
 
     # The listener -------------------------------------------------------------------------------------------
 
@@ -478,8 +465,8 @@ class Subscriber:
 
     def _fail(self, error: BaseException) -> None:
         logger.error("shard %d: cannot subscribe: %s", self.index, error)
-        for confirmation in self._confirmations.values():
-            settle(confirmation, error)
+        for waiting in self._confirmations.values():
+            settle(waiting, error)
         self._confirmations.clear()
         self.sink.on_failed(self, self.wanted, error)
 
@@ -492,6 +479,31 @@ def settle(future: asyncio.Future[None] | None, error: BaseException | None = No
         future.set_result(None)
     else:
         future.set_exception(error)
+
+
+def confirmation(confirmations: dict[str, asyncio.Future[None]], name: str) -> asyncio.Future[None]:
+    """The future that the confirmation of ``name``'s subscription will settle (a new one if none is pending)."""
+    future = confirmations.get(name)
+    if future is None or future.done():
+        future = confirmations[name] = asyncio.get_running_loop().create_future()
+        # Read the outcome even when the waiter gave up first, so no failure is reported as unretrieved.
+        future.add_done_callback(retrieve_outcome)
+    return future
+
+
+async def wait_confirmed(
+    pending: list[asyncio.Future[None]], deadline: float, unconfirmed: str, kept: str
+) -> None:
+    """Wait for the confirmations ``pending``; after ``deadline`` seconds raise a TimeoutError saying
+    ``unconfirmed`` and that the subscriptions are kept and ``kept`` (shielded: the wait ends, they stay wanted)."""
+    if not pending:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*(asyncio.shield(f) for f in pending)), deadline)
+    except asyncio.TimeoutError:
+        raise valkey_errors.TimeoutError(
+            f"{unconfirmed} within {deadline:g}s; the subscription is kept and {kept}"
+        ) from None
 
 
 def retrieve_outcome(future: asyncio.Future[None]) -> None:
