@@ -15,6 +15,11 @@ minutes, so two sides timed minutes apart, in separate tests, gave ratios that m
 The few tests that must measure one side at a time (memory figures, which cannot be told apart when two layers
 share the process) take ``side`` and run once per side. Targets are reported, never asserted: a benchmark fails
 only when a layer delivers something wrong.
+
+The layer suites' cluster comparisons (``test_bench_cluster.py``) put our layer on the session's Valkey Cluster
+against our layer on the single server, with the fixtures of the last section: ``cluster_report``,
+``cluster_layers``, ``build_on``, and ``compare_fan_out`` / ``fan_out_to_processes``, which also count the calls
+of a command that one group_send made on each server.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from channels_valkey.cli.measure.flows import round_trip
+from channels_valkey.cli.measure.flows import GROUP, MESSAGE, round_trip
 
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
@@ -623,7 +628,7 @@ def flow_turns(
     """``flow_turns(flow, channels, amount, rounds=)``: a message flow of ``channels_valkey.cli.measure.flows``
     (``flow(layer, channel, amount)``, returning how many messages came intact) run by both sides in turns, after
     one warm-up round each; every round must bring all ``amount`` messages. ``channels`` is one channel name for
-    both sides, or a name by side."""
+    both sides, or a name by side; ``pair`` replaces the test's ``layers`` (layers built with other settings)."""
 
     def measure(
         flow: Callable[[Any, str, int], Awaitable[int]],
@@ -631,12 +636,247 @@ def flow_turns(
         amount: int,
         *,
         rounds: int,
+        pair: Mapping[str, Any] | None = None,
     ) -> Turns[Any]:
-        names = dict.fromkeys(layers, channels) if isinstance(channels, str) else channels
+        sides = layers if pair is None else dict(pair)
+        names = dict.fromkeys(sides, channels) if isinstance(channels, str) else channels
         turns = take_turns(
-            layers, lambda side: run(flow(layers[side], names[side], amount)), rounds=rounds, warmup=1
+            sides, lambda side: run(flow(sides[side], names[side], amount)), rounds=rounds, warmup=1
         )
         turns.check(amount)
         return turns
 
     return measure
+
+
+# Ours on a cluster vs ours on one server -------------------------------------------------------------------------
+#
+# The layer suites' cluster comparisons (issue #8; benchmarks/*/test_bench_cluster.py) have no peer, since
+# channels_redis does not run on a cluster: each times our layer on the session's cluster against our layer on the
+# single bench server, in turns. A module of that kind overrides ``report`` with ``cluster_report`` and ``layers``
+# with ``cluster_layers``, so that ``record``, ``flow_turns`` and ``process_round_trips`` work on its two sides.
+
+#: The sides of a cluster comparison: the one pytest-benchmark times first, then the one timed between its rounds.
+CLUSTER, SINGLE = "cluster", "single"
+
+#: A cluster comparison's rows: row name -> its unit and whether a higher figure is the better one.
+ClusterRows = Mapping[str, tuple[str, bool]]
+
+
+def _cluster_row(rows: ClusterRows) -> RowBuilder:
+    def row(group: str, cluster: Figures, single: Figures) -> dict[str, Any]:
+        unit, higher_is_better = rows[group]
+        on_cluster, on_single = cluster["value"], single["value"]
+        built: dict[str, Any] = {
+            "group": group,
+            "unit": unit,
+            "single": on_single,
+            "cluster": on_cluster,
+            "ratio": on_cluster / on_single if on_single else None,
+            "better": "higher" if higher_is_better else "lower",
+        }
+        if "calls" in single:
+            built["calls single"] = int(single["calls"])
+            built["calls cluster by node"] = sorted(
+                (int(value) for name, value in cluster.items() if name.startswith("calls node ")),
+                reverse=True,
+            )
+        return built
+
+    return row
+
+
+def _cluster_calls(row: dict[str, Any]) -> str:
+    if "calls single" not in row:
+        return "-"
+    return f"{row['calls single']} | {'+'.join(map(str, row['calls cluster by node']))}"
+
+
+def _cluster_figure(row: dict[str, Any], side: str) -> str:
+    return f"{row[side]:,.1f}" if row["unit"] == "us" else f"{row[side]:,.0f}"
+
+
+def _cluster_columns(subject: str, rows: ClusterRows, calls: str) -> list[Column]:
+    first = f"{subject} (issue #8)"
+    return [
+        (first, max(len(first), *(len(name) for name in rows)), lambda row: row["group"]),
+        ("unit", 12, lambda row: row["unit"]),
+        ("single server", 13, lambda row: _cluster_figure(row, SINGLE)),
+        ("cluster", 12, lambda row: _cluster_figure(row, CLUSTER)),
+        ("cluster/single", 14, lambda row: "-" if row["ratio"] is None else f"{row['ratio']:.2f}"),
+        ("better", 6, lambda row: row["better"]),
+        (calls, len(calls), _cluster_calls),
+    ]
+
+
+@pytest.fixture(scope="session")
+def cluster_report(ratio_report: Callable[..., RatioReport]) -> Callable[..., RatioReport]:
+    """``cluster_report(name, subject=, rows=, calls=)``: a cluster comparison's report, one row per name of
+    ``rows``: the single server's figure, the cluster's, cluster / single, and for the group_send rows the calls
+    of the counted command each server made (``calls`` is that column's header). No row has a target.
+
+    Its JSON goes to ``.benchmarks/{name}-ratios.json``, or to the path in ``{NAME}_RATIOS_FILE``.
+    """
+
+    def get(name: str, *, subject: str, rows: ClusterRows, calls: str) -> RatioReport:
+        return ratio_report(
+            name,
+            title=f"{subject}: ours on a Valkey Cluster (3 primaries + 3 replicas) vs ours on one server, same run, "
+            "same machine (no targets)",
+            columns=_cluster_columns(subject, rows, calls),
+            row=_cluster_row(rows),
+            file_env=f"{name.upper()}_RATIOS_FILE",
+            groups=list(rows),
+            sides=(CLUSTER, SINGLE),
+        )
+
+    return get
+
+
+@pytest.fixture
+def build_on(
+    run: Callable[[Awaitable[Any]], Any],
+    valkey_server: ValkeyProcess,
+    valkey_cluster: ValkeyCluster,
+    layer_classes: Callable[[], tuple[Any, Any]],
+) -> Iterator[Callable[[str], Any]]:
+    """``build_on(side)``: our layer (the suite's class) on the cluster or on the single server, under the test's
+    prefix of that side; flushed and closed after the test."""
+    token = uuid.uuid4().hex[:8]
+    made: dict[str, list[Any]] = {CLUSTER: [], SINGLE: []}
+
+    def make(side: str) -> Any:
+        if side not in made:
+            raise ValueError(f"side must be {CLUSTER!r} or {SINGLE!r}, not {side!r}")
+        hosts: list[Any] = [{"cluster": [valkey_cluster.url()]}] if side == CLUSTER else [valkey_server.url()]
+        ours, _ = layer_classes()
+        layer = ours(hosts=hosts, prefix=f"bench-{token}-{side}-", capacity=CAPACITY)
+        made[side].append(layer)
+        return layer
+
+    yield make
+    for layers in made.values():
+        if layers:
+            run(layers[0].flush())  # the layers of one side share their prefix: one flush clears them all
+        for layer in layers:
+            run(layer.close_pools())
+
+
+@pytest.fixture
+def cluster_layers(build_on: Callable[[str], Any]) -> dict[str, Any]:
+    """A layer on the cluster and one on the single server, in the order ``take_turns`` times them."""
+    return {CLUSTER: build_on(CLUSTER), SINGLE: build_on(SINGLE)}
+
+
+@pytest.fixture
+def cluster_servers(
+    valkey_server: ValkeyProcess, valkey_cluster: ValkeyCluster
+) -> dict[str, list[ValkeyProcess]]:
+    """The servers that run each side's commands: the cluster's primaries, the single server."""
+    return {CLUSTER: valkey_cluster.primaries(), SINGLE: [valkey_server]}
+
+
+def command_calls(servers: Sequence[ValkeyProcess], commands: Sequence[str]) -> list[int]:
+    """How many calls of ``commands`` (lower-case names, such as ``evalsha``) each server has run since it
+    started, from its own ``INFO commandstats``."""
+    counts = []
+    for server in servers:
+        stats = server.info("commandstats")
+        counts.append(sum(int(stats.get(f"cmdstat_{command}", {}).get("calls", 0)) for command in commands))
+    return counts
+
+
+def calls_of_one_round(
+    servers: Sequence[ValkeyProcess], commands: Sequence[str], one_round: Callable[[], int], wanted: int
+) -> list[int]:
+    """The calls of ``commands`` each server ran during ``one_round()`` (a fan-out that must deliver ``wanted``)."""
+    before = command_calls(servers, commands)
+    delivered = one_round()
+    if delivered != wanted:
+        raise AssertionError(f"a group_send to {wanted} members delivered {delivered} intact")
+    return [after - earlier for after, earlier in zip(command_calls(servers, commands), before, strict=True)]
+
+
+@pytest.fixture
+def compare_fan_out(
+    take_turns: Callable[..., Turns[Any]],
+    report: RatioReport,
+    cluster_servers: dict[str, list[ValkeyProcess]],
+) -> Callable[..., None]:
+    """``compare_fan_out(senders, one_round, row=, members=, rounds=, turn=, counted=)``: time ``one_round(side)``
+    (a fan-out from ``senders[side]`` that must deliver ``members``) on both sides in turns, count the calls of the
+    commands ``counted`` that one more round made on each server, and file the row with both."""
+
+    def compare(
+        senders: Mapping[str, Any],
+        one_round: Callable[[str], int],
+        *,
+        row: str,
+        members: int,
+        rounds: int,
+        turn: int,
+        counted: Sequence[str],
+    ) -> None:
+        turns = take_turns(senders, one_round, rounds=rounds, turn=turn, warmup=2)
+        turns.check(members)
+        calls = {
+            side: calls_of_one_round(
+                cluster_servers[side], counted, functools.partial(one_round, side), members
+            )
+            for side in senders
+        }
+        if turns.timed:
+            rates = turns.rate(members)
+            report.record(row, SINGLE, value=rates[SINGLE], calls=sum(calls[SINGLE]))
+            by_node = {f"calls node {index}": float(count) for index, count in enumerate(calls[CLUSTER])}
+            report.record(row, CLUSTER, value=rates[CLUSTER], **by_node)
+
+    return compare
+
+
+async def _fan_out_across(sender: Any, members: Sequence[tuple[Any, str]]) -> int:
+    """One ``group_send`` from ``sender``, then every member (layer, channel) receives on its own layer; how many
+    came intact."""
+    await sender.group_send(GROUP, MESSAGE)
+    messages = await asyncio.gather(*(layer.receive(channel) for layer, channel in members))
+    return sum(message == MESSAGE for message in messages)
+
+
+@pytest.fixture
+def fan_out_to_processes(
+    run: Callable[[Awaitable[Any]], Any],
+    build_on: Callable[[str], Any],
+    compare_fan_out: Callable[..., None],
+) -> Callable[..., None]:
+    """``fan_out_to_processes(members, processes=, row=, rounds=, turn=, counted=)``: ``compare_fan_out`` of a
+    group of ``members`` process channels made by ``processes`` layers of each side, as websocket consumers spread
+    over that many server processes; the first layer sends."""
+
+    def compare(
+        members: int, *, processes: int, row: str, rounds: int, turn: int, counted: Sequence[str]
+    ) -> None:
+        layers = {side: [build_on(side) for _ in range(processes)] for side in (CLUSTER, SINGLE)}
+
+        async def join(side: str) -> list[tuple[Any, str]]:
+            # Consumers spread over the processes in turn, as a load balancer would spread websockets.
+            joined: list[tuple[Any, str]] = []
+            for index in range(members):
+                layer = layers[side][index % processes]
+                channel = await layer.new_channel()
+                await layer.group_add(GROUP, channel)
+                joined.append((layer, channel))
+            return joined
+
+        group = {side: run(join(side)) for side in layers}
+        senders = {side: side_layers[0] for side, side_layers in layers.items()}
+        compare_fan_out(
+            senders,
+            lambda side: run(_fan_out_across(senders[side], group[side])),
+            row=row,
+            members=members,
+            rounds=rounds,
+            turn=turn,
+            counted=counted,
+        )
+
+    return compare

@@ -20,33 +20,19 @@ of the group's members included, as the servers counted them.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from channels_valkey.cli.measure.flows import (
     GROUP,
-    MESSAGE,
     fan_out,
     produce_and_consume,
     send_receive_pairs,
 )
-from channels_valkey.core import ValkeyChannelLayer
-
-from servers.cluster import ValkeyCluster
-from servers.process import ValkeyProcess
-
-#: The two sides of every comparison here: the one pytest-benchmark times first, then the one timed between its
-#: rounds.
-CLUSTER, SINGLE = "cluster", "single"
 
 CHANNEL = "bench.queue"
-#: Capacity of every layer here: large enough that no benchmark meets it (as in the core suite).
-CAPACITY = 10_000
 
 SEQUENTIAL_PAIRS = 500
 CONCURRENT_MESSAGES = 1000
@@ -59,16 +45,16 @@ PROCESSES = 10
 FAN_OUT_ROUNDS = 60
 #: group_sends one side runs before the other's turn: each takes a few to a few tens of milliseconds.
 FAN_OUT_TURN = 5
+#: The command whose calls the last column counts (lower case, as INFO commandstats names it).
+COUNTED = ("evalsha",)
 
 Run = Callable[..., Any]
 Record = Callable[[str, Mapping[str, float]], None]
-#: ``take_turns`` of benchmarks/conftest.py: it returns a ``Turns``.
-TakeTurns = Callable[..., Any]
 #: ``flow_turns(flow, channels, amount, rounds=)`` (benchmarks/conftest.py): a message flow timed in turns.
 FlowTurns = Callable[..., Any]
+#: ``compare_fan_out`` and ``fan_out_to_processes`` of benchmarks/conftest.py.
+CompareFanOut = Callable[..., None]
 Layers = dict[str, Any]
-#: A member of a group: the layer (process) that receives for it, and its channel.
-Member = tuple[Any, str]
 
 
 def process_row(members: int) -> str:
@@ -88,97 +74,17 @@ ROWS: dict[str, tuple[str, bool]] = {
 }
 
 
-# The report ---------------------------------------------------------------------------------------------------
-
-
-def _row(group: str, cluster: Mapping[str, float], single: Mapping[str, float]) -> dict[str, Any]:
-    unit, higher_is_better = ROWS[group]
-    on_cluster, on_single = cluster["value"], single["value"]
-    row: dict[str, Any] = {
-        "group": group,
-        "unit": unit,
-        "single": on_single,
-        "cluster": on_cluster,
-        "ratio": on_cluster / on_single if on_single else None,
-        "better": "higher" if higher_is_better else "lower",
-    }
-    if "calls" in single:
-        row["calls single"] = int(single["calls"])
-        row["calls cluster by node"] = sorted(
-            (int(value) for name, value in cluster.items() if name.startswith("calls node ")), reverse=True
-        )
-    return row
-
-
-def _calls(row: dict[str, Any]) -> str:
-    if "calls single" not in row:
-        return "-"
-    return f"{row['calls single']} | {'+'.join(map(str, row['calls cluster by node']))}"
-
-
-def _figure(row: dict[str, Any], side: str) -> str:
-    return f"{row[side]:,.1f}" if row["unit"] == "us" else f"{row[side]:,.0f}"
-
-
-_FIRST = "core layer (issue #8)"
-COLUMNS = [
-    (_FIRST, max(len(_FIRST), *(len(name) for name in ROWS)), lambda row: row["group"]),
-    ("unit", 12, lambda row: row["unit"]),
-    ("single server", 13, lambda row: _figure(row, "single")),
-    ("cluster", 12, lambda row: _figure(row, "cluster")),
-    ("cluster/single", 14, lambda row: "-" if row["ratio"] is None else f"{row['ratio']:.2f}"),
-    ("better", 6, lambda row: row["better"]),
-    ("EVALSHA single | by node", 24, _calls),
-]
-
-
 @pytest.fixture(scope="session")
-def report(ratio_report: Any) -> Any:
+def report(cluster_report: Any) -> Any:
     """This module's table (it replaces the core suite's ``report`` here, so ``record`` files into it)."""
-    return ratio_report(
-        "core_cluster",
-        title="core layer: ours on a Valkey Cluster (3 primaries + 3 replicas) vs ours on one server, same run, "
-        "same machine (no targets)",
-        columns=COLUMNS,
-        row=_row,
-        file_env="CORE_CLUSTER_RATIOS_FILE",
-        groups=list(ROWS),
-        sides=(CLUSTER, SINGLE),
-    )
-
-
-# The layers ---------------------------------------------------------------------------------------------------
+    return cluster_report("core_cluster", subject="core layer", rows=ROWS, calls="EVALSHA single | by node")
 
 
 @pytest.fixture
-def build(
-    run: Run, valkey_server: ValkeyProcess, valkey_cluster: ValkeyCluster
-) -> Iterator[Callable[[str], ValkeyChannelLayer]]:
-    """``build(side)``: a layer on the cluster or on the single server, under the test's prefix of that side;
-    flushed and closed after the test."""
-    token = uuid.uuid4().hex[:8]
-    made: dict[str, list[ValkeyChannelLayer]] = {CLUSTER: [], SINGLE: []}
-
-    def make(side: str) -> ValkeyChannelLayer:
-        if side not in made:
-            raise ValueError(f"side must be {CLUSTER!r} or {SINGLE!r}, not {side!r}")
-        hosts: list[Any] = [{"cluster": [valkey_cluster.url()]}] if side == CLUSTER else [valkey_server.url()]
-        layer = ValkeyChannelLayer(hosts=hosts, prefix=f"bench-{token}-{side}-", capacity=CAPACITY)
-        made[side].append(layer)
-        return layer
-
-    yield make
-    for layers in made.values():
-        if layers:
-            run(layers[0].flush())  # the layers of one side share their prefix: one flush clears them all
-        for layer in layers:
-            run(layer.close_pools())
-
-
-@pytest.fixture
-def layers(build: Callable[[str], ValkeyChannelLayer]) -> Layers:
-    """A layer on the cluster and one on the single server, in the order ``take_turns`` times them."""
-    return {CLUSTER: build(CLUSTER), SINGLE: build(SINGLE)}
+def layers(cluster_layers: Layers) -> Layers:
+    """A layer on the cluster and one on the single server (``cluster_layers``), for the fixtures that take
+    ``layers``."""
+    return cluster_layers
 
 
 # 1. send+receive throughput ---------------------------------------------------------------------------------------
@@ -210,97 +116,21 @@ def test_cluster_process_round_trip(process_round_trips: Callable[..., None]) ->
 # 3. group_send ----------------------------------------------------------------------------------------------------
 
 
-async def fan_out_across(sender: Any, members: Sequence[Member]) -> int:
-    """One ``group_send`` from ``sender``, then every member receives on its own layer; how many came intact."""
-    await sender.group_send(GROUP, MESSAGE)
-    messages = await asyncio.gather(*(layer.receive(channel) for layer, channel in members))
-    return sum(message == MESSAGE for message in messages)
-
-
-def evalsha_calls(servers: Sequence[ValkeyProcess]) -> list[int]:
-    """How many ``EVALSHA`` each server has run since it started."""
-    return [int(server.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)) for server in servers]
-
-
-def calls_of_one_round(
-    servers: Sequence[ValkeyProcess], one_round: Callable[[], int], wanted: int
-) -> list[int]:
-    """The ``EVALSHA`` calls each server ran during ``one_round()`` (a fan-out that must deliver ``wanted``)."""
-    before = evalsha_calls(servers)
-    delivered = one_round()
-    if delivered != wanted:
-        raise AssertionError(f"a group_send to {wanted} members delivered {delivered} intact")
-    return [after - earlier for after, earlier in zip(evalsha_calls(servers), before, strict=True)]
-
-
-def compare_fan_out(
-    take_turns: TakeTurns,
-    report: Any,
-    servers: Mapping[str, Sequence[ValkeyProcess]],
-    senders: Layers,
-    one_round: Callable[[str], int],
-    row: str,
-    members: int,
-) -> None:
-    """Time ``one_round`` on both sides in turns, count the script calls of one more round, file the row."""
-    turns = take_turns(senders, one_round, rounds=FAN_OUT_ROUNDS, turn=FAN_OUT_TURN, warmup=2)
-    turns.check(members)
-    calls = {
-        side: calls_of_one_round(servers[side], functools.partial(one_round, side), members)
-        for side in senders
-    }
-    if turns.timed:
-        rates = turns.rate(members)
-        report.record(row, SINGLE, value=rates[SINGLE], calls=sum(calls[SINGLE]))
-        by_node = {f"calls node {index}": float(count) for index, count in enumerate(calls[CLUSTER])}
-        report.record(row, CLUSTER, value=rates[CLUSTER], **by_node)
-
-
-@pytest.fixture
-def servers(valkey_server: ValkeyProcess, valkey_cluster: ValkeyCluster) -> dict[str, list[ValkeyProcess]]:
-    """The servers that run each side's scripts: the single server, the cluster's primaries."""
-    return {CLUSTER: valkey_cluster.primaries(), SINGLE: [valkey_server]}
-
-
 @pytest.mark.benchmark(group="cluster 3 group_send to process channels")
 @pytest.mark.parametrize("members", [100, 1000])
-def test_cluster_group_send_process_channels(
-    take_turns: TakeTurns,
-    run: Run,
-    build: Callable[[str], ValkeyChannelLayer],
-    report: Any,
-    servers: dict[str, list[ValkeyProcess]],
-    members: int,
-) -> None:
-    processes = {side: [build(side) for _ in range(PROCESSES)] for side in (CLUSTER, SINGLE)}
-
-    async def join(side: str) -> list[Member]:
-        # Consumers spread over the processes in turn, as a load balancer would spread websockets.
-        joined: list[Member] = []
-        for index in range(members):
-            layer = processes[side][index % PROCESSES]
-            channel = await layer.new_channel()
-            await layer.group_add(GROUP, channel)
-            joined.append((layer, channel))
-        return joined
-
-    group = {side: run(join(side)) for side in processes}
-    senders = {side: layers[0] for side, layers in processes.items()}
-    compare_fan_out(
-        take_turns,
-        report,
-        servers,
-        senders,
-        lambda side: run(fan_out_across(senders[side], group[side])),
-        process_row(members),
+def test_cluster_group_send_process_channels(fan_out_to_processes: CompareFanOut, members: int) -> None:
+    fan_out_to_processes(
         members,
+        processes=PROCESSES,
+        row=process_row(members),
+        rounds=FAN_OUT_ROUNDS,
+        turn=FAN_OUT_TURN,
+        counted=COUNTED,
     )
 
 
 @pytest.mark.benchmark(group="cluster 3 group_send to normal channels")
-def test_cluster_group_send_normal_channels(
-    take_turns: TakeTurns, run: Run, layers: Layers, report: Any, servers: dict[str, list[ValkeyProcess]]
-) -> None:
+def test_cluster_group_send_normal_channels(compare_fan_out: CompareFanOut, run: Run, layers: Layers) -> None:
     members = 100
     channels = [f"bench.member{index}" for index in range(members)]
 
@@ -311,11 +141,11 @@ def test_cluster_group_send_normal_channels(
     for layer in layers.values():
         run(join(layer))
     compare_fan_out(
-        take_turns,
-        report,
-        servers,
         layers,
         lambda side: run(fan_out(layers[side], channels)),
-        "3 group_send 100 normal channels",
-        members,
+        row="3 group_send 100 normal channels",
+        members=members,
+        rounds=FAN_OUT_ROUNDS,
+        turn=FAN_OUT_TURN,
+        counted=COUNTED,
     )

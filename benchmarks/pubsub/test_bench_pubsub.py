@@ -176,7 +176,11 @@ def test_send_receive_normal_like_for_like(
     ours, peer = layers  # the sides' names, ours first
     pair = {ours: build_layer(ours, worker_channels="pubsub"), peer: layers[peer]}
     turns = flow_turns(
-        send_receive_pairs, open_channels(run, pair, "normal"), SEQUENTIAL_PAIRS, rounds=THROUGHPUT_ROUNDS
+        send_receive_pairs,
+        open_channels(run, pair, "normal"),
+        SEQUENTIAL_PAIRS,
+        rounds=THROUGHPUT_ROUNDS,
+        pair=pair,
     )
     if turns.timed:
         record("1e send+receive normal sequential, both on Pub/Sub", turns.rate(SEQUENTIAL_PAIRS))
