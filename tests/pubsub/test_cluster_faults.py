@@ -1,7 +1,7 @@
 """Valkey Cluster faults under load: slot migrations, a graceful failover, and ``kill -9`` of a primary.
 
 Each test runs a subscribing layer and a publishing layer (two instances, as two processes would be) on a private
-cluster (3 primaries with a replica each, node timeout 2 s) while a task publishes numbered messages without
+cluster (3 primaries with a replica each, node timeout 1 s) while a task publishes numbered messages without
 pause, and prints its figures.
 
 Slot migration: subscribers follow each slot to its new primary within ``FOLLOW_WITHIN`` of the old one dropping
