@@ -24,6 +24,7 @@ from servers.tls_proxy import TLSProxy
 from servers.topologies import (
     SERVER_PASSWORD,
     SentinelGroup,
+    SentinelServices,
     Shards,
     add_acl_user,
     start_standalone,
@@ -165,6 +166,16 @@ def private_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
     group = SentinelGroup(tmp_path / "sentinel").start()
     yield group
     group.stop()
+
+
+@pytest.fixture
+def sentinel_services(private_sentinel_group: SentinelGroup, tmp_path: Path) -> Iterator[SentinelServices]:
+    """Sentinels of this test's own monitoring two primaries, for ``services: []`` discovery."""
+    second = start_standalone(tmp_path, "second-primary")
+    try:
+        yield SentinelServices(private_sentinel_group, second)
+    finally:
+        second.stop()
 
 
 @pytest.fixture(scope="session")

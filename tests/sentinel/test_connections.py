@@ -16,7 +16,7 @@ from conftest import ACL_USER
 from servers.certificates import CertificateFiles
 from servers.process import ValkeyProcess
 from servers.tls_proxy import TLSProxy
-from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, Shards
+from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, SentinelServices, Shards
 
 
 async def _roundtrip_every_shard(hosts: list[Any], key: str, policy: ResiliencePolicy | None = None) -> None:
@@ -115,14 +115,38 @@ async def test_sentinel_services_form_discovers_the_primary(
         "sentinel_kwargs": {"password": SENTINEL_PASSWORD},
     }
     manager = ConnectionManager(decode_hosts([entry]))
-    assert manager.static_shard_count is None
+    with pytest.raises(RuntimeError, match=r"'services: \[\]' Sentinel entry are not known yet"):
+        manager.ring_now()
     try:
         assert await manager.shard_count() == 1
+        assert manager.ring_now().size == 1
         await manager.execute(0, lambda c: c.set(key_prefix, "x"), idempotent=True)
     finally:
         await manager.close()
     with sentinel_group.current_primary().client() as client:
         assert client.get(key_prefix) == b"x"
+
+
+async def test_services_discovery_makes_a_shard_per_primary_once_for_the_managers_life(
+    sentinel_services: SentinelServices, server_factory: Callable[..., ValkeyProcess], key_prefix: str
+) -> None:
+    manager = ConnectionManager(decode_hosts([sentinel_services.entry([])]))
+    try:
+        assert (await manager.ring()).size == 2
+        for index, name in enumerate(sentinel_services.names):
+            await manager.execute(index, lambda c, name=name: c.set(key_prefix, name), idempotent=True)
+        # Discovered once: a primary the Sentinels start monitoring later is no shard, after reopening either
+        # (every other process's ring still has two).
+        await manager.close()
+        sentinel_services.group.monitor("third", server_factory("third"))
+        assert await manager.shard_count() == 2
+        assert manager.ring_now().size == 2
+        assert await manager.execute(1, lambda c: c.get(key_prefix), idempotent=True) == b"second"
+    finally:
+        await manager.close()
+    for primary, name in zip(sentinel_services.primaries(), sentinel_services.names, strict=True):
+        with primary.client() as client:
+            assert client.get(key_prefix) == name.encode()
 
 
 async def test_wrong_password_fails_at_once(secured_valkey: ValkeyProcess) -> None:

@@ -20,6 +20,8 @@ SERVER_PASSWORD = "server-secret"
 SENTINEL_PASSWORD = "sentinel-secret"
 #: Name under which the Sentinels monitor the primary.
 SERVICE_NAME = "mymaster"
+#: Name of the second primary :class:`SentinelServices` adds (it sorts after :data:`SERVICE_NAME`).
+SECOND_SERVICE_NAME = "second"
 #: Sentinel timings for tests (the binary's defaults are 30 s / 180 s).
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
@@ -220,6 +222,24 @@ class SentinelGroup:
         node.start()
         self.wait_ready(timeout)
 
+    def monitor(self, name: str, server: ValkeyProcess) -> None:
+        """Make every Sentinel monitor ``server`` as the primary ``name`` too, and wait until each lists it.
+
+        With two names monitored, a ``services: []`` entry discovers two shards.
+        """
+        for sentinel in self.sentinels:
+            with sentinel.client() as client:
+                client.execute_command("SENTINEL", "MONITOR", name, server.host, server.port, 2)
+
+        def listed() -> bool:
+            for sentinel in self.sentinels:
+                with sentinel.client() as client:
+                    if name not in client.sentinel_masters():
+                        return False
+            return True
+
+        wait_until(listed, timeout=10, message=f"every Sentinel to monitor {name!r}")
+
     def failover(self) -> None:
         """A graceful ``SENTINEL FAILOVER``, as an operator does it for maintenance."""
         with self.sentinels[0].client() as client:
@@ -233,3 +253,33 @@ def _replica_usable(replica: dict[str, Any]) -> bool:
         and not (replica["is_sdown"] or replica["is_odown"] or replica["is_disconnected"])
         and replica.get("master-link-status") == "ok"
     )
+
+
+class SentinelServices:
+    """Sentinels monitoring two primaries: the group's own, and a plain server added as ``second``.
+
+    What a ``{"sentinels": [...], "services": []}`` entry is for: the Sentinels name the shards, sorted by name.
+    """
+
+    def __init__(self, group: SentinelGroup, second: ValkeyProcess) -> None:
+        self.group = group
+        self.second = second
+        group.monitor(SECOND_SERVICE_NAME, second)
+
+    @property
+    def names(self) -> list[str]:
+        """The monitored primaries' names in ring order (sorted, as discovery sorts them)."""
+        return sorted([self.group.service_name, SECOND_SERVICE_NAME])
+
+    def primaries(self) -> list[ValkeyProcess]:
+        """The primaries in ring order: shard ``i`` is ``primaries()[i]``."""
+        by_name = {self.group.service_name: self.group.current_primary(), SECOND_SERVICE_NAME: self.second}
+        return [by_name[name] for name in self.names]
+
+    def entry(self, services: list[str]) -> dict[str, Any]:
+        """A ``hosts`` entry naming ``services`` (``[]``: ask the Sentinels)."""
+        return {
+            "sentinels": self.group.sentinel_addresses,
+            "services": services,
+            "sentinel_kwargs": self.group.sentinel_kwargs,
+        }

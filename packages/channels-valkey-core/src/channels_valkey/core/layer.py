@@ -107,8 +107,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: the layer puts each channel "
                 "and group name in braces (a hash tag) to keep the keys of one call in one slot"
             )
-        self.ring_size = len(self.hosts)
-        self._ring = ShardRing(self.ring_size)
         self._serializer = registry.get_serializer(
             serializer_format,
             random_prefix_length=random_prefix_length,
@@ -119,7 +117,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()
-        self._send_shards = itertools.cycle(range(self.ring_size))
+        #: Normal channels' sends take the shards in turn.
+        self._sends = itertools.count()
         self._use_eval: set[int] = set()
         self._no_bzmpop: set[int] = set()
         self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
@@ -132,9 +131,17 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # Naming ------------------------------------------------------------------------------------------------------
 
+    @property
+    def ring_size(self) -> int:
+        """The number of shards (as in 0.3); RuntimeError while a ``services: []`` entry is not discovered yet."""
+        return self._connections.ring_now().size
+
     def consistent_hash(self, value: str | bytes) -> int:
-        """The shard of a name, placed as channels-valkey 0.3 places it."""
-        return self._ring.index(value)
+        """The shard of a name, placed as channels-valkey 0.3 places it.
+
+        RuntimeError while a ``services: []`` entry is not discovered yet: any awaited call of the layer does it.
+        """
+        return self._connections.ring_now().index(value)
 
     def queue_key(self, channel: str) -> str:
         """The server key of ``channel``'s queue (shared by every ``name!...`` channel of one process)."""
@@ -148,10 +155,19 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             return f"{self.prefix}:group:{{{group}}}"
         return f"{self.prefix}:group:{group}"
 
-    def _shard_of_channel(self, channel: str) -> int:
+    async def shard_ring(self) -> ShardRing:
+        """The ring placing names on shards; the first call asks the Sentinels of a ``services: []`` entry for
+        their primaries (one shard each), which :meth:`consistent_hash` cannot wait for."""
+        return await self._connections.ring()
+
+    async def _shard_of_group(self, group: str) -> int:
+        return (await self.shard_ring()).index(group)
+
+    @staticmethod
+    def _shard_of_channel(ring: ShardRing, channel: str) -> int:
         # Process channels live on the shard of their "name!" part, wherever they are sent from (the peers
         # hash the full name on send but the "name!" part on receive, which loses messages when sharded).
-        return self.consistent_hash(non_local_name(channel))
+        return ring.index(non_local_name(channel))
 
     # Serialization -----------------------------------------------------------------------------------------------
 
@@ -178,11 +194,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Send ``message`` to ``channel``; raise ChannelFull when its queue is at capacity."""
         check_channel(channel)
         check_message(message)
+        ring = await self.shard_ring()
         if is_process_channel(channel):
             message = {**message, "__asgi_channel__": channel}
-            shard = self._shard_of_channel(channel)
+            shard = self._shard_of_channel(ring, channel)
         else:
-            shard = next(self._send_shards)
+            shard = next(self._sends) % ring.size
         member = self.serialize(message)
         args = [repr(time.time()), int(self.expiry), self.get_capacity(channel), member]
         try:
@@ -202,14 +219,14 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``; cancelling the wait never loses a message."""
         check_channel(channel)
+        ring = await self.shard_ring()
         receiver = self._receiver()
+        key = self.queue_key(channel)
         if is_process_channel(channel):
-            key = self.queue_key(channel)
-            shard = self._shard_of_channel(channel)
+            shard = self._shard_of_channel(ring, channel)
             queues = [receiver.queue(shard, key, non_local_name(channel), process=True)]
         else:
-            key = self.queue_key(channel)
-            queues = [receiver.queue(shard, key, channel, process=False) for shard in range(self.ring_size)]
+            queues = [receiver.queue(shard, key, channel, process=False) for shard in range(ring.size)]
         return await receiver.receive(channel, queues)
 
     async def new_channel(self, prefix: str = "specific") -> str:
@@ -270,7 +287,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_channel(channel)
         args = [repr(time.time()), channel, int(self.group_expiry)]
         await self._script(
-            self.consistent_hash(group),
+            await self._shard_of_group(group),
             scripts.GROUP_ADD_SCRIPT,
             [self.group_key(group)],
             args,
@@ -281,14 +298,14 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_group(group)
         check_channel(channel)
         await self._connections.execute_command(
-            self.consistent_hash(group), "ZREM", self.group_key(group), channel, idempotent=True
+            await self._shard_of_group(group), "ZREM", self.group_key(group), channel, idempotent=True
         )
 
     async def group_channels(self, group: str) -> list[str]:
         """The channels in ``group`` now (members older than ``group_expiry`` are removed first)."""
         check_group(group)
         members = await self._script(
-            self.consistent_hash(group),
+            await self._shard_of_group(group),
             scripts.GROUP_MEMBERS_SCRIPT,
             [self.group_key(group)],
             [repr(time.time() - self.group_expiry)],
@@ -301,6 +318,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_group(group)
         check_message(message)
         channels = await self.group_channels(group)
+        ring = await self.shard_ring()
         # One queue key per destination; process channels of one process share theirs and one message names them all.
         by_key: dict[str, list[str]] = defaultdict(list)
         for channel in channels:
@@ -311,7 +329,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         for key, names in by_key.items():
             first = names[0]
             payload = {**message, "__asgi_channel__": names} if is_process_channel(first) else message
-            place = (self._shard_of_channel(first), slot_of(key) if self.cluster else 0)
+            place = (self._shard_of_channel(ring, first), slot_of(key) if self.cluster else 0)
             batches[place].append((key, self.serialize(payload), self.get_capacity(first)))
         now = repr(time.time())
         try:
@@ -346,7 +364,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         receiver = self._receivers.get(asyncio.get_running_loop())
         if receiver is not None:
             receiver.drop_messages()
-        for shard in range(self.ring_size):
+        for shard in range((await self.shard_ring()).size):
             for server in await self._connections.primaries(shard):
                 await self._connections.execute_on(
                     server,

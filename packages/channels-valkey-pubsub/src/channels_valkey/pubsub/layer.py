@@ -48,7 +48,6 @@ from channels_valkey.sentinel import (
     ConnectionManager,
     ResiliencePolicy,
     Shard,
-    ShardRing,
     ShardUnavailable,
     bzpopmin_entry,
     decode_hosts,
@@ -143,8 +142,6 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         )
         self.policy = policy or ResiliencePolicy()
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
-        count = self._connections.static_shard_count
-        self._ring: ShardRing | None = ShardRing(count) if count else None
         self.counters = DropCounters()
         self.client_prefix = uuid.uuid4().hex[:12]
         #: Shards where the ACL refuses the queue commands: their normal channels use Pub/Sub.
@@ -164,8 +161,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def consistent_hash(self, value: str | bytes) -> int:
         """The shard of a channel or group Pub/Sub name, as channels-valkey 0.3 places it."""
-        ring = self._ring or ShardRing(len(self.hosts))
-        return ring.index(value)
+        return self._connections.ring_now().index(value)
 
     def pubsub_shard(self, name: str) -> int:
         return self.consistent_hash(name)
@@ -221,7 +217,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_channel(channel)
         check_message(message)
         payload = self.serialize(message)
-        shard = self.consistent_hash(channel)
+        shard = (await self._connections.ring()).index(channel)
         try:
             if self._is_worker(channel) and shard not in self.pubsub_shards:
                 if await self._enqueue(shard, channel, payload):
@@ -461,7 +457,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_message(message)
         name = group_channel(self.prefix, group)
         try:
-            await self._publish(self.consistent_hash(name), name, self.serialize(message))
+            shard = (await self._connections.ring()).index(name)
+            await self._publish(shard, name, self.serialize(message))
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
@@ -547,9 +544,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             return state
         # The connection manager's close hook goes on the loop first, so ours (added after) runs before it and
         # stops the tasks before their connections close.
-        shards = await self._connections.shards()
-        if self._ring is None:
-            self._ring = ShardRing(len(shards))
+        await self._connections.shards()
         with self._lock:
             state = self._states.get(loop)
             if state is None:

@@ -14,7 +14,7 @@ import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import valkey.asyncio as avalkey
 
@@ -23,6 +23,7 @@ from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.hosts import ClusterHost, HostSpec, SentinelDiscovery, discover_services
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
+from channels_valkey.sentinel.ring import ShardRing
 from channels_valkey.sentinel.shard import Shard
 
 logger = logging.getLogger("channels_valkey.sentinel")
@@ -31,6 +32,13 @@ T = TypeVar("T")
 Operation = Callable[[avalkey.Valkey], Awaitable[T]]
 #: A shard as the layers see it: one server (or Sentinel-managed primary), or a whole Valkey Cluster.
 AnyShard = Shard | ClusterShard
+
+
+class _Resolved(NamedTuple):
+    """The shards once known: one spec each (Sentinel discovery done), and the ring placing names on them."""
+
+    specs: tuple[HostSpec, ...]
+    ring: ShardRing
 
 
 class ConnectionManager:
@@ -56,18 +64,54 @@ class ConnectionManager:
         self.policy = policy
         self.block_seconds = block_seconds
         self._lock = threading.Lock()
+        self._resolved: _Resolved | None = None
+        if not any(isinstance(spec, SentinelDiscovery) for spec in self.specs):
+            self._settle(self.specs)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShards] = (
             weakref.WeakKeyDictionary()
         )
 
     # Shards ----------------------------------------------------------------------------------------------------
 
-    @property
-    def static_shard_count(self) -> int | None:
-        """Number of shards when it is known without asking any server (no ``services: []`` Sentinel entry)."""
-        if any(isinstance(spec, SentinelDiscovery) for spec in self.specs):
-            return None
-        return len(self.specs)
+    def ring_now(self) -> ShardRing:
+        """The ring placing names on the shards, for callers that cannot wait for a Sentinel discovery.
+
+        Raises RuntimeError while a ``services: []`` entry is not discovered yet (any awaited call does it).
+        """
+        if self._resolved is None:
+            raise RuntimeError(
+                "the shards of a 'services: []' Sentinel entry are not known yet: they are asked of the "
+                "Sentinels on first use; await ring() (or any command) first"
+            )
+        return self._resolved.ring
+
+    async def ring(self) -> ShardRing:
+        """The ring placing names on the shards, discovering the Sentinels' primaries first if needed."""
+        return (await self._resolve()).ring
+
+    async def _resolve(self) -> _Resolved:
+        """The shards' specs and ring, asking the Sentinels of each ``services: []`` entry the first time only.
+
+        The first discovery fixes the shards for the manager's life, for every loop and every reopening after
+        :meth:`close`: a primary the Sentinels start monitoring later is not added, since resizing the ring
+        would move names that other processes still place by the old size. Loops discovering at the same time
+        keep the first answer.
+        """
+        if self._resolved is not None:
+            return self._resolved
+        specs: list[HostSpec] = []
+        for spec in self.specs:
+            if isinstance(spec, SentinelDiscovery):
+                specs.extend(await discover_services(spec))
+            else:
+                specs.append(spec)
+        return self._settle(specs)
+
+    def _settle(self, specs: Sequence[HostSpec]) -> _Resolved:
+        with self._lock:
+            if self._resolved is None:
+                self._resolved = _Resolved(tuple(specs), ShardRing(len(specs)))
+            return self._resolved
 
     async def shards(self) -> list[AnyShard]:
         """This event loop's shards, connecting lazily (and discovering Sentinel services on first use)."""
@@ -213,12 +257,7 @@ class _LoopShards:
 
     async def _build(self) -> list[AnyShard]:
         manager = self.manager
-        resolved: list[HostSpec] = []
-        for spec in manager.specs:
-            if isinstance(spec, SentinelDiscovery):
-                resolved.extend(await discover_services(spec))
-            else:
-                resolved.append(spec)
+        resolved = (await manager._resolve()).specs
         return [
             ClusterShard(index, spec, manager.policy, manager.block_seconds)
             if isinstance(spec, ClusterHost)

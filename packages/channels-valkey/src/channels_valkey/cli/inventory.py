@@ -197,7 +197,7 @@ async def core_inventory(
 
 async def _core_group(index: int, name: str, layer: ValkeyChannelLayer) -> GroupRow:
     # On a cluster the slot places a group, and the scan found it on the primary that serves it.
-    placed = index if layer.cluster else layer.consistent_hash(name)
+    placed = index if layer.cluster else (await layer.shard_ring()).index(name)
     if placed != index:
         return GroupRow(index, name, None, f"the ring places this group on shard {placed}")
     try:
