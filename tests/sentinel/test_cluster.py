@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from valkey.asyncio.connection import SSLConnection
 
 from channels_valkey.sentinel import ClusterShard, ConnectionManager, ShardUnavailable, decode_hosts
 
+from servers.certificates import create_certificates
 from servers.cluster import TLSCluster, ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess, free_port, wait_until
 
@@ -287,4 +289,26 @@ async def test_tls_with_the_wrong_ca_tries_each_startup_node_once(tls_cluster: T
             # No retries: one TLS handshake per startup node and call, then the error.
             assert counted.attempts == call * len(startup)
     finally:
+        await manager.close()
+
+
+async def test_a_certificate_replaced_by_an_untrusted_one_fails_at_once_after_first_contact(
+    tls_cluster: TLSCluster, tmp_path: Path, key_prefix: str
+) -> None:
+    """Once the layer has talked to the cluster, nodes presenting certificates it cannot verify are as fatal as
+    at first contact: the slot map cannot be read from any of them, and retrying would fail the same way."""
+    manager = ConnectionManager(decode_hosts([_tls_entry(tls_cluster, "keys")]))
+    trusted, untrusted = tls_cluster.certificates, create_certificates(tmp_path)
+    try:
+        await manager.execute_command(0, "SET", key_prefix, "v", idempotent=True)
+        for proxy in tls_cluster.proxies:
+            proxy.serve_certificates(untrusted)
+            proxy.cut()
+        started = time.monotonic()
+        with pytest.raises(ShardUnavailable, match="certificate verify failed"):
+            await manager.execute_command(0, "GET", key_prefix, idempotent=True)
+        assert time.monotonic() - started < 2
+    finally:
+        for proxy in tls_cluster.proxies:
+            proxy.serve_certificates(trusted)
         await manager.close()

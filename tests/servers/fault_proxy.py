@@ -309,6 +309,9 @@ class _Relay:
     async def set_target(self, target: tuple[str, int]) -> None:
         self.target = target
 
+    async def set_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
+        self.ssl_context = ssl_context
+
     async def count(self) -> int:
         return len(self._connections)
 

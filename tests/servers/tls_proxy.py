@@ -39,3 +39,9 @@ class TLSProxy(FaultProxy):
     def ca_file(self) -> Path:
         """The CA a client must trust to verify this proxy."""
         return self.certificates.ca_file
+
+    def serve_certificates(self, certificates: CertificateFiles) -> None:
+        """Present ``certificates`` in the handshakes of connections accepted from now on (open ones keep theirs),
+        as a server whose certificate was replaced does."""
+        self._call(self._relay.set_ssl_context(server_context(certificates)))
+        self.certificates = certificates

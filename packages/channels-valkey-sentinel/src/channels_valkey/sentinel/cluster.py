@@ -25,6 +25,7 @@ from valkey.crc import VALKEY_CLUSTER_HASH_SLOTS, key_slot
 
 from channels_valkey.sentinel.blocking import OnInterrupted
 from channels_valkey.sentinel.exceptions import CommandNotSent
+from channels_valkey.sentinel.failures import Failure, classify
 from channels_valkey.sentinel.hosts import ClusterHost, ServerHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.shard import Shard
@@ -117,9 +118,15 @@ class ClusterShard:
                 await self._read_map()
 
     async def _read_map(self) -> None:
-        """Ask the known nodes, primaries first, then the startup nodes, until one returns ``CLUSTER SLOTS``."""
+        """Ask the known nodes, primaries first, then the startup nodes, until one returns ``CLUSTER SLOTS``.
+
+        When every node failed in a way that will not change by retrying (each presents a certificate that does
+        not verify, say), the first such error is raised for the caller to give up on; otherwise the map is worth
+        asking for again, and the error says nothing was sent.
+        """
         candidates = dict.fromkeys([*self._primaries, *self._nodes, *self.spec.startup_nodes])
         failures: list[str] = []
+        fatal: list[BaseException] = []
         for address in candidates:
             try:
                 reply = await self.node(address).lane.execute_command("CLUSTER", "SLOTS")
@@ -127,9 +134,13 @@ class ClusterShard:
                 if isinstance(error, valkey_errors.AuthenticationError | valkey_errors.NoPermissionError):
                     raise
                 failures.append(f"{address[0]}:{address[1]}: {type(error).__name__}: {error}")
+                if classify(error) is Failure.FATAL:
+                    fatal.append(error)
                 continue
             self._install(reply, asked=address)
             return
+        if fatal and len(fatal) == len(failures):
+            raise fatal[0]
         raise CommandNotSent(f"no node of {self.describe()} told the slot map: {'; '.join(failures)}")
 
     def _install(self, reply: Any, *, asked: Address) -> None:
