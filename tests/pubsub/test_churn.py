@@ -67,6 +67,12 @@ async def _back_to_baseline(
     )
 
 
+def _largest_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, count: int = 15) -> str:
+    """Where the memory that stayed was allocated, largest first: what a failure must show to be understood."""
+    stats = sorted(after.compare_to(before, "lineno"), key=lambda stat: stat.size_diff, reverse=True)
+    return "largest net growth by allocating line:\n" + "\n".join(str(stat) for stat in stats[:count])
+
+
 async def test_churn_returns_memory_and_subscriptions_to_baseline(
     valkey_server: ValkeyProcess, key_prefix: str, eventually: Eventually
 ) -> None:
@@ -90,7 +96,7 @@ async def test_churn_returns_memory_and_subscriptions_to_baseline(
             tracemalloc.stop()
         growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
         print(f"\nchurn of {CONSUMERS} consumers in {took:.1f}s: net memory growth {growth / 1024:.1f} KiB")
-        assert growth < MEMORY_LIMIT
+        assert growth < MEMORY_LIMIT, _largest_growth(before, after)
         assert layer.counters.buffer_overflow == 0
     finally:
         await layer.close_pools()
