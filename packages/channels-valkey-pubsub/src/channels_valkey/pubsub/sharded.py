@@ -157,10 +157,8 @@ class ClusterSubscriber:
         names = list(names)
         new = [name for name in names if name not in self.wanted]
         for node in {self._homes[name] for name in names if name in self._homes}:
-            if not node.listening:
-                await node.subscribe(
-                    (), wait=False
-                )  # its listener gave up (the node was unusable): try again
+            if not node.listening:  # its listener gave up (the node was unusable): try again
+                await node.subscribe((), wait=False)
         if new:
             self.wanted.update(new)
             await self._place(new)
