@@ -5,10 +5,12 @@ skipped."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -19,6 +21,8 @@ from channels_valkey.sentinel import ReplyLost
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess, wait_until
 from servers.topologies import Shards
+
+Eventually = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
@@ -208,14 +212,17 @@ async def test_buffers_of_channels_nobody_receives_from_expire(
         await layer.send(forgotten, {"type": "never read"})
         await layer.send(alive, {"type": "read"})
         assert await asyncio.wait_for(layer.receive(alive), 5) == {"type": "read"}
-        receiver = layer._receiver()
-        assert receiver.buffered == 1  # the forgotten channel's message waits locally
+        with valkey_server.client() as client:  # the forgotten channel's message came along and waits locally
+            assert client.zcard(layer.queue_key(forgotten)) == 0
+        assert layer.counters.expired == 0
         # Time passing is the condition here: the buffered message must outlive expiry.
         await asyncio.sleep(1.2)
         await layer.send(alive, {"type": "read again"})
         assert await asyncio.wait_for(layer.receive(alive), 5) == {"type": "read again"}
-        assert receiver.buffered == 0
+        # Dropped by the sweep that receiving on the process queue runs, without anyone receiving from it.
         assert layer.counters.expired == 1
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(layer.receive(forgotten), 0.5)
     finally:
         await layer.flush()
         await layer.close_pools()
@@ -238,25 +245,49 @@ async def test_receive_survives_a_cut_connection(fault_proxy: FaultProxy, key_pr
         await layer.close_pools()
 
 
-async def test_channels_used_once_leave_nothing_behind_in_the_receiver(layer: ValkeyChannelLayer) -> None:
-    for index in range(300):
+async def _use_channels_once(layer: ValkeyChannelLayer, start: int, count: int) -> None:
+    for index in range(start, start + count):
         channel = f"once-{index}"
         await layer.send(channel, {"type": "n", "n": index})
         assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "n", "n": index}
         process_channel = await layer.new_channel(prefix=f"once{index}")
         await layer.send(process_channel, {"type": "n", "n": index})
         assert await asyncio.wait_for(layer.receive(process_channel), 5) == {"type": "n", "n": index}
-    receiver = layer._receiver()
+
+
+def _receiver_memory(snapshot: tracemalloc.Snapshot) -> int:
+    """Bytes still allocated by the core layer's receiving code (what it keeps per channel, if anything)."""
+    traces = snapshot.filter_traces(
+        [tracemalloc.Filter(True, "*channels_valkey/core/receiver.py"), tracemalloc.Filter(True, "*inbox.py")]
+    )
+    return sum(stat.size for stat in traces.statistics("filename"))
+
+
+async def test_channels_used_once_leave_nothing_behind_in_the_receiver(
+    layer: ValkeyChannelLayer, eventually: Eventually
+) -> None:
+    """A process that uses many channel names once (a consumer per connection) keeps no reader task and no
+    memory for them once they are done."""
+    await layer.send("warm-up", {"type": "n"})  # the connection and its own tasks, which stay
+    baseline = asyncio.all_tasks()
 
     def idle() -> bool:
-        return not receiver._queues and not receiver._buffers
+        return asyncio.all_tasks() == baseline
 
-    deadline = time.monotonic() + 5
-    while not idle():
-        assert time.monotonic() < deadline, (
-            f"{len(receiver._queues)} queues, {len(receiver._buffers)} buffers kept"
-        )
-        await asyncio.sleep(0.01)
+    await _use_channels_once(layer, 0, 100)  # warm-up: scripts, caches
+    await eventually(idle, "every reader task to end")
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = _receiver_memory(tracemalloc.take_snapshot())
+        await _use_channels_once(layer, 100, 400)
+        await eventually(idle, "every reader task to end")
+        gc.collect()  # what is kept, not garbage waiting for the cycle collector
+        growth = _receiver_memory(tracemalloc.take_snapshot()) - before
+    finally:
+        tracemalloc.stop()
+    # Something kept per channel (a queue record, a buffer) would be 400 of them: tens of kilobytes at least.
+    assert growth < 16_384, f"the receiving code kept {growth} bytes after 400 more channels were used once"
 
 
 async def test_a_send_whose_reply_was_lost_raises_instead_of_queueing_a_second_copy(

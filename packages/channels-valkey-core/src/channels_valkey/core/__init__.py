@@ -6,7 +6,8 @@
 from channels.exceptions import ChannelFull
 
 from channels_valkey.core.__about__ import __version__
+from channels_valkey.core.exceptions import ForeignChannelError
 from channels_valkey.core.layer import ValkeyChannelLayer
 from channels_valkey.core.stats import DropCounters
 
-__all__ = ["ChannelFull", "DropCounters", "ValkeyChannelLayer", "__version__"]
+__all__ = ["ChannelFull", "DropCounters", "ForeignChannelError", "ValkeyChannelLayer", "__version__"]

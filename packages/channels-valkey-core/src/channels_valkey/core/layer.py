@@ -31,6 +31,8 @@ from channels_valkey.core.names import (
     is_process_channel,
     non_local_name,
 )
+from channels_valkey.core.exceptions import ForeignChannelError
+from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import Entry, LoopReceiver
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
@@ -83,8 +85,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             ("expiry", expiry),
             ("group_expiry", group_expiry),
             ("capacity", capacity),
-            # The random prefix is what keeps two equal messages apart in a sorted set.
-            ("random_prefix_length", random_prefix_length),
         ):
             _require_whole_number(name, value)
         patterns = dict(channel_capacity or {})
@@ -107,6 +107,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: the layer puts each channel "
                 "and group name in braces (a hash tag) to keep the keys of one call in one slot"
             )
+        # random_prefix_length is checked by the serializer: 0 or less means no prefix, as in 0.3 (two equal
+        # messages then share one member of the sorted set, as they did there).
         self._serializer = registry.get_serializer(
             serializer_format,
             random_prefix_length=random_prefix_length,
@@ -121,6 +123,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._sends = itertools.count()
         self._use_eval: set[int] = set()
         self._no_bzmpop: set[int] = set()
+        #: Process-channel messages that reached this process, for a receive on any event loop.
+        self._inbox = ProcessInbox(self.expiry, self.get_capacity, self.counters)
         self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
             weakref.WeakKeyDictionary()
         )
@@ -217,17 +221,25 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     # Receiving ---------------------------------------------------------------------------------------------------
 
     async def receive(self, channel: str) -> dict[str, Any]:
-        """The next message of ``channel``; cancelling the wait never loses a message."""
+        """The next message of ``channel``; cancelling the wait never loses a message.
+
+        A process channel must be one of this instance's (made by :meth:`new_channel`): its messages travel in a
+        queue only this instance reads. Any other raises :class:`ForeignChannelError` (an ``AssertionError``, as
+        channels-valkey 0.3 raised) before anything is read.
+        """
         check_channel(channel)
+        if is_process_channel(channel) and not non_local_name(channel).endswith(self.client_prefix + "!"):
+            raise ForeignChannelError(channel, self.client_prefix)
         ring = await self.shard_ring()
         receiver = self._receiver()
         key = self.queue_key(channel)
         if is_process_channel(channel):
             shard = self._shard_of_channel(ring, channel)
-            queues = [receiver.queue(shard, key, non_local_name(channel), process=True)]
-        else:
-            queues = [receiver.queue(shard, key, channel, process=False) for shard in range(ring.size)]
-        return await receiver.receive(channel, queues)
+            queue = receiver.queue(shard, key, non_local_name(channel), process=True)
+            return await receiver.receive_process(channel, queue)
+        return await receiver.receive_normal(
+            [receiver.queue(shard, key, channel, process=False) for shard in range(ring.size)]
+        )
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process channel name, received by this process only."""
@@ -240,7 +252,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         with self._lock:
             receiver = self._receivers.get(loop)
             if receiver is None:
-                receiver = self._receivers[loop] = LoopReceiver(self)
+                receiver = self._receivers[loop] = LoopReceiver(self, self._inbox)
         return receiver
 
     # What the receivers call (QueueSource) -----------------------------------------------------------------------
@@ -347,7 +359,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             raise
         if dropped:
             self.counters.group_over_capacity += dropped
-            logger.info("group_send to %s: %d of %d queues at capacity", group, dropped, len(by_key))
+            # Worded as channels-valkey 0.3 words it: log-based alerts keep matching after an upgrade.
+            logger.info("%d of %d channels over capacity in group %s", dropped, len(by_key), group)
 
     async def _group_send_batch(self, shard: int, now: str, batch: list[_Target]) -> int:
         keys = [key for key, _, _ in batch]
@@ -361,6 +374,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def flush(self) -> None:
         """Delete every key of this prefix on every shard and the messages held locally; receives waiting now keep
         waiting, and the layer stays usable."""
+        self._inbox.clear()
         receiver = self._receivers.get(asyncio.get_running_loop())
         if receiver is not None:
             receiver.drop_messages()

@@ -1,19 +1,21 @@
-"""Receiving on one event loop: a reader task per server queue, local buffers per channel, waiters.
+"""Receiving on one event loop: a reader task per server queue, filling the receives that wait on it.
 
 A ``receive()`` never talks to the server itself: it waits on a future that a reader task fills. The reader is
-never cancelled by a consumer going away, so a message the server handed over is never lost in a cancelled reply:
-if its receiver is gone, a message of a normal channel is held for the next local receive (or goes back to the
-head of its queue, where other processes may take it), and one of a process channel stays in this process's buffer.
+never cancelled by a consumer going away, so a message the server handed over is never lost in a cancelled reply.
 
-Readers pop in batches of one round trip (``BZMPOP ... COUNT n``, or ``BZPOPMIN`` + ``ZPOPMIN`` where that is
-refused). A normal channel's reader takes at most ``NORMAL_PREFETCH`` messages at a time (one when nobody waits);
-what no local receive claims within ``IDLE_LINGER`` seconds goes back to the head of the server queue, with its
-original score, so several processes reading one channel each get distinct messages and none waits long for
-messages another process holds. The reader of a process's shared ``name!`` queue drains it in batches and files
-each message under the channel named in ``__asgi_channel__``. After its last receive a reader keeps popping for
-``IDLE_LINGER`` seconds, so a consumer that receives again at once finds its message already here; at most
-``MAX_LINGERING`` readers per loop linger, so channels used once do not each keep a connection.
-Buffered messages expire by age, and each channel's buffer is bounded by its capacity.
+Normal channels: a message leaves the server only for a receive waiting for it. The reader pops at most one
+message per receive waiting on this loop (``BZMPOP ... COUNT n``, or ``BZPOPMIN`` + ``ZPOPMIN`` where that is
+refused) and stops when none waits. So a channel's queue on the server holds what waits in it, which is what
+capacity counts; other processes reading the channel are not starved; and a process killed with SIGKILL takes
+with it only the messages its receives were handed. A message whose receive went away while it was on its way is
+given to another receive waiting here, or else put back at the head of its queue at once, with its original score.
+On a sharded layer a normal channel is read on every shard at once, so one receive can bring one message per shard:
+the surplus goes back the same way.
+
+Process channels: a process's shared ``name!`` queue belongs to that process alone, so its reader drains it in
+batches while a receive of the process waits, and for a short while after, and files every message in the layer's
+:class:`~channels_valkey.core.inbox.ProcessInbox` under the channel named in ``__asgi_channel__``, where a receive
+on any event loop finds it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 from valkey import exceptions as valkey_errors
 
+from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait, raise_if_cancelling
 
@@ -36,18 +39,12 @@ logger = logging.getLogger("channels_valkey.core")
 #: A queue member and its score (the send time), as popped.
 Entry = tuple[bytes, float]
 
-#: How often (seconds) buffers of channels nobody receives from are swept for expired messages.
-SWEEP_INTERVAL = 1.0
 #: Largest batch a process queue's reader takes in one round trip.
 PROCESS_BATCH = 100
-#: Largest batch a normal channel's reader takes in one round trip while somebody waits.
-NORMAL_PREFETCH = 20
-#: Seconds a reader keeps popping after its last receive, and a normal channel's popped messages wait for a
-#: local receive before going back to the server.
+#: Seconds a process queue's reader keeps popping after its last receive, so that a consumer that receives again
+#: at once finds its message already here.
 IDLE_LINGER = 0.5
-#: Shortest block (seconds) asked of the server.
-MIN_BLOCK = 0.01
-#: Readers per loop allowed to linger at once.
+#: Process queue readers per loop allowed to linger at once.
 MAX_LINGERING = 16
 
 
@@ -72,24 +69,14 @@ class QueueSource(Protocol):
 
     def decode(self, member: bytes) -> dict[str, Any] | None: ...
 
-    def get_capacity(self, channel: str) -> int: ...
-
-
-@dataclass(eq=False)
-class _Buffer:
-    """Messages that arrived for one channel before anyone asked, and the receivers waiting for one."""
-
-    items: deque[tuple[float, dict[str, Any]]] = field(default_factory=deque)
-    waiters: deque[asyncio.Future[_Handover]] = field(default_factory=deque)
-
 
 @dataclass(frozen=True)
 class _Handover:
-    """A message given to a waiting receiver, with its server entry (normal channels) for putting it back."""
+    """A normal channel's message given to a waiting receive, with its server entry for putting it back."""
 
     message: dict[str, Any]
-    entry: Entry | None = None
-    origin: _Queue | None = None
+    entry: Entry
+    origin: _Queue
 
 
 @dataclass(eq=False)
@@ -101,26 +88,29 @@ class _Queue:
     channel: str  # the channel name, or the non-local "name!" part for a process queue
     process: bool
     reader: asyncio.Task[None] | None = None
-    #: Receives waiting on this queue now.
-    waiting: int = 0
-    #: When (monotonic) a receive last waited on this queue.
+    #: Normal channels: the receives waiting on this queue now, each handed one message through its future.
+    #: (Receives of process channels wait in the inbox, with those of every other loop.)
+    waiters: deque[asyncio.Future[Any]] = field(default_factory=deque)
+    #: Process queues: when (monotonic) the reader last saw a receive waiting.
     last_wanted: float = 0.0
-    #: Normal channels: messages popped that no receive has taken yet, oldest first, and since when the oldest
-    #: has been held. They go to the next local receive, or back to the head of the server queue.
+    #: Normal channels: messages whose receive went away while they were handed over, oldest first, on their way
+    #: to another receive waiting here or back to the server.
     held: deque[tuple[Entry, dict[str, Any]]] = field(default_factory=deque)
-    held_since: float = 0.0
     #: Whether its reader holds one of the loop's lingering slots.
     lingering: bool = False
-    #: Resolved when a receive starts waiting, to wake a reader that is idle with held messages.
-    wake: asyncio.Future[None] | None = None
 
-    def hold(self, entry: Entry, message: dict[str, Any], *, oldest: bool = False) -> None:
-        if not self.held:
-            self.held_since = time.monotonic()
-        if oldest:
-            self.held.appendleft((entry, message))
-        else:
-            self.held.append((entry, message))
+    def waiting(self) -> int:
+        """Receives still waiting (the ones answered or cancelled are dropped from the front)."""
+        while self.waiters and self.waiters[0].done():
+            self.waiters.popleft()
+        return sum(1 for waiter in self.waiters if not waiter.done())
+
+    def next_waiter(self) -> asyncio.Future[Any] | None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                return waiter
+        return None
 
     def take_held(self, expiry: float, counters: DropCounters) -> tuple[Entry, dict[str, Any]] | None:
         """The oldest held message still within ``expiry``; expired ones are dropped (counted)."""
@@ -133,57 +123,15 @@ class _Queue:
             logger.info("a message held for %s expired before anyone received it", self.channel)
         return None
 
-    def nudge(self) -> None:
-        if self.wake is not None and not self.wake.done():
-            self.wake.set_result(None)
-
 
 class LoopReceiver:
-    """All receiving of one layer on one event loop."""
+    """All receiving of one layer on one event loop; process-channel messages are kept in the layer's inbox."""
 
-    def __init__(self, source: QueueSource) -> None:
+    def __init__(self, source: QueueSource, inbox: ProcessInbox) -> None:
         self.source = source
-        self._buffers: dict[str, _Buffer] = {}
+        self.inbox = inbox
         self._queues: dict[tuple[int, str], _Queue] = {}
-        self._last_sweep = time.monotonic()
         self._lingering = 0
-
-    # Receiving ------------------------------------------------------------------------------------------------
-
-    async def receive(self, channel: str, queues: list[_Queue]) -> dict[str, Any]:
-        buffer = self._buffers.setdefault(channel, _Buffer())
-        self._expire(channel, buffer)
-        if not buffer.waiters:
-            if buffer.items:
-                return buffer.items.popleft()[1]
-            for queue in queues:
-                if queue.held:
-                    taken = queue.take_held(self.source.expiry, self.source.counters)
-                    if taken is not None:
-                        queue.last_wanted = time.monotonic()
-                        self._drop_if_empty(channel, buffer)
-                        return taken[1]
-        waiter: asyncio.Future[_Handover] = asyncio.get_running_loop().create_future()
-        buffer.waiters.append(waiter)
-        now = time.monotonic()
-        for queue in queues:
-            queue.waiting += 1
-            queue.last_wanted = now
-            queue.nudge()
-            self._ensure_reader(queue)
-        try:
-            return (await waiter).message
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # A message was handed over just as this receive was cancelled: keep it for the next one.
-                self._give_back(channel, waiter.result())
-            raise
-        finally:
-            for queue in queues:
-                queue.waiting -= 1
-            if waiter in buffer.waiters:  # usually already taken by the reader that answered it
-                buffer.waiters.remove(waiter)
-            self._drop_if_empty(channel, buffer)
 
     def queue(self, shard: int, key: str, channel: str, *, process: bool) -> _Queue:
         found = self._queues.get((shard, key))
@@ -191,11 +139,53 @@ class LoopReceiver:
             found = self._queues[(shard, key)] = _Queue(shard, key, channel, process)
         return found
 
-    def _drop_if_empty(self, channel: str, buffer: _Buffer) -> None:
-        # Only if it is still the channel's buffer: a sweep may have replaced it while this receive waited, and
-        # the new one can hold a message given back a moment ago.
-        if not buffer.items and not buffer.waiters and self._buffers.get(channel) is buffer:
-            del self._buffers[channel]
+    # Receiving ------------------------------------------------------------------------------------------------
+
+    async def receive_process(self, channel: str, queue: _Queue) -> dict[str, Any]:
+        """The next message of process channel ``channel``, whichever loop's reader popped it."""
+        inbox = self.inbox
+        message = inbox.take(channel)
+        while message is None:
+            waiter = inbox.waiter(channel, queue.key)
+            try:
+                # Taken again once registered: a message filed in between has woken nobody.
+                message = inbox.take(channel)
+                if message is None:
+                    if inbox.claim(queue.key):
+                        self._ensure_reader(queue)
+                    # Bounded, so that a reader whose loop was closed without ending its tasks is replaced.
+                    done, _ = await asyncio.wait({waiter.future}, timeout=self.source.brpop_timeout)
+                    if done:
+                        waiter.future.result()  # raises what made the reader give up
+                    message = inbox.take(channel)
+            finally:
+                inbox.forget(channel, queue.key, waiter)
+        return message
+
+    async def receive_normal(self, queues: list[_Queue]) -> dict[str, Any]:
+        """The next message of a normal channel read from ``queues`` (one per shard)."""
+        for queue in queues:
+            taken = queue.take_held(self.source.expiry, self.source.counters)
+            if taken is not None:
+                return taken[1]
+        waiter: asyncio.Future[_Handover] = asyncio.get_running_loop().create_future()
+        try:
+            handover: _Handover = await self._wait_on(queues, waiter)
+            return handover.message
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Handed over just as this receive was cancelled: another receive or the server gets it.
+                self._give_back(waiter.result())
+            raise
+
+    async def _wait_on(self, queues: list[_Queue], waiter: asyncio.Future[Any]) -> Any:
+        for queue in queues:
+            queue.waiters.append(waiter)
+            self._ensure_reader(queue)
+        try:
+            return await waiter
+        finally:
+            waiter.cancel()  # answered already, or no reader may answer it any more
 
     # Readers --------------------------------------------------------------------------------------------------
 
@@ -207,7 +197,7 @@ class LoopReceiver:
 
     async def _read(self, queue: _Queue) -> None:
         try:
-            await self._read_while_wanted(queue)
+            await self._pop_while_wanted(queue)
         except asyncio.CancelledError:
             # The loop is closing (asyncio.run and async_to_sync cancel what is left): what is held here would
             # die with it, so it goes back to the server first.
@@ -215,18 +205,14 @@ class LoopReceiver:
                 await asyncio.shield(self._requeue_held(queue))
             raise
         finally:
-            # Forget the queue (a process may use many channel names once); a later receive makes it anew.
-            if self._queues.get((queue.shard, queue.key)) is queue and not queue.held and not queue.waiting:
-                del self._queues[(queue.shard, queue.key)]
-
-    async def _read_while_wanted(self, queue: _Queue) -> None:
-        """Pop while receives wait, and linger a little after."""
-        try:
-            await self._pop_while_wanted(queue)
-        finally:
+            if queue.process:
+                self.inbox.release(queue.key)  # receives waiting on other loops read it from now on
             if queue.lingering:
                 queue.lingering = False
                 self._lingering -= 1
+            # Forget the queue (a process may use many channel names once); a later receive makes it anew.
+            if self._queues.get((queue.shard, queue.key)) is queue and not queue.held and not queue.waiting():
+                del self._queues[(queue.shard, queue.key)]
 
     async def _pop_while_wanted(self, queue: _Queue) -> None:
         source = self.source
@@ -235,30 +221,16 @@ class LoopReceiver:
         backoff = source.policy.backoff()
         while True:
             raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
-            self._settle_held(queue)
             try:
-                if queue.waiting:
-                    count = PROCESS_BATCH if queue.process else max(queue.waiting, NORMAL_PREFETCH)
-                    timeout = source.brpop_timeout
-                elif queue.held:
-                    # Nobody here wants them yet: wait a little for a receive, then give them back.
-                    remaining = queue.held_since + IDLE_LINGER - time.monotonic()
-                    if remaining > 0:
-                        await self._wait_for_receive(queue, remaining)
-                    else:
-                        await self._requeue_held(queue)
-                    continue
-                else:
-                    idle = time.monotonic() - queue.last_wanted
-                    if idle >= IDLE_LINGER:
-                        return
-                    if not queue.lingering:
-                        if self._lingering >= MAX_LINGERING:
-                            return
-                        self._lingering += 1
-                        queue.lingering = True
-                    # Never below the server's 1 ms resolution: a timeout that rounds to 0 blocks forever.
-                    count, timeout = 1, max(IDLE_LINGER - idle, MIN_BLOCK)
+                if not queue.process:
+                    self._settle_held(queue)
+                    if queue.held:
+                        await self._requeue_held(queue)  # nobody here wants them
+                        continue
+                plan = self._next_pop(queue)
+                if plan is None:
+                    return
+                count, timeout = plan
                 entries = await source.blocking_pop(
                     queue.shard, queue.key, timeout, count, lambda popped: self._put_back(queue, popped)
                 )
@@ -276,83 +248,91 @@ class LoopReceiver:
                 continue
             failures = 0
             failing_since = 0.0
-            self._dispatch(queue, entries)
+            if queue.process:
+                self._file(queue, entries)
+            else:
+                self._hand_out(queue, entries)
             if entries:
                 # Let the receives just answered finish (and stop counting as waiting) before the next pop.
                 await asyncio.sleep(0)
 
-    def _dispatch(self, queue: _Queue, entries: list[Entry]) -> None:
-        now = time.time()
-        for member, score in entries:
-            if now - score > self.source.expiry:
-                self.source.counters.expired += 1
-                continue
-            message = self.source.decode(member)
-            if message is None:
-                continue
-            # Process channels name their channel(s); the peers' group_send names a normal channel too.
+    def _next_pop(self, queue: _Queue) -> tuple[int, float] | None:
+        """How many messages to pop and how long to block, or None when the reader should stop."""
+        if not queue.process:
+            waiting = queue.waiting()
+            return (waiting, self.source.brpop_timeout) if waiting else None
+        now = time.monotonic()
+        if self.inbox.waiting(queue.key):
+            queue.last_wanted = now
+            return PROCESS_BATCH, self.source.brpop_timeout
+        if now - queue.last_wanted < IDLE_LINGER and (queue.lingering or self._lingering < MAX_LINGERING):
+            if not queue.lingering:
+                self._lingering += 1
+                queue.lingering = True
+            # One block time for every lingering pop, so the command is the same each time (its packed bytes are
+            # cached); a linger ends at most one block time late.
+            return PROCESS_BATCH, IDLE_LINGER
+        if self.inbox.release_if_idle(queue.key):
+            return None
+        return PROCESS_BATCH, self.source.brpop_timeout  # a receive came in just now
+
+    def _file(self, queue: _Queue, entries: list[Entry]) -> None:
+        """Put a process queue's messages in the inbox, under the channel(s) each names."""
+        for (_, score), message in self._fresh(queue, entries):
+            # Process channels name their channel(s): a group_send names every member channel of the process.
             targets = message.pop("__asgi_channel__", None)
-            if queue.process:
-                names = [targets] if isinstance(targets, str) else list(targets or [])
-                if not names:
-                    self.source.counters.undecodable += 1
-                    logger.warning("a message in %s names no channel; skipped", queue.key)
-                    continue
-                for index, name in enumerate(names):
-                    self._deliver(name, message if index == len(names) - 1 else dict(message))
-            elif not self._hand_over(queue.channel, _Handover(message, (member, score), queue)):
-                queue.hold((member, score), message)
-        self._sweep_if_due()
+            names = [targets] if isinstance(targets, str) else list(targets or [])
+            if not names:
+                self.source.counters.undecodable += 1
+                logger.warning("a message in %s names no channel; skipped", queue.key)
+                continue
+            for index, name in enumerate(names):
+                self.inbox.put(name, score, message if index == len(names) - 1 else dict(message))
+        self.inbox.sweep_if_due()
 
-    def _hand_over(self, channel: str, handover: _Handover) -> bool:
-        buffer = self._buffers.get(channel)
-        while buffer is not None and buffer.waiters:
-            waiter = buffer.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(handover)
-                return True
-        return False
+    def _hand_out(self, queue: _Queue, entries: list[Entry]) -> None:
+        """Give a normal channel's messages to the receives waiting, one each; hold the surplus for the server."""
+        for entry, message in self._fresh(queue, entries):
+            message.pop("__asgi_channel__", None)  # the peers' group_send names a normal channel too
+            waiter = queue.next_waiter()
+            if waiter is None:
+                queue.held.append((entry, message))
+            else:
+                waiter.set_result(_Handover(message, entry, queue))
 
-    def _deliver(self, channel: str, message: dict[str, Any]) -> None:
-        if self._hand_over(channel, _Handover(message)):
-            return
-        buffer = self._buffers.setdefault(channel, _Buffer())
-        capacity = self.source.get_capacity(channel)
-        if len(buffer.items) >= capacity:
-            buffer.items.popleft()
-            self.source.counters.buffer_overflow += 1
-            logger.info("local buffer of %s is full (%d); dropped its oldest message", channel, capacity)
-        buffer.items.append((time.monotonic(), message))
+    def _fresh(self, queue: _Queue, entries: list[Entry]) -> list[tuple[Entry, dict[str, Any]]]:
+        """The readable, unexpired messages of ``entries``; the rest is dropped and counted."""
+        now = time.time()
+        fresh: list[tuple[Entry, dict[str, Any]]] = []
+        for entry in entries:
+            if now - entry[1] > self.source.expiry:
+                self.source.counters.expired += 1
+                logger.info("a message in %s expired before anyone received it", queue.key)
+                continue
+            message = self.source.decode(entry[0])
+            if message is not None:
+                fresh.append((entry, message))
+        return fresh
 
-    def _give_back(self, channel: str, handover: _Handover) -> None:
-        if handover.entry is None or handover.origin is None:
-            buffer = self._buffers.setdefault(channel, _Buffer())
-            buffer.items.appendleft((time.monotonic(), handover.message))
-            return
+    def _give_back(self, handover: _Handover) -> None:
         # It was popped before anything still held, so it goes first.
         origin = handover.origin
         origin = self._queues.setdefault((origin.shard, origin.key), origin)
-        origin.hold(handover.entry, handover.message, oldest=True)
+        origin.held.appendleft((handover.entry, handover.message))
         self._ensure_reader(origin)
 
     def _settle_held(self, queue: _Queue) -> None:
         """Hand held messages to the receives waiting, oldest first."""
-        buffer = self._buffers.get(queue.channel)
-        while queue.held and buffer is not None and buffer.waiters:
+        while queue.held:
+            waiter = queue.next_waiter()
+            if waiter is None:
+                return
             taken = queue.take_held(self.source.expiry, self.source.counters)
             if taken is None:
+                queue.waiters.appendleft(waiter)
                 return
             entry, message = taken
-            if not self._hand_over(queue.channel, _Handover(message, entry, queue)):
-                queue.hold(entry, message, oldest=True)
-                return
-
-    async def _wait_for_receive(self, queue: _Queue, seconds: float) -> None:
-        queue.wake = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait({queue.wake}, timeout=seconds)
-        finally:
-            queue.wake = None
+            waiter.set_result(_Handover(message, entry, queue))
 
     async def _requeue_held(self, queue: _Queue) -> None:
         """Put the held messages back at the head of the server queue (their scores keep the order)."""
@@ -370,56 +350,28 @@ class LoopReceiver:
         return self.source.requeue(queue.shard, queue.key, entries)
 
     def _fail_waiters(self, queue: _Queue, error: BaseException) -> None:
-        for name, buffer in self._buffers.items():
-            if name == queue.channel or (queue.process and name.startswith(queue.channel)):
-                for waiter in buffer.waiters:
-                    if not waiter.done():
-                        waiter.set_exception(error)
+        if queue.process:
+            self.inbox.release(queue.key, error)
+            return
+        for waiter in queue.waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        queue.waiters.clear()
 
     # Housekeeping ---------------------------------------------------------------------------------------------
 
-    def _expire(self, channel: str, buffer: _Buffer) -> None:
-        oldest_allowed = time.monotonic() - self.source.expiry
-        while buffer.items and buffer.items[0][0] < oldest_allowed:
-            buffer.items.popleft()
-            self.source.counters.expired += 1
-            logger.info("a message buffered for %s expired before anyone received it", channel)
-
-    def _sweep_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_sweep < SWEEP_INTERVAL:
-            return
-        self._last_sweep = now
-        for channel, buffer in list(self._buffers.items()):
-            self._expire(channel, buffer)
-            if not buffer.items and not buffer.waiters:
-                del self._buffers[channel]
-
-    @property
-    def buffered(self) -> int:
-        """Messages held in local buffers right now (for tests and monitoring)."""
-        return sum(len(buffer.items) for buffer in self._buffers.values()) + sum(
-            len(queue.held) for queue in self._queues.values()
-        )
-
     def drop_messages(self) -> None:
-        """Forget every message held locally (``flush``); waiting receives keep waiting for new ones."""
+        """Forget every message held on this loop (``flush``); waiting receives keep waiting for new ones."""
         for queue in self._queues.values():
             queue.held.clear()
-        for channel, buffer in list(self._buffers.items()):
-            buffer.items.clear()
-            if not buffer.waiters:
-                del self._buffers[channel]
 
     async def aclose(self) -> None:
-        """Stop every reader (each hands back what it popped) and release the waiters."""
+        """Stop every reader (each hands back what it holds) and release the waiters."""
         readers = [queue.reader for queue in self._queues.values() if queue.reader is not None]
         await asyncio.gather(*(cancel_and_wait(reader) for reader in readers))
         for queue in list(self._queues.values()):
             if queue.held:
                 await self._requeue_held(queue)
-        for buffer in self._buffers.values():
-            for waiter in buffer.waiters:
+            for waiter in queue.waiters:
                 waiter.cancel()
-        self._buffers.clear()
         self._queues.clear()
