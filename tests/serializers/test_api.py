@@ -64,6 +64,28 @@ def test_constructor_arguments_are_kept_as_attributes() -> None:
     assert serializer.crypter is None
 
 
+@pytest.mark.parametrize("serializer_class", [MsgPackSerializer, JSONSerializer])
+@pytest.mark.parametrize("length", [0, -1, -12])
+def test_a_prefix_length_of_zero_or_less_means_no_prefix_as_in_0_3(
+    serializer_class: type[BaseMessageSerializer], length: int
+) -> None:
+    message = {"type": "chat.message", "text": "hi"}
+    serializer = serializer_class(random_prefix_length=length)
+    assert serializer.random_prefix_length == length
+    assert serializer.serialize(message) == serializer.as_bytes(message)
+    assert serializer.deserialize(serializer.as_bytes(message)) == message
+
+
+@pytest.mark.parametrize("length", [0, -1])
+def test_an_encrypted_message_without_prefix_is_the_bare_token(length: int) -> None:
+    writer = MsgPackSerializer(symmetric_encryption_keys=["k"], random_prefix_length=length)
+    token = writer.serialize({"type": "x"})
+    # A Fernet token starts with version byte 0x80, which url-safe base64 writes as "gA".
+    assert token.startswith(b"gA")
+    reader = MsgPackSerializer(symmetric_encryption_keys=["k"], random_prefix_length=length)
+    assert reader.deserialize(token) == {"type": "x"}
+
+
 def test_crypter_is_a_multifernet_built_with_make_fernet() -> None:
     from cryptography.fernet import Fernet, MultiFernet
 

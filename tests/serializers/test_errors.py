@@ -154,10 +154,14 @@ def test_keys_that_turn_out_to_hold_no_key_are_refused() -> None:
         MsgPackSerializer(symmetric_encryption_keys=iter([]))
 
 
-@pytest.mark.parametrize("length", [-1, 1.5, "12", True])
-def test_a_bad_random_prefix_length_is_named(length: Any) -> None:
+@pytest.mark.parametrize(
+    ("length", "named"),
+    [(1.5, "a float 1.5"), ("12", "a str '12'"), (True, "a bool True"), (None, "a NoneType None")],
+)
+def test_a_random_prefix_length_that_is_not_an_int_is_named(length: Any, named: str) -> None:
     with pytest.raises(
-        SerializerConfigError, match=f"random_prefix_length must be an int of 0 or more, not {length!r}"
+        SerializerConfigError,
+        match=f"random_prefix_length must be an int \\(0 or less for no prefix\\), not {named}",
     ):
         MsgPackSerializer(random_prefix_length=length)
 

@@ -67,13 +67,12 @@ class BaseMessageSerializer(abc.ABC):
         random_prefix_length: int = 0,
         expiry: float | None = None,
     ) -> None:
-        if (
-            isinstance(random_prefix_length, bool)
-            or not isinstance(random_prefix_length, int)
-            or random_prefix_length < 0
-        ):
+        # As in 0.3, 0 or less means no prefix; the value is kept as given, and the hot path only uses a length
+        # above 0. A bool is an int to Python but never a length someone meant.
+        if isinstance(random_prefix_length, bool) or not isinstance(random_prefix_length, int):
             raise SerializerConfigError(
-                f"random_prefix_length must be an int of 0 or more, not {random_prefix_length!r}"
+                "random_prefix_length must be an int (0 or less for no prefix), not "
+                f"{a_type(random_prefix_length)} {random_prefix_length!r}"
             )
         if expiry is not None and (
             isinstance(expiry, bool) or not isinstance(expiry, (int, float)) or not 0 <= expiry < float("inf")
@@ -145,7 +144,7 @@ class BaseMessageSerializer(abc.ABC):
         try:
             if crypter is not None:
                 body = self._decrypt(crypter, message, skip)
-            elif not skip:
+            elif skip <= 0:
                 body = message
             elif len(message) <= _VIEW_THRESHOLD or not self._reads_buffers:
                 body = message[skip:]
@@ -166,7 +165,7 @@ class BaseMessageSerializer(abc.ABC):
     def _decrypt(self, crypter: Crypter, message: bytes, skip: int) -> bytes:
         if type(message) is not bytes or len(message) <= skip:
             message = self._checked_input(message, skip)
-        token = message[skip:] if skip else message
+        token = message[skip:] if skip > 0 else message
         expiry = self.expiry
         ttl = None if expiry is None else expiry + TTL_MARGIN
         try:
