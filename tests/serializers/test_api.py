@@ -19,6 +19,7 @@ from channels_valkey.serializers import (
     SerializerConfigError,
     SerializerDoesNotExist,
     SerializerError,
+    SerializerRegistrationError,
     SerializersRegistry,
     registry,
 )
@@ -148,6 +149,9 @@ def test_every_exception_shares_one_base_and_keeps_its_builtin_parent() -> None:
     assert issubclass(MessageEncodeError, ValueError)
     assert issubclass(MessageDecodeError, SerializerError)
     assert issubclass(MessageDecodeError, ValueError)
+    assert issubclass(SerializerRegistrationError, SerializerError)
+    assert issubclass(SerializerRegistrationError, TypeError)
+    assert issubclass(SerializerRegistrationError, AssertionError)
 
 
 class _Reversed(BaseMessageSerializer):

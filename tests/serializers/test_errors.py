@@ -22,6 +22,8 @@ from channels_valkey.serializers import (
     MsgPackSerializer,
     SerializerConfigError,
     SerializerDoesNotExist,
+    SerializerError,
+    SerializerRegistrationError,
     SerializersRegistry,
     registry,
 )
@@ -206,6 +208,40 @@ def test_a_subclass_missing_as_bytes_cannot_be_registered() -> None:
 
     with pytest.raises(TypeError, match="HalfDone for 'half' does not implement as_bytes"):
         SerializersRegistry().register_serializer("half", HalfDone)
+
+
+class _WritesOnly:
+    """Has serialize but no deserialize: not a serializer."""
+
+    def serialize(self, message: Any) -> bytes:
+        return b""
+
+
+class _HalfDone(BaseMessageSerializer):
+    """Leaves as_bytes abstract."""
+
+    def from_bytes(self, message: Any, *args: Any, **kwargs: Any) -> Any:
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("format", "unfit", "named"),
+    [
+        ("custom", _WritesOnly, "_WritesOnly for 'custom' has no deserialize method"),
+        ("custom", _HalfDone, "_HalfDone for 'custom' does not implement as_bytes"),
+        ("custom", len, "serializer for 'custom' must be a class, not builtin_function_or_method"),
+        (3, MsgPackSerializer, "format must be a non-empty str, not 3"),
+    ],
+)
+def test_registration_errors_are_caught_as_the_assertion_errors_of_0_3(
+    format: Any, unfit: Any, named: str
+) -> None:
+    # 0.3 checks registrations with assert, so code written for it says "except AssertionError".
+    with pytest.raises(AssertionError, match=named) as caught:
+        SerializersRegistry().register_serializer(format, unfit)
+    assert isinstance(caught.value, SerializerRegistrationError)
+    assert isinstance(caught.value, TypeError)
+    assert isinstance(caught.value, SerializerError)
 
 
 def test_only_classes_and_str_formats_can_be_registered() -> None:

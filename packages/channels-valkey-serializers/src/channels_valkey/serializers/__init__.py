@@ -13,6 +13,7 @@ from channels_valkey.serializers.exceptions import (
     SerializerConfigError,
     SerializerDoesNotExist,
     SerializerError,
+    SerializerRegistrationError,
 )
 from channels_valkey.serializers.json_format import JSONSerializer
 from channels_valkey.serializers.msgpack_format import MsgPackSerializer, MsgpackSerializer
@@ -29,6 +30,7 @@ __all__ = [
     "SerializerConfigError",
     "SerializerDoesNotExist",
     "SerializerError",
+    "SerializerRegistrationError",
     "SerializersRegistry",
     "__version__",
     "registry",

@@ -14,6 +14,7 @@ __all__ = [
     "SerializerConfigError",
     "SerializerDoesNotExist",
     "SerializerError",
+    "SerializerRegistrationError",
 ]
 
 
@@ -46,6 +47,14 @@ class SerializerDoesNotExist(SerializerError, KeyError):
 
 class SerializerConfigError(SerializerError, ValueError):
     """A serializer was built with arguments it cannot work with (keys, prefix length, expiry, missing extra)."""
+
+
+class SerializerRegistrationError(SerializerError, TypeError, AssertionError):
+    """A format name or class handed to ``register_serializer`` cannot serialize messages.
+
+    A ``TypeError``, since a wrong type is what it reports; also an ``AssertionError`` because channels-valkey 0.3
+    and channels_redis 4 check registrations with ``assert``, and code written against them catches that.
+    """
 
 
 class MessageEncodeError(SerializerError, TypeError, ValueError):

@@ -6,7 +6,7 @@ import inspect
 from typing import Any
 
 from channels_valkey.serializers.base import BaseMessageSerializer
-from channels_valkey.serializers.exceptions import SerializerDoesNotExist
+from channels_valkey.serializers.exceptions import SerializerDoesNotExist, SerializerRegistrationError
 from channels_valkey.serializers.json_format import JSONSerializer
 from channels_valkey.serializers.msgpack_format import MsgPackSerializer
 
@@ -30,11 +30,15 @@ class SerializersRegistry:
         return tuple(sorted(self._registry))
 
     def register_serializer(self, format: str, serializer_class: type[Any]) -> None:
-        """Serialize ``format`` with ``serializer_class`` from now on."""
+        """Serialize ``format`` with ``serializer_class`` from now on.
+
+        An unfit format or class raises ``SerializerRegistrationError``, which ``except TypeError`` and, as with
+        0.3's ``assert``, ``except AssertionError`` both catch.
+        """
         if not isinstance(format, str) or not format:
-            raise TypeError(f"a serializer format must be a non-empty str, not {format!r}")
+            raise SerializerRegistrationError(f"a serializer format must be a non-empty str, not {format!r}")
         if not isinstance(serializer_class, type):
-            raise TypeError(
+            raise SerializerRegistrationError(
                 f"serializer for {format!r} must be a class, not {type(serializer_class).__name__} "
                 f"{serializer_class!r}"
             )
@@ -42,7 +46,7 @@ class SerializersRegistry:
         if issubclass(serializer_class, BaseMessageSerializer):
             if inspect.isabstract(serializer_class):
                 missing = ", ".join(sorted(getattr(serializer_class, "__abstractmethods__", ())))
-                raise TypeError(
+                raise SerializerRegistrationError(
                     f"serializer {name} for {format!r} does not implement {missing}, which "
                     "BaseMessageSerializer subclasses must provide"
                 )
@@ -53,7 +57,7 @@ class SerializersRegistry:
                 if not callable(getattr(serializer_class, method, None))
             ]
             if absent:
-                raise TypeError(
+                raise SerializerRegistrationError(
                     f"serializer {name} for {format!r} has no {' or '.join(absent)} method: register a "
                     "BaseMessageSerializer subclass, or a class with serialize(message) -> bytes and "
                     "deserialize(bytes) -> message"
