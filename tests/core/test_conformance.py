@@ -339,11 +339,14 @@ async def test_group_send_over_capacity_drops_and_counts(
 # Expiry ------------------------------------------------------------------------------------------------------------
 
 
-async def test_message_expires_on_the_server(make_layer: MakeLayer) -> None:
+async def test_message_expires_on_the_server(make_layer: MakeLayer, topology: Topology) -> None:
     layer = make_layer(expiry=1)
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "stale soon"})
     await layer.send("conformance.expiring", {"type": "stale soon"})
+    # Both were stored: a send that dropped them would otherwise pass for expiry.
+    assert topology.count(_process_queue(layer, channel, topology)) == 1
+    assert topology.count(topology.queue_key(layer.prefix, "conformance.expiring")) == 1
     await asyncio.sleep(1.1)  # the passing of time is what expires the messages
     await _nothing_arrives(layer, channel)
     await _nothing_arrives(layer, "conformance.expiring")
