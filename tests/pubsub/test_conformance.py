@@ -102,7 +102,10 @@ async def test_worker_channel_capacity_raises_channel_full(make_layer: MakeLayer
     with pytest.raises(ChannelFull):
         await layer.send("tight.one", {"type": "n"})
     assert await receive(layer, "roomy") == {"type": "n", "n": 0}
-    await layer.send("roomy", {"type": "n", "n": 4})  # room again
+    await layer.send("roomy", {"type": "n", "n": 4})  # room again, for one message
+    with pytest.raises(ChannelFull, match="'roomy' is at capacity"):
+        await layer.send("roomy", {"type": "n", "n": 5})
+    assert [(await receive(layer, "roomy"))["n"] for _ in range(3)] == [1, 2, 4]
 
 
 async def test_groups(layer: ValkeyPubSubChannelLayer, receive: Receive, topology: Topology) -> None:
