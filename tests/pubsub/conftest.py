@@ -64,6 +64,10 @@ class Topology:
                     total += sum(count for _, count in client.pubsub_numsub(name))
         return total
 
+    def blocked_clients(self) -> int:
+        """Connections blocked in a command such as BZPOPMIN (a worker channel's reader), summed over the servers."""
+        return sum(int(server.info("clients")["blocked_clients"]) for server in self.servers)
+
     def worker_queue(self, prefix: str, channel: str) -> str:
         """The key the layer queues a worker channel's messages under on this topology."""
         return f"{prefix}__worker__{{{channel}}}" if self.cluster else f"{prefix}__worker__{channel}"

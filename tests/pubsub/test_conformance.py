@@ -166,14 +166,26 @@ async def test_flush_forgets_everything_and_the_layer_stays_usable(
 
 
 async def test_flush_keeps_receives_that_are_waiting(
-    layer: ValkeyPubSubChannelLayer, receive: Receive
+    layer: ValkeyPubSubChannelLayer,
+    receive: Receive,
+    topology: Topology,
+    eventually_blocking: Eventually,
 ) -> None:
     channel = await layer.new_channel()
+    before = topology.blocked_clients()
     waiting = asyncio.create_task(receive(layer, channel))
-    await asyncio.sleep(0)
+    # A process channel's receive waits in this process only; a worker channel's blocks on its queue on the
+    # server, where it can be seen. The worker receive is started second, so once it blocks both wait.
+    waiting_worker = asyncio.create_task(receive(layer, "jobs.waiting"))
+    await eventually_blocking(
+        lambda: topology.blocked_clients() >= before + 1, "the worker channel's receive to block"
+    )
     await layer.flush()
+    assert topology.subscribers(channel) == 1  # a waiting receive keeps its channel subscribed
     await layer.send(channel, {"type": "still.there"})
+    await layer.send("jobs.waiting", {"type": "still.there"})
     assert await waiting == {"type": "still.there"}
+    assert await waiting_worker == {"type": "still.there"}
 
 
 @pytest.mark.parametrize("topology", ["single"], indirect=True)
