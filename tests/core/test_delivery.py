@@ -25,6 +25,11 @@ from servers.topologies import Shards
 Eventually = Callable[..., Awaitable[None]]
 
 
+def _blocked_clients(server: ValkeyProcess) -> int:
+    """Connections blocked in a command such as BZMPOP on ``server``."""
+    return int(server.info("clients")["blocked_clients"])
+
+
 @pytest.fixture
 async def layer(valkey_server: ValkeyProcess, key_prefix: str) -> AsyncIterator[ValkeyChannelLayer]:
     layer = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
@@ -228,15 +233,21 @@ async def test_buffers_of_channels_nobody_receives_from_expire(
         await layer.close_pools()
 
 
-async def test_receive_survives_a_cut_connection(fault_proxy: FaultProxy, key_prefix: str) -> None:
+async def test_receive_survives_a_cut_connection(
+    fault_proxy: FaultProxy, valkey_server: ValkeyProcess, key_prefix: str, eventually: Eventually
+) -> None:
+    blocked_before = _blocked_clients(valkey_server)
     layer = ValkeyChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
     try:
         await layer.send("c", {"type": "first"})
         assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "first"}
         waiting = asyncio.create_task(layer.receive("c"))
-        await fault_proxy.wait_for_connections_async(2, timeout=5) if hasattr(
-            fault_proxy, "wait_for_connections_async"
-        ) else None
+        # The command lane and the receive's pop go through the proxy, and the pop is blocked on the server.
+        await fault_proxy.wait_for_connections_async(2, timeout=5)
+        await eventually(
+            lambda: _blocked_clients(valkey_server) > blocked_before,
+            "the receive's pop to block on the server",
+        )
         fault_proxy.cut()
         await layer.send("c", {"type": "after the cut"})
         assert await asyncio.wait_for(waiting, 10) == {"type": "after the cut"}
