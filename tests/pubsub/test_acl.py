@@ -62,12 +62,16 @@ async def test_a_user_limited_to_publish_and_subscribe_keeps_working(
         assert sum("refuses the worker queue commands" in r.message for r in caplog.records) == 1
         assert any("refuses PING" in r.message for r in caplog.records)
 
-        # A cancelled receive keeps the subscription.
-        waiting = asyncio.create_task(layer.receive(channel))
-        await asyncio.sleep(0.05)
+        # A cancelled receive keeps the subscription. A receive on a channel not yet subscribed here subscribes it
+        # as it starts waiting, which the server shows.
+        later = f"{key_prefix}later"
+        waiting = asyncio.create_task(layer.receive(later))
+        await eventually(lambda: _subscribers(secured_valkey, later) == 1, "the receive's subscription")
         waiting.cancel()
-        await layer.send(channel, {"type": "kept"})
-        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "kept"}
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert _subscribers(secured_valkey, later) == 1
+        await layer.send(later, {"type": "kept"})
+        assert await asyncio.wait_for(layer.receive(later), 5) == {"type": "kept"}
         await layer.flush()
         await eventually(lambda: _subscribers(secured_valkey, channel) == 0, "flush to unsubscribe")
     finally:
