@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from valkey.asyncio.connection import SSLConnection
 
-from channels_valkey.sentinel import ClusterShard, ConnectionManager, ShardUnavailable, decode_hosts
+from channels_valkey.sentinel import (
+    ClusterShard,
+    ConnectionManager,
+    ResiliencePolicy,
+    ShardUnavailable,
+    decode_hosts,
+)
 
 from servers.certificates import create_certificates
 from servers.cluster import TLSCluster, ValkeyCluster, start_cluster
@@ -41,6 +47,13 @@ def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey
 
 def _manager(cluster: ValkeyCluster) -> ConnectionManager:
     return ConnectionManager(decode_hosts([{"cluster": [cluster.url()]}]))
+
+
+#: A retry budget far longer than a test waits (:data:`OUTCOME_TIMEOUT`): a failure that is "raised at once" must be
+#: raised although retrying is allowed for an hour, so a manager that retried it would run into the timeout.
+PATIENT = ResiliencePolicy(retry_attempts=100_000, retry_deadline=3600.0)
+#: Longest a test waits for a call that must fail without retrying; generous, it only stops a retrying manager.
+OUTCOME_TIMEOUT = 30.0
 
 
 async def test_each_key_lands_on_the_primary_of_its_slot(
@@ -125,14 +138,12 @@ def _wait_for_migrating(node: ValkeyProcess, slot: int, *, deadline: float) -> N
 
 
 async def test_an_unreachable_cluster_fails_at_once() -> None:
-    manager = ConnectionManager(decode_hosts([{"cluster": [("127.0.0.1", free_port())]}]))
-    started = time.monotonic()
+    manager = ConnectionManager(decode_hosts([{"cluster": [("127.0.0.1", free_port())]}]), PATIENT)
     try:
         with pytest.raises(ShardUnavailable, match=r"cluster of 127\.0\.0\.1"):
-            await manager.execute_command(0, "GET", "k", idempotent=True)
+            await asyncio.wait_for(manager.execute_command(0, "GET", "k", idempotent=True), OUTCOME_TIMEOUT)
     finally:
         await manager.close()
-    assert time.monotonic() - started < 5
 
 
 async def test_single_server_calls_are_refused_on_a_cluster(valkey_cluster: ValkeyCluster) -> None:
@@ -263,14 +274,12 @@ async def test_tls_with_a_ca_that_did_not_sign_the_nodes_fails_at_once(
     tls_cluster: TLSCluster, form: str
 ) -> None:
     entry = {**_tls_entry(tls_cluster, form), "ssl_ca_certs": str(tls_cluster.certificates.wrong_ca_file)}
-    manager = ConnectionManager(decode_hosts([entry]))
-    started = time.monotonic()
+    manager = ConnectionManager(decode_hosts([entry]), PATIENT)
     try:
         with pytest.raises(ShardUnavailable, match=r"\(TLS\)\) is unavailable.*CERTIFICATE_VERIFY_FAILED"):
-            await manager.execute_command(0, "GET", "k", idempotent=True)
+            await asyncio.wait_for(manager.execute_command(0, "GET", "k", idempotent=True), OUTCOME_TIMEOUT)
     finally:
         await manager.close()
-    assert time.monotonic() - started < 2
 
 
 async def test_tls_with_the_wrong_ca_tries_each_startup_node_once(tls_cluster: TLSCluster) -> None:
@@ -297,17 +306,17 @@ async def test_a_certificate_replaced_by_an_untrusted_one_fails_at_once_after_fi
 ) -> None:
     """Once the layer has talked to the cluster, nodes presenting certificates it cannot verify are as fatal as
     at first contact: the slot map cannot be read from any of them, and retrying would fail the same way."""
-    manager = ConnectionManager(decode_hosts([_tls_entry(tls_cluster, "keys")]))
+    manager = ConnectionManager(decode_hosts([_tls_entry(tls_cluster, "keys")]), PATIENT)
     trusted, untrusted = tls_cluster.certificates, create_certificates(tmp_path)
     try:
         await manager.execute_command(0, "SET", key_prefix, "v", idempotent=True)
         for proxy in tls_cluster.proxies:
             proxy.serve_certificates(untrusted)
             proxy.cut()
-        started = time.monotonic()
         with pytest.raises(ShardUnavailable, match="certificate verify failed"):
-            await manager.execute_command(0, "GET", key_prefix, idempotent=True)
-        assert time.monotonic() - started < 2
+            await asyncio.wait_for(
+                manager.execute_command(0, "GET", key_prefix, idempotent=True), OUTCOME_TIMEOUT
+            )
     finally:
         for proxy in tls_cluster.proxies:
             proxy.serve_certificates(trusted)
