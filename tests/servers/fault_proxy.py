@@ -185,6 +185,8 @@ class _Relay:
         self.ssl_context = ssl_context
         self.latency = 0.0
         self.refusing = False
+        #: Client connections the listener has taken since the start, refused ones included.
+        self.accepted = 0
         self._closing = False
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -222,6 +224,7 @@ class _Relay:
                 sock, _ = await loop.sock_accept(listener)
             except ConnectionAbortedError:
                 continue
+            self.accepted += 1
             if self.refusing or self._closing:
                 _linger_zero(sock)
                 sock.close()
@@ -314,6 +317,9 @@ class _Relay:
 
     async def count(self) -> int:
         return len(self._connections)
+
+    async def accepted_count(self) -> int:
+        return self.accepted
 
     async def wait_for_count(self, count: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -482,6 +488,12 @@ class FaultProxy:
     def connection_count(self) -> int:
         """Client connections open right now (including ones still reaching the target)."""
         return self._call(self._relay.count())
+
+    @property
+    def accepted_connections(self) -> int:
+        """Client connections made to the proxy since it started, refused ones included: how often a client
+        tried."""
+        return self._call(self._relay.accepted_count())
 
     def wait_for_connections(self, count: int, timeout: float = 5.0) -> None:
         """Block until exactly ``count`` client connections are open; raise TimeoutError after ``timeout`` s.

@@ -296,6 +296,8 @@ async def test_refuse_resets_new_connections_until_accept(
     reader, writer = await clients.open(port)
     assert await round_trip(reader, writer, b"back") == b"back"
     assert echo.accepted == 2
+    # Every connection made to the proxy is counted, the refused one too.
+    assert proxy.accepted_connections == 3
 
 
 async def test_retarget_sends_new_connections_elsewhere(proxy: FaultProxy, clients: Clients) -> None:
