@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ def test_a_healthy_server_passes(run_cli: RunCli, valkey_url: str, key_prefix: s
     assert shard["server"] == "valkey"
     assert tuple(int(part) for part in shard["version"].split(".")[:2]) >= (7, 2)
     assert shard["role"] == "primary"
-    assert 0 < shard["latency_ms"] < 1000
+    assert shard["latency_ms"] > 0
     assert shard["maxmemory_policy"] == "noeviction"
     # The default user may run ACL DRYRUN, so nothing had to be run for real.
     assert shard["acl"]["method"] == "dryrun"
@@ -276,16 +275,23 @@ def test_a_replica_is_an_error_for_a_layer_that_writes(
 # Unreachable servers ------------------------------------------------------------------------------------------
 
 
-def test_an_unreachable_host_fails_fast(run_cli: RunCli, valkey_url: str) -> None:
+def test_an_unreachable_host_is_an_error_of_its_shard(run_cli: RunCli, valkey_url: str) -> None:
     closed = f"valkey://127.0.0.1:{free_port()}/0"
-    started = time.monotonic()
     result = run_cli("check", "--hosts", valkey_url, closed)
-    assert time.monotonic() - started < 5
     assert result.status == 1
     assert f"error: shard 1 ({closed}): unreachable: ConnectionError" in result.stdout
     lines = result.stdout.splitlines()
     assert lines[4].split()[2] == "yes"
     assert lines[5].split()[2] == "no"
+
+
+def test_a_failed_connection_is_not_retried(run_cli: RunCli, fault_proxy: FaultProxy) -> None:
+    # "Nothing is retried, so a failure is reported at once": the server is tried once.
+    fault_proxy.refuse()  # every connection is reset as soon as it is made
+    result = run_cli("check", "--hosts", fault_proxy.url())
+    assert result.status == 1
+    assert "unreachable: ConnectionError" in result.stdout
+    assert fault_proxy.accepted_connections == 1
 
 
 def test_sentinels_that_cannot_be_reached_are_an_error(run_cli: RunCli) -> None:
@@ -303,14 +309,15 @@ def test_a_server_that_never_answers_is_given_up_after_the_timeout(
 ) -> None:
     fault_proxy.pause()
     try:
-        started = time.monotonic()
         result = run_cli("check", "--hosts", fault_proxy.url(), "--timeout", "0.5")
-        elapsed = time.monotonic() - started
     finally:
         fault_proxy.resume()
     assert result.status == 1
+    # The reply's own timeout gave up, not the bound on the shard's whole check (ten times --timeout), and the
+    # server was tried once.
     assert "unreachable: TimeoutError" in result.stdout
-    assert elapsed < 5
+    assert "did not finish" not in result.stdout
+    assert fault_proxy.accepted_connections == 1
 
 
 def test_a_wrong_password_is_a_refused_login(run_cli: RunCli, secured_valkey: ValkeyProcess) -> None:
