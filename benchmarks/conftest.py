@@ -4,8 +4,10 @@ at the end, and the way the layer suites compare the two sides.
 A suite files the figures of both sides (ours and channels_redis, unless the report names other sides, such as
 ours on a cluster and ours on one server) under a group with a :class:`RatioReport` from the ``ratio_report``
 fixture; at the end of the session each report prints one row per group where both sides ran, and writes the same
-rows as JSON under .benchmarks/ (where pytest-benchmark keeps its own files), for comparing runs. ``benchmarks/`` is
-not on ``sys.path``, so the suites reach all this through fixtures, not imports.
+rows as JSON under .benchmarks/ (where pytest-benchmark keeps its own files), for comparing runs. The suites reach
+all this through fixtures; the one module they import is ``checked_flows`` (``benchmarks/`` is on pytest's
+``pythonpath``): the message flows, whose messages carry sequence numbers so that each flow checks that what arrived
+is exactly what was sent, in order, and whose every receive has a timeout.
 
 The layer suites (core, pubsub) set a target per row (``target_report``) and run each test on an event loop of its
 own (``run``), with layers built from the suite's ``layer_classes`` fixture, each side under a prefix of its own.
@@ -14,7 +16,12 @@ in alternating blocks inside the one test: on this 2-core machine the speed drif
 minutes, so two sides timed minutes apart, in separate tests, gave ratios that moved from 3.7 to 6.3 between runs.
 The few tests that must measure one side at a time (memory figures, which cannot be told apart when two layers
 share the process) take ``side`` and run once per side. Targets are reported, never asserted: a benchmark fails
-only when a layer delivers something wrong.
+only when a layer delivers something wrong (a message lost, duplicated, reordered or garbled, or server keys left
+behind by the soak).
+
+``--bench-quick`` (``hatch run bench:quick``, which CI runs) plays every comparison for :data:`QUICK_ROUNDS` rounds
+a side, untimed, and cuts the soak and churn down (the ``size`` fixture): it shows that each benchmark still runs and
+delivers exactly what it sends, and reports no figures.
 
 The layer suites' cluster comparisons (``test_bench_cluster.py``) put our layer on the session's Valkey Cluster
 against our layer on the single server, with the fixtures of the last section: ``cluster_report``,
@@ -38,8 +45,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from channels_valkey.cli.measure.flows import GROUP, MESSAGE, round_trip
-
+from checked_flows import GROUP, Fan, Stream, fan_out, round_trip
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
 from servers.topologies import start_standalone
@@ -48,6 +54,42 @@ OURS, PEER = "ours", "channels_redis"
 SIDES = [OURS, PEER]
 
 T = TypeVar("T")
+
+#: Rounds each side runs of every comparison in quick mode (``--bench-quick``).
+QUICK_ROUNDS = 3
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench-quick",
+        action="store_true",
+        help=f"run every benchmark for {QUICK_ROUNDS} rounds a side, untimed, with the soak and churn cut down: "
+        "checks that each benchmark runs and delivers exactly what it sends, and makes no timing claims",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("bench_quick") and config.getoption("benchmark_enable"):
+        raise pytest.UsageError("--bench-quick times nothing: leave out --benchmark-enable")
+
+
+@pytest.fixture(scope="session")
+def quick(pytestconfig: pytest.Config) -> bool:
+    """Whether this is a quick run (``--bench-quick``): a few untimed rounds, nothing compared or reported."""
+    return bool(pytestconfig.getoption("bench_quick"))
+
+
+@pytest.fixture(scope="session")
+def size(quick: bool) -> Callable[..., int]:
+    """``size(full, quick=n)``: how much of something (messages, consumers) a test moves: ``n`` in a quick run."""
+
+    quick_run = quick
+
+    def choose(full: int, *, quick: int) -> int:
+        return quick if quick_run else full
+
+    return choose
+
 
 #: The figures one side filed for one group, by name.
 Figures = dict[str, float]
@@ -447,8 +489,8 @@ def layer(make_layer: Callable[..., Any]) -> Any:
 class Turns(Generic[T]):
     """What each side's timed rounds of one comparison took and returned, by side, in the order they ran."""
 
-    #: Whether the rounds were timed (``--benchmark-enable``). If not, each side ran one round, to check that it
-    #: works, and ``seconds`` holds nothing to compare.
+    #: Whether the rounds were timed (``--benchmark-enable``). If not, each side ran one round (or a few, in a
+    #: quick run), to check that it works, and ``seconds`` holds nothing to compare.
     timed: bool
     #: The two sides, the one pytest-benchmark times first (ours, in a comparison with the peer).
     sides: tuple[str, str] = (OURS, PEER)
@@ -491,7 +533,9 @@ async def _settle(layer: Any) -> None:
 
 
 @pytest.fixture
-def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable[..., Turns[Any]]:
+def take_turns(
+    benchmark: Any, run: Callable[[Awaitable[Any]], Any], quick: bool
+) -> Callable[..., Turns[Any]]:
     """``take_turns(layers, one_round, rounds=, turn=1, warmup=0, before_round=None)``: the rounds of both sides
     of a comparison, timed in turns; a :class:`Turns`.
 
@@ -504,6 +548,10 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
     first, second, second, first..., so that neither side always runs right after the other, and rounds of the two
     sides that get compared ran seconds apart. After each block, the side that ran it finishes its background
     work (``wait_received``), untimed, so that it does not weigh on the other side's turn.
+
+    Without ``--benchmark-enable`` nothing is timed: each side plays one round (a plain ``pytest benchmarks``
+    run), or :data:`QUICK_ROUNDS` rounds in a quick run, the two sides taking turns round by round, to check that
+    the work runs and delivers what it should.
     """
 
     def settle(layers: Mapping[str, Any], side: str) -> None:
@@ -526,8 +574,6 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
             raise ValueError(f"layers must map two sides to their layer, not {list(layers)!r}")
         timed_side, other = layers
         turns: Turns[T] = Turns(timed=benchmark.enabled, sides=(timed_side, other))
-        if not turns.timed:
-            turn = 1  # the other side's first turn is all it runs: one round, as the timed side
 
         def prepare(side: str) -> None:
             if before_round is not None:
@@ -564,21 +610,30 @@ def take_turns(benchmark: Any, run: Callable[[Awaitable[Any]], Any]) -> Callable
                 if block % 2 == 1:
                     other_turn(block)
 
-        if turns.timed:
-            for side in turns.sides:
-                for _ in range(warmup):
-                    prepare(side)
-                    one_round(side)
-                settle(layers, side)
+        if not turns.timed:
+
+            def play_untimed() -> None:
+                for _ in range(min(rounds, QUICK_ROUNDS) if quick else 1):
+                    for side in (other, timed_side):
+                        prepare(side)
+                        play(side)
+                        settle(layers, side)
+
+            benchmark.pedantic(play_untimed, rounds=1, iterations=1)  # disabled: it calls play_untimed once
+            return turns
+        for side in turns.sides:
+            for _ in range(warmup):
+                prepare(side)
+                one_round(side)
+            settle(layers, side)
         benchmark.pedantic(
             lambda: play(timed_side), setup=before_timed, teardown=after_timed, rounds=rounds, iterations=1
         )
-        if turns.timed:
-            turns.seconds[timed_side] = list(benchmark.stats.stats.data)
-            if len(turns.seconds[other]) != rounds or len(turns.seconds[timed_side]) != rounds:
-                raise AssertionError(f"{rounds} rounds each expected, not {turns.seconds}")
-            benchmark.extra_info[f"{other} median s"] = statistics.median(turns.seconds[other])
-            benchmark.extra_info["turn"] = turn
+        turns.seconds[timed_side] = list(benchmark.stats.stats.data)
+        if len(turns.seconds[other]) != rounds or len(turns.seconds[timed_side]) != rounds:
+            raise AssertionError(f"{rounds} rounds each expected, not {turns.seconds}")
+        benchmark.extra_info[f"{other} median s"] = statistics.median(turns.seconds[other])
+        benchmark.extra_info["turn"] = turn
         return turns
 
     return take
@@ -595,16 +650,15 @@ def process_round_trips(
     p50 and p99 recorded (in us) under "2 process round trip p50" / "p99".
 
     Latency is timed inside the event loop (``round_trip``), so the ~13 us of entering the loop for every round,
-    which the benchmark table includes, stays out of the ratio.
+    which the benchmark table includes, stays out of the ratio. Each round trip's message carries the next number
+    of its side's channel and must come back as sent (``round_trip`` raises otherwise).
     """
 
     def measure(*, rounds: int, turn: int) -> None:
-        channels = {side: run(layer.new_channel()) for side, layer in layers.items()}
+        streams = {side: Stream(layer, run(layer.new_channel())) for side, layer in layers.items()}
 
         def one_round_trip(side: str) -> float:
-            elapsed, intact = run(round_trip(layers[side], channels[side]))
-            assert intact, f"{side} garbled a round trip"
-            return float(elapsed)
+            return float(run(round_trip(streams[side])))
 
         turns = take_turns(layers, one_round_trip, rounds=rounds, turn=turn, warmup=50)
         if turns.timed:
@@ -625,13 +679,14 @@ def process_round_trips(
 def flow_turns(
     take_turns: Callable[..., Turns[Any]], run: Callable[[Awaitable[Any]], Any], layers: dict[str, Any]
 ) -> Callable[..., Turns[Any]]:
-    """``flow_turns(flow, channels, amount, rounds=)``: a message flow of ``channels_valkey.cli.measure.flows``
-    (``flow(layer, channel, amount)``, returning how many messages came intact) run by both sides in turns, after
-    one warm-up round each; every round must bring all ``amount`` messages. ``channels`` is one channel name for
-    both sides, or a name by side; ``pair`` replaces the test's ``layers`` (layers built with other settings)."""
+    """``flow_turns(flow, channels, amount, rounds=)``: a message flow of benchmarks/checked_flows.py
+    (``flow(stream, amount)``, returning how many messages came as sent) run by both sides in turns, after one
+    warm-up round each; every round must bring all ``amount`` messages, numbered in order over the whole test.
+    ``channels`` is one channel name for both sides, or a name by side; ``pair`` replaces the test's ``layers``
+    (layers built with other settings)."""
 
     def measure(
-        flow: Callable[[Any, str, int], Awaitable[int]],
+        flow: Callable[[Stream, int], Awaitable[int]],
         channels: str | Mapping[str, str],
         amount: int,
         *,
@@ -640,9 +695,8 @@ def flow_turns(
     ) -> Turns[Any]:
         sides = layers if pair is None else dict(pair)
         names = dict.fromkeys(sides, channels) if isinstance(channels, str) else channels
-        turns = take_turns(
-            sides, lambda side: run(flow(sides[side], names[side], amount)), rounds=rounds, warmup=1
-        )
+        streams = {side: Stream(layer, names[side]) for side, layer in sides.items()}
+        turns = take_turns(sides, lambda side: run(flow(streams[side], amount)), rounds=rounds, warmup=1)
         turns.check(amount)
         return turns
 
@@ -834,14 +888,6 @@ def compare_fan_out(
     return compare
 
 
-async def _fan_out_across(sender: Any, members: Sequence[tuple[Any, str]]) -> int:
-    """One ``group_send`` from ``sender``, then every member (layer, channel) receives on its own layer; how many
-    came intact."""
-    await sender.group_send(GROUP, MESSAGE)
-    messages = await asyncio.gather(*(layer.receive(channel) for layer, channel in members))
-    return sum(message == MESSAGE for message in messages)
-
-
 @pytest.fixture
 def fan_out_to_processes(
     run: Callable[[Awaitable[Any]], Any],
@@ -867,11 +913,12 @@ def fan_out_to_processes(
                 joined.append((layer, channel))
             return joined
 
-        group = {side: run(join(side)) for side in layers}
-        senders = {side: side_layers[0] for side, side_layers in layers.items()}
+        # One group_send from the first layer, then every member receives on its own layer.
+        fans = {side: Fan(side_layers[0], run(join(side))) for side, side_layers in layers.items()}
+        senders = {side: fan.sender for side, fan in fans.items()}
         compare_fan_out(
             senders,
-            lambda side: run(_fan_out_across(senders[side], group[side])),
+            lambda side: run(fan_out(fans[side])),
             row=row,
             members=members,
             rounds=rounds,

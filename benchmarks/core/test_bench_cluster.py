@@ -25,12 +25,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey.cli.measure.flows import (
-    GROUP,
-    fan_out,
-    produce_and_consume,
-    send_receive_pairs,
-)
+from checked_flows import GROUP, Fan, fan_out, produce_and_consume, send_receive_pairs
 
 CHANNEL = "bench.queue"
 
@@ -140,9 +135,10 @@ def test_cluster_group_send_normal_channels(compare_fan_out: CompareFanOut, run:
 
     for layer in layers.values():
         run(join(layer))
+    fans = {side: Fan.of(layer, channels) for side, layer in layers.items()}
     compare_fan_out(
         layers,
-        lambda side: run(fan_out(layers[side], channels)),
+        lambda side: run(fan_out(fans[side])),
         row="3 group_send 100 normal channels",
         members=members,
         rounds=FAN_OUT_ROUNDS,

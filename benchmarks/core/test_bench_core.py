@@ -15,7 +15,9 @@ clean-up of in-flight backups does not weigh on ours, nor ours on the peer.
 Figures are wall time per round unless a test says otherwise; the server runs in another process, so
 ``time.process_time()`` is the client's CPU alone. The soak measures one side at a time: its figure is the memory
 the process keeps, which two layers at work in one process would share. ``CORE_SOAK_MESSAGES`` scales the soak
-(default 5,000; the issue's figure is 200,000).
+(default 5,000; the issue's figure is 200,000; a quick run moves a few hundred). Every message carries a sequence
+number and every flow checks that what arrived is what was sent, in order (benchmarks/checked_flows.py); the soak
+fails when it leaves keys on the server.
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ from typing import Any
 
 import pytest
 
-from channels_valkey.cli.measure.flows import (
+from checked_flows import (
     GROUP,
-    MESSAGE,
+    Fan,
+    Stream,
+    drain,
     fan_out,
+    numbered,
     produce_and_consume,
     send_receive_pairs,
 )
-
 from servers.process import ValkeyProcess
 
 CHANNEL = "bench.queue"
@@ -56,8 +60,8 @@ BACKLOG = 2000
 BACKLOG_ROUNDS = 5
 
 SOAK_MESSAGES = int(os.environ.get("CORE_SOAK_MESSAGES", "5000"))
-#: Messages moved before the memory baseline is taken: connections, caches and buffers reach their size first.
-SOAK_WARMUP = max(1000, SOAK_MESSAGES // 10)
+#: Messages the soak moves in a quick run (``--bench-quick``).
+QUICK_SOAK_MESSAGES = 300
 #: Consumers present at any time during the soak; one joins and the oldest leaves at every step.
 SOAK_CONSUMERS = 10
 #: Messages sent and received through the normal channel at every step of the soak.
@@ -70,21 +74,23 @@ TakeTurns = Callable[..., Any]
 #: ``flow_turns(flow, channels, amount, rounds=)`` (benchmarks/conftest.py): a message flow timed in turns.
 FlowTurns = Callable[..., Any]
 Layers = dict[str, Any]
+#: ``size(full, quick=n)`` (benchmarks/conftest.py): ``n`` in a quick run.
+Size = Callable[..., int]
 
 
 # The work, one function per benchmark (a profiler can call the same ones) -----------------------------------------
 
 
-async def drain(layer: Any, count: int) -> int:
-    """Receive ``count`` messages one after the other; how many came intact."""
-    return sum([await layer.receive(CHANNEL) == MESSAGE for _ in range(count)])
-
-
-def fill_backlog(server: ValkeyProcess, layer: Any, count: int) -> None:
-    """Queue ``count`` messages on CHANNEL in one command, in the layer's own bytes, oldest first."""
+def fill_backlog(server: ValkeyProcess, stream: Stream, count: int) -> None:
+    """Queue the stream's next ``count`` numbered messages on its channel in one command, in the layer's own bytes,
+    oldest first."""
+    layer = stream.layer
     now = time.time()
-    members = {layer.serialize(MESSAGE): now + index * 1e-6 for index in range(count)}
-    key = layer.prefix + CHANNEL
+    members = {
+        layer.serialize(numbered(number)): now + index * 1e-6
+        for index, number in enumerate(stream.to_send(count))
+    }
+    key = layer.prefix + stream.channel
     with server.client() as client:
         client.zadd(key, members)
         client.expire(key, int(layer.expiry))
@@ -134,10 +140,10 @@ def test_group_send(take_turns: TakeTurns, run: Run, layers: Layers, record: Rec
             await layer.group_add(GROUP, channel)
         return channels
 
-    members = {side: run(join(layer)) for side, layer in layers.items()}
+    fans = {side: Fan.of(layer, run(join(layer))) for side, layer in layers.items()}
     turns = take_turns(
         layers,
-        lambda side: run(fan_out(layers[side], members[side])),
+        lambda side: run(fan_out(fans[side])),
         rounds=FAN_OUT_ROUNDS,
         turn=FAN_OUT_TURN,
         warmup=2,
@@ -154,12 +160,13 @@ def test_group_send(take_turns: TakeTurns, run: Run, layers: Layers, record: Rec
 def test_backlog_drain(
     take_turns: TakeTurns, run: Run, layers: Layers, record: Record, valkey_server: ValkeyProcess
 ) -> None:
+    streams = {side: Stream(layer, CHANNEL) for side, layer in layers.items()}
     turns = take_turns(
         layers,
-        lambda side: run(drain(layers[side], BACKLOG)),
+        lambda side: run(drain(streams[side], BACKLOG)),
         rounds=BACKLOG_ROUNDS,
         warmup=1,
-        before_round=lambda side: fill_backlog(valkey_server, layers[side], BACKLOG),
+        before_round=lambda side: fill_backlog(valkey_server, streams[side], BACKLOG),
     )
     turns.check(BACKLOG)
     if turns.timed:
@@ -175,18 +182,24 @@ class Soak:
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.consumers: deque[str] = deque()
+        self.stream = Stream(layer, CHANNEL)
+        self.fan = Fan(layer)
 
     async def step(self) -> int:
-        """One consumer joins, the oldest leaves, messages flow; how many messages were delivered."""
+        """One consumer joins, the oldest leaves, messages flow; how many messages were delivered.
+
+        The flows raise when a message is lost, duplicated or out of order: every consumer present must get this
+        step's group message, and nothing of an earlier one.
+        """
         layer = self.layer
         channel = await layer.new_channel()
         await layer.group_add(GROUP, channel)
         self.consumers.append(channel)
         if len(self.consumers) > SOAK_CONSUMERS:
             await layer.group_discard(GROUP, self.consumers.popleft())
-        delivered = await send_receive_pairs(layer, CHANNEL, SOAK_PAIRS)
-        delivered += await fan_out(layer, list(self.consumers))
-        assert delivered == SOAK_PAIRS + len(self.consumers)
+        delivered = await send_receive_pairs(self.stream, SOAK_PAIRS)
+        self.fan.members = [(layer, consumer) for consumer in self.consumers]
+        delivered += await fan_out(self.fan)
         return delivered
 
     async def flow(self, messages: int) -> None:
@@ -212,22 +225,32 @@ def count_keys(server: ValkeyProcess, prefix: str) -> int:
 
 @pytest.mark.slow
 def test_soak(
-    run: Run, layer: Any, side: str, record: Record, valkey_server: ValkeyProcess, measuring: bool
+    run: Run,
+    layer: Any,
+    side: str,
+    record: Record,
+    valkey_server: ValkeyProcess,
+    measuring: bool,
+    size: Size,
 ) -> None:
+    messages = size(SOAK_MESSAGES, quick=QUICK_SOAK_MESSAGES)
+    # Messages moved before the memory baseline is taken: connections, caches and buffers reach their size first.
+    warmup = max(min(1000, messages // 2), messages // 10)
     keys_before = count_keys(valkey_server, layer.prefix)
     soak = Soak(layer)
     tracemalloc.start()
     try:
-        run(soak.flow(SOAK_WARMUP))
+        run(soak.flow(warmup))
         baseline = traced_bytes()
-        run(soak.flow(SOAK_MESSAGES - SOAK_WARMUP))
+        run(soak.flow(messages - warmup))
         growth = traced_bytes() - baseline
     finally:
         tracemalloc.stop()
     run(soak.leave_all())
     run(layer.wait_received())  # the peer removes its in-flight backups in background tasks
     keys_left = count_keys(valkey_server, layer.prefix) - keys_before
-    print(f"soak of {SOAK_MESSAGES} messages: {growth / 1024:.1f} KiB growth, {keys_left} keys left")
+    print(f"soak of {messages} messages: {growth / 1024:.1f} KiB growth, {keys_left} keys left")
     if measuring:
         record("6 soak memory growth", {side: growth / 1024})
         record("6 soak keys left", {side: keys_left})
+    assert keys_left == 0, f"{side} left {keys_left} keys of its prefix on the server after the soak"

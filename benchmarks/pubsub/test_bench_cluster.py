@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey.cli.measure.flows import produce_and_consume, send_receive_pairs
+from checked_flows import produce_and_consume, send_receive_pairs
 
 #: The worker (normal) channel of the throughput tests: each side's queue is under its own prefix.
 WORKER_CHANNEL = "bench.queue"

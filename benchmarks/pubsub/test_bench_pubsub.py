@@ -14,7 +14,8 @@ Figures are wall time per round unless a test says otherwise; the server runs in
 ``time.process_time()`` is the client's CPU alone. The churn measures one side at a time: its figures are the
 memory the process keeps and the server's Pub/Sub channels, which two layers at work at once would blur.
 ``PUBSUB_CHURN_CONSUMERS`` scales the churn (consumers measured after the warm-up; default 10,000, the issue's
-figure; about 25 s per side here).
+figure; about 25 s per side here; a quick run has a few hundred). Every message carries a sequence number and every
+flow checks that what arrived is what was sent, in order (benchmarks/checked_flows.py).
 """
 
 from __future__ import annotations
@@ -29,13 +30,7 @@ from typing import Any
 
 import pytest
 
-from channels_valkey.cli.measure.flows import (
-    GROUP,
-    fan_out,
-    produce_and_consume,
-    send_receive_pairs,
-)
-
+from checked_flows import GROUP, Fan, fan_out, produce_and_consume, send_receive_pairs
 from servers.process import ValkeyProcess
 
 #: The normal channel of the throughput tests; each side adds a digit of its own (open_channels).
@@ -57,10 +52,10 @@ FAN_OUT_TURN = 5
 
 #: Consumers measured by the churn, after the warm-up.
 CHURN_CONSUMERS = int(os.environ.get("PUBSUB_CHURN_CONSUMERS", "10000"))
+#: Consumers measured by the churn in a quick run (``--bench-quick``).
+QUICK_CHURN_CONSUMERS = 300
 #: Consumers that connect together, share one group message, and leave together: a burst of page loads.
 CHURN_WAVE = 100
-#: Consumers that come and go before the memory baseline is taken: connections and caches reach their size first.
-CHURN_WARMUP = max(2 * CHURN_WAVE, CHURN_CONSUMERS // 10)
 #: ``expiry`` of the churn's layers: ours unsubscribes a process channel nobody received from for this long.
 CHURN_EXPIRY = 2
 #: Longest wait for the server's Pub/Sub channels to return to their count before the churn.
@@ -73,6 +68,8 @@ TakeTurns = Callable[..., Any]
 #: ``flow_turns(flow, channels, amount, rounds=)`` (benchmarks/conftest.py): a message flow timed in turns.
 FlowTurns = Callable[..., Any]
 Layers = dict[str, Any]
+#: ``size(full, quick=n)`` (benchmarks/conftest.py): ``n`` in a quick run.
+Size = Callable[..., int]
 
 
 # The work, one function per benchmark (a profiler can call the same ones) -----------------------------------------
@@ -207,10 +204,10 @@ def test_group_send(take_turns: TakeTurns, run: Run, layers: Layers, record: Rec
             await layer.group_add(GROUP, channel)
         return channels
 
-    channels = {side: run(join(layer)) for side, layer in layers.items()}
+    fans = {side: Fan.of(layer, run(join(layer))) for side, layer in layers.items()}
     turns = take_turns(
         layers,
-        lambda side: run(fan_out(layers[side], channels[side])),
+        lambda side: run(fan_out(fans[side])),
         rounds=FAN_OUT_ROUNDS,
         turn=FAN_OUT_TURN,
         warmup=2,
@@ -234,11 +231,12 @@ async def consumer_leaves(layer: Any, channel: str) -> None:
         raise AssertionError(f"{channel!r} received {outcome!r} after its only message had been taken")
 
 
-async def churn_wave(layer: Any, size: int) -> int:
+async def churn_wave(fan: Fan, size: int) -> int:
     """``size`` consumers connect and join the group, each receives one group message, all leave.
 
-    How many received the group message intact.
+    How many received the group message as sent (``fan_out`` raises when one did not).
     """
+    layer = fan.sender
 
     async def join() -> str:
         channel = str(await layer.new_channel())
@@ -246,16 +244,17 @@ async def churn_wave(layer: Any, size: int) -> int:
         return channel
 
     channels = await asyncio.gather(*(join() for _ in range(size)))
-    intact = await fan_out(layer, list(channels))
+    fan.members = [(layer, channel) for channel in channels]
+    intact = await fan_out(fan)
     await asyncio.gather(*(consumer_leaves(layer, channel) for channel in channels))
     return intact
 
 
-async def churn(layer: Any, consumers: int) -> int:
-    """``consumers`` come and go in waves of CHURN_WAVE; how many received their group message intact."""
+async def churn(fan: Fan, consumers: int) -> int:
+    """``consumers`` come and go in waves of CHURN_WAVE; how many received their group message as sent."""
     intact = 0
     for start in range(0, consumers, CHURN_WAVE):
-        intact += await churn_wave(layer, min(CHURN_WAVE, consumers - start))
+        intact += await churn_wave(fan, min(CHURN_WAVE, consumers - start))
     return intact
 
 
@@ -295,24 +294,28 @@ def test_churn(
     record: Record,
     valkey_server: ValkeyProcess,
     measuring: bool,
+    size: Size,
 ) -> None:
+    consumers = size(CHURN_CONSUMERS, quick=QUICK_CHURN_CONSUMERS)
+    # Consumers that come and go before the memory baseline is taken: connections and caches reach their size first.
+    warmup = max(2 * CHURN_WAVE, consumers // 10)
     layer = make_layer(expiry=CHURN_EXPIRY)
+    fan = Fan(layer)
     channels_before = pubsub_channels(valkey_server, prefix)
     tracemalloc.start()
     try:
-        intact = run(churn(layer, CHURN_WARMUP))
+        intact = run(churn(fan, warmup))
         run(settle_channels(valkey_server, prefix, channels_before, CHANNELS_SETTLE_TIMEOUT))
         baseline = traced_bytes()
-        intact += run(churn(layer, CHURN_CONSUMERS))
+        intact += run(churn(fan, consumers))
         channels_left = run(settle_channels(valkey_server, prefix, channels_before, CHANNELS_SETTLE_TIMEOUT))
         growth = traced_bytes() - baseline
     finally:
         tracemalloc.stop()
-    assert intact == CHURN_WARMUP + CHURN_CONSUMERS
+    assert intact == warmup + consumers
     channels_left -= channels_before
     print(
-        f"churn of {CHURN_CONSUMERS} consumers: {growth / 1024:.1f} KiB growth, "
-        f"{channels_left} Pub/Sub channels left"
+        f"churn of {consumers} consumers: {growth / 1024:.1f} KiB growth, {channels_left} Pub/Sub channels left"
     )
     if measuring:
         record("5 churn memory growth", {side: growth / 1024})

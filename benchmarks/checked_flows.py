@@ -1,0 +1,168 @@
+"""The message flows the benchmark suites time, each checking that what arrived is exactly what was sent.
+
+They are the flows of ``channels_valkey.cli.measure.flows`` (what ``channels-valkey bench`` times: the same message,
+the same steps) with two additions, so that a layer that loses, duplicates or reorders messages fails the run instead
+of looking fast:
+
+- every message carries a sequence number, counted per channel over the whole test (a :class:`Stream`, or a
+  :class:`Fan` for a group), so a message lost, delivered twice or overtaken by a later one shows as a number out of
+  place, in whatever round it happened;
+- every receive has a timeout (:data:`RECEIVE_TIMEOUT`), so a lost message fails the round instead of hanging it.
+
+A flow returns how many messages came as sent (the figure ``Turns.check`` compares) and raises ``AssertionError``
+naming the first difference otherwise. They take any channel layer, ours or a peer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels_valkey.cli.measure.flows import GROUP, MESSAGE
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout
+else:  # valkey-py depends on async-timeout there
+    from async_timeout import timeout
+
+#: Longest wait for one message: generous, so that only a lost message runs into it.
+RECEIVE_TIMEOUT = 10.0
+
+
+def numbered(number: int) -> dict[str, Any]:
+    """The benchmark message (about 100 bytes in msgpack) with its sequence number."""
+    return {**MESSAGE, "n": number}
+
+
+async def receive_within(layer: Any, channel: str) -> dict[str, Any]:
+    """The next message of ``channel``; ``AssertionError`` when none arrives within :data:`RECEIVE_TIMEOUT`."""
+    try:
+        async with timeout(RECEIVE_TIMEOUT):
+            message: dict[str, Any] = await layer.receive(channel)
+    except (TimeoutError, asyncio.TimeoutError):  # the same class from Python 3.11 on
+        raise AssertionError(f"no message arrived on {channel!r} within {RECEIVE_TIMEOUT:g} s") from None
+    return message
+
+
+def _number(message: object) -> object:
+    """What a message shows of its place: its number, or the message itself when it is not one of ours intact."""
+    if isinstance(message, dict) and isinstance(message.get("n"), int) and message == numbered(message["n"]):
+        return message["n"]
+    return message
+
+
+@dataclass
+class Stream:
+    """One channel of one layer, and the sequence numbers sent to it and expected from it next."""
+
+    layer: Any
+    channel: str
+    #: The number the next message sent gets.
+    sent: int = 0
+    #: The number the next message received must carry.
+    expected: int = 0
+
+    def to_send(self, count: int) -> range:
+        """The numbers of the next ``count`` messages to send."""
+        numbers = range(self.sent, self.sent + count)
+        self.sent += count
+        return numbers
+
+    def check(self, arrived: Sequence[object]) -> int:
+        """``len(arrived)`` when they are the next numbers expected, in order; else ``AssertionError``."""
+        wanted = range(self.expected, self.expected + len(arrived))
+        self.expected += len(arrived)
+        for place, (message, number) in enumerate(zip(arrived, wanted, strict=True)):
+            if message != numbered(number):
+                shown = [_number(one) for one in arrived[max(0, place - 2) : place + 3]]
+                raise AssertionError(
+                    f"{self.channel!r}: message {place + 1} of {len(arrived)} should have been number {number}, "
+                    f"came as {_number(message)!r} (numbers around it: {shown!r})"
+                )
+        return len(arrived)
+
+
+async def send_receive_pairs(stream: Stream, count: int) -> int:
+    """Send one message and receive it, ``count`` times; how many came as sent."""
+    layer, channel = stream.layer, stream.channel
+    arrived = []
+    for number in stream.to_send(count):
+        await layer.send(channel, numbered(number))
+        arrived.append(await receive_within(layer, channel))
+    return stream.check(arrived)
+
+
+async def produce_and_consume(stream: Stream, count: int) -> int:
+    """One task sends ``count`` messages while another receives them; how many came as sent, in order."""
+    layer, channel = stream.layer, stream.channel
+    numbers = stream.to_send(count)
+
+    async def produce() -> None:
+        for number in numbers:
+            await layer.send(channel, numbered(number))
+
+    async def consume() -> list[dict[str, Any]]:
+        return [await receive_within(layer, channel) for _ in numbers]
+
+    _, arrived = await asyncio.gather(produce(), consume())
+    return stream.check(arrived)
+
+
+async def drain(stream: Stream, count: int) -> int:
+    """Receive ``count`` messages queued beforehand (numbered with ``stream.to_send``); how many came in order."""
+    return stream.check([await receive_within(stream.layer, stream.channel) for _ in range(count)])
+
+
+async def round_trip(stream: Stream) -> float:
+    """Seconds from sending one message to having received it; ``AssertionError`` unless it came as sent."""
+    (number,) = stream.to_send(1)
+    start = time.perf_counter()
+    await stream.layer.send(stream.channel, numbered(number))
+    message = await receive_within(stream.layer, stream.channel)
+    elapsed = time.perf_counter() - start
+    stream.check([message])
+    return elapsed
+
+
+@dataclass
+class Fan:
+    """A group and its members, each a (layer, channel) that receives on its own layer, and the numbers sent."""
+
+    sender: Any
+    members: list[tuple[Any, str]] = field(default_factory=list)
+    group: str = GROUP
+    #: The number the next group message gets.
+    sent: int = 0
+
+    @classmethod
+    def of(cls, layer: Any, channels: Sequence[str], group: str = GROUP) -> Fan:
+        """A group whose members are ``channels``, all received on ``layer``, which also sends."""
+        return cls(layer, [(layer, channel) for channel in channels], group)
+
+
+async def fan_out(fan: Fan) -> int:
+    """One ``group_send``, then every member receives; how many got exactly that message.
+
+    Each group message has the next number, and every member must receive that one: a message left over from an
+    earlier round, or one delivered twice, arrives with the wrong number.
+    """
+    number = fan.sent
+    fan.sent += 1
+    await fan.sender.group_send(fan.group, numbered(number))
+    arrived = await asyncio.gather(*(receive_within(layer, channel) for layer, channel in fan.members))
+    wrong = {
+        channel: _number(message)
+        for (_, channel), message in zip(fan.members, arrived, strict=True)
+        if message != numbered(number)
+    }
+    if wrong:
+        shown = dict(list(wrong.items())[:3])
+        raise AssertionError(
+            f"group_send number {number} to {fan.group!r}: {len(wrong)} of {len(arrived)} members received "
+            f"something else, such as {shown!r}"
+        )
+    return len(arrived)
