@@ -162,11 +162,21 @@ def test_bad_channel_capacity_pattern(hosts: list[Any], pattern: Any) -> None:
         ValkeyChannelLayer(hosts=hosts, channel_capacity={pattern: 3})
 
 
-@pytest.mark.parametrize("value", [0, -12, "12"], ids=repr)
+@pytest.mark.parametrize("value", ["12", 1.5, True, None], ids=repr)
 def test_bad_random_prefix_length(hosts: list[Any], value: Any) -> None:
-    # A whole-number setting like capacity and expiry: a bad value of any kind is a ValueError.
+    # Checked by the serializer, as every serializer setting is: a bad value of any kind is a ValueError.
     with pytest.raises(ValueError, match=rf"random_prefix_length.*{re.escape(repr(value))}"):
         ValkeyChannelLayer(hosts=hosts, random_prefix_length=value)
+
+
+@pytest.mark.parametrize("value", [0, -1, -12], ids=repr)
+def test_random_prefix_length_of_zero_or_less_means_no_prefix(hosts: list[Any], value: int) -> None:
+    layer = ValkeyChannelLayer(hosts=hosts, random_prefix_length=value)
+    plain = ValkeyChannelLayer(hosts=hosts, random_prefix_length=12)
+    message = {"type": "no.prefix", "n": 1}
+    # The bytes are the bare serialized message, as channels-valkey 0.3 stores them with this setting.
+    assert layer.serialize(message) == plain.serialize(message)[12:]
+    assert layer.deserialize(layer.serialize(message)) == message
 
 
 @pytest.mark.parametrize("prefix", [b"asgi", None, 7], ids=repr)
