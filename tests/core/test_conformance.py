@@ -282,6 +282,12 @@ async def test_channel_full_at_capacity_process_channel(
     with pytest.raises(ChannelFull):
         await sender.send(channel, {"type": "one too many again"})
     assert topology.count(queue) == 3
+    # What the reader drained before close_pools was kept for the next receive, in order, before the new ones.
+    assert [await receive(receiver, channel) for _ in range(2)] == [
+        {"type": "fill", "n": 1},
+        {"type": "fill", "n": 2},
+    ]
+    assert (await receive(receiver, channel))["type"] == "room again"
 
 
 async def test_channel_full_at_capacity_normal_channel(make_layer: MakeLayer, topology: Topology) -> None:

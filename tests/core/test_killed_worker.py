@@ -35,7 +35,9 @@ def _layer(backend: str, url: str, prefix: str) -> Any:
 
 def _start_worker(backend: str, url: str, prefix: str, ack_key: str) -> subprocess.Popen[str]:
     worker = subprocess.Popen(
-        [sys.executable, str(WORKER), backend, url, prefix, "jobs", ack_key], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(WORKER), backend, url, prefix, "jobs", ack_key],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert worker.stdout is not None
     if worker.stdout.readline().strip() != "ready":

@@ -4,6 +4,7 @@ so capacity counts what waits (as channels-valkey 0.3 counts it) and anyone look
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,9 @@ async def test_receive_on_a_process_channel_of_another_instance_is_refused(
 
 
 @pytest.mark.parametrize("topology", ["single"], indirect=True)
-async def test_no_random_prefix_round_trip(make_layer: MakeLayer, topology: Topology, receive: Receive) -> None:
+async def test_no_random_prefix_round_trip(
+    make_layer: MakeLayer, topology: Topology, receive: Receive
+) -> None:
     layer = make_layer(random_prefix_length=0)
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "bare"})
@@ -132,13 +135,13 @@ async def test_receives_cancelled_on_a_normal_channel_leave_its_messages_on_the_
         for n in range(20):
             waiting = asyncio.create_task(layer.receive("receiving.cancelled"))
             # A message given back by the last round is taken at once; otherwise the receive blocks.
-            await eventually(lambda: waiting.done() or blocked() == 1, "the receive to block on the server")
+            await eventually(
+                lambda task=waiting: task.done() or blocked() == 1, "the receive to block on the server"
+            )
             await layer.send("receiving.cancelled", {"type": "n", "n": n})
             waiting.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 received.append((await waiting)["n"])
-            except asyncio.CancelledError:
-                pass
         left = 20 - len(received)
         await eventually(lambda: queued() == left, f"the {left} messages nobody took to be on the server")
         rest = [(await receive(layer, "receiving.cancelled"))["n"] for _ in range(left)]

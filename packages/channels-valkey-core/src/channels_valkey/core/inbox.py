@@ -15,6 +15,7 @@ puts back what it was popping and gives up its claim, and the receives still wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -193,10 +194,9 @@ class _Waiter:
         if running is self.loop:
             _resolve(self.future, error)
             return
-        try:
+        # A closed loop refuses the call: its receive has gone with it, and the message stays for the next one.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_resolve, self.future, error)
-        except RuntimeError:
-            pass  # that loop has closed, and its receive with it; the message stays for the next receive
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

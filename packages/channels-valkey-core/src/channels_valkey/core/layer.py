@@ -24,6 +24,8 @@ from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import scripts
+from channels_valkey.core.exceptions import ForeignChannelError
+from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.names import (
     check_channel,
     check_group,
@@ -31,8 +33,6 @@ from channels_valkey.core.names import (
     is_process_channel,
     non_local_name,
 )
-from channels_valkey.core.exceptions import ForeignChannelError
-from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import Entry, LoopReceiver
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
@@ -234,9 +234,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         receiver = self._receiver()
         key = self.queue_key(channel)
         if is_process_channel(channel):
-            shard = self._shard_of_channel(ring, channel)
-            queue = receiver.queue(shard, key, non_local_name(channel), process=True)
-            return await receiver.receive_process(channel, queue)
+            return await receiver.receive_process(channel, self._shard_of_channel(ring, channel), key)
         return await receiver.receive_normal(
             [receiver.queue(shard, key, channel, process=False) for shard in range(ring.size)]
         )

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core.inbox import ProcessInbox
+from channels_valkey.core.names import non_local_name
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import ResiliencePolicy, ShardUnavailable, cancel_and_wait, raise_if_cancelling
 
@@ -141,25 +142,26 @@ class LoopReceiver:
 
     # Receiving ------------------------------------------------------------------------------------------------
 
-    async def receive_process(self, channel: str, queue: _Queue) -> dict[str, Any]:
-        """The next message of process channel ``channel``, whichever loop's reader popped it."""
+    async def receive_process(self, channel: str, shard: int, key: str) -> dict[str, Any]:
+        """The next message of process channel ``channel`` (kept in queue ``key``), whichever loop's reader popped
+        it."""
         inbox = self.inbox
         message = inbox.take(channel)
         while message is None:
-            waiter = inbox.waiter(channel, queue.key)
+            waiter = inbox.waiter(channel, key)
             try:
                 # Taken again once registered: a message filed in between has woken nobody.
                 message = inbox.take(channel)
                 if message is None:
-                    if inbox.claim(queue.key):
-                        self._ensure_reader(queue)
+                    if inbox.claim(key):
+                        self._ensure_reader(self.queue(shard, key, non_local_name(channel), process=True))
                     # Bounded, so that a reader whose loop was closed without ending its tasks is replaced.
                     done, _ = await asyncio.wait({waiter.future}, timeout=self.source.brpop_timeout)
                     if done:
                         waiter.future.result()  # raises what made the reader give up
                     message = inbox.take(channel)
             finally:
-                inbox.forget(channel, queue.key, waiter)
+                inbox.forget(channel, key, waiter)
         return message
 
     async def receive_normal(self, queues: list[_Queue]) -> dict[str, Any]:
@@ -169,21 +171,16 @@ class LoopReceiver:
             if taken is not None:
                 return taken[1]
         waiter: asyncio.Future[_Handover] = asyncio.get_running_loop().create_future()
+        for queue in queues:
+            queue.waiters.append(waiter)
+            self._ensure_reader(queue)
         try:
-            handover: _Handover = await self._wait_on(queues, waiter)
-            return handover.message
+            return (await waiter).message
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # Handed over just as this receive was cancelled: another receive or the server gets it.
                 self._give_back(waiter.result())
             raise
-
-    async def _wait_on(self, queues: list[_Queue], waiter: asyncio.Future[Any]) -> Any:
-        for queue in queues:
-            queue.waiters.append(waiter)
-            self._ensure_reader(queue)
-        try:
-            return await waiter
         finally:
             waiter.cancel()  # answered already, or no reader may answer it any more
 
