@@ -148,3 +148,25 @@ async def test_receives_cancelled_on_a_normal_channel_leave_its_messages_on_the_
         assert received + rest == list(range(20))
     finally:
         await layer.close_pools()
+
+
+@pytest.mark.parametrize("topology", ["single"], indirect=True)
+async def test_a_process_channels_buffer_holds_its_capacity(
+    make_layer: MakeLayer, topology: Topology, receive: Receive, eventually: Eventually
+) -> None:
+    """While another channel of the process is received, a channel nobody reads fills its buffer up to its
+    capacity; beyond that its oldest messages make room, counted, as 0.3's receive buffer did."""
+    layer = make_layer(capacity=3)
+    idle, busy = await layer.new_channel(), await layer.new_channel()
+    waiting = asyncio.create_task(layer.receive(busy))  # drains the process queue into the buffers
+    try:
+        queue = topology.queue_key(layer.prefix, idle)
+        for n in range(6):
+            await layer.send(idle, {"type": "n", "n": n})
+            await eventually(
+                lambda: topology.count(queue) == 0, "the reader to take the message off the server"
+            )
+        await eventually(lambda: layer.counters.buffer_overflow == 3, "the 3 oldest messages to make room")
+        assert [(await receive(layer, idle))["n"] for _ in range(3)] == [3, 4, 5]
+    finally:
+        waiting.cancel()
