@@ -8,6 +8,7 @@ server only after checking it is alive, so a crashed server fails the next test 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from servers.certificates import CertificateFiles, create_certificates
 from servers.cluster import TLSCluster, ValkeyCluster, start_cluster, start_tls_cluster
@@ -262,3 +264,80 @@ def eventually() -> Callable[..., Awaitable[None]]:
             await asyncio.sleep(0.01)
 
     return wait
+
+
+@pytest.fixture
+def on_fresh_loop() -> Callable[..., Any]:
+    """``on_fresh_loop(layer.send, channel, message)``: one ``async_to_sync(..., force_new_loop=True)`` call, as a
+    Django view or a Celery task makes it (a brand-new event loop in another thread, closed before the call
+    returns). A call that has not returned within ``WAIT_TIMEOUT`` fails the test, naming the tasks its loop was
+    still waiting for, instead of hanging the suite."""
+    return call_on_fresh_loop
+
+
+def call_on_fresh_loop(
+    function: Callable[..., Awaitable[Any]], *args: Any, timeout: float = WAIT_TIMEOUT
+) -> Any:
+    """See :func:`on_fresh_loop`; usable from any thread."""
+    loops: list[asyncio.AbstractEventLoop] = []
+    outcome: list[tuple[bool, Any]] = []
+
+    async def call() -> Any:
+        loops.append(asyncio.get_running_loop())
+        return await function(*args)
+
+    def run() -> None:
+        try:
+            outcome.append((True, async_to_sync(call, force_new_loop=True)()))
+        except BaseException as error:  # handed to the caller's thread below
+            outcome.append((False, error))
+
+    caller = threading.Thread(target=run, name="fresh-loop call", daemon=True)
+    caller.start()
+    caller.join(timeout)
+    if caller.is_alive():
+        stuck = _cancel_until_done(loops[0], caller) if loops else "the loop never started"
+        pytest.fail(
+            f"{getattr(function, '__qualname__', function)} on a fresh event loop did not return within "
+            f"{timeout:.0f}s; its loop was still waiting for: {stuck}"
+        )
+    succeeded, value = outcome[0]
+    if not succeeded:
+        raise value
+    return value
+
+
+def _cancel_until_done(loop: asyncio.AbstractEventLoop, caller: threading.Thread) -> str:
+    """Cancel every task of a stuck loop until its call returns, and say what they were awaiting.
+
+    asgiref runs the loop in a worker thread that the interpreter joins at exit: left stuck, it would hang the
+    whole test run after this test fails.
+    """
+    seen: set[str] = set()
+
+    def cancel_all() -> None:
+        for task in asyncio.all_tasks(loop):
+            seen.add(_awaiting(task))
+            task.cancel()
+
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while caller.is_alive() and time.monotonic() < deadline:
+        try:
+            loop.call_soon_threadsafe(cancel_all)
+        except RuntimeError:  # closed meanwhile
+            break
+        caller.join(0.05)
+    return "; ".join(sorted(seen)) or "no task"
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """A task's name and the chain of coroutines it is suspended in, innermost last."""
+    frames = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return f"{task.get_name()} ({' > '.join(frames)})"

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from asgiref.sync import async_to_sync
 
 from channels_valkey.sentinel import ConnectionManager, decode_hosts
+from channels_valkey.sentinel.tasks import BackgroundTask
 
+from conftest import WAIT_TIMEOUT
 from servers.process import ValkeyProcess, wait_until
+from servers.topologies import SentinelGroup
+
+#: Calls from fresh event loops in a row: each closing loop is a chance for its Sentinel watcher to lose the one
+#: cancellation asyncio.run gives it; before the fix, one of the first 20 or so hung in most runs.
+FRESH_LOOP_CALLS = 100
 
 
 def _manager(server: ValkeyProcess) -> ConnectionManager:
@@ -98,3 +107,83 @@ async def test_each_loop_gets_its_own_clients(valkey_server: ValkeyProcess) -> N
     assert await asyncio.to_thread(other_loop_client_id) != id(here)
     assert await manager.client(0) is here
     await manager.close()
+
+
+# Loops that close: asyncio.run (async_to_sync) cancels each task once ------------------------------------------------
+
+
+async def test_sentinel_commands_from_fresh_loops_return_while_another_loop_uses_the_manager(
+    sentinel_group: SentinelGroup, key_prefix: str, on_fresh_loop: Callable[..., Any]
+) -> None:
+    manager = ConnectionManager(decode_hosts([sentinel_group.host_entry()]))
+    assert await _roundtrip(manager, f"{key_prefix}here", "here") == b"here"  # this loop's shard stays open
+
+    def from_fresh_loops() -> list[Any]:
+        return [
+            on_fresh_loop(_roundtrip, manager, f"{key_prefix}{n}", str(n)) for n in range(FRESH_LOOP_CALLS)
+        ]
+
+    assert await asyncio.to_thread(from_fresh_loops) == [str(n).encode() for n in range(FRESH_LOOP_CALLS)]
+    assert await _roundtrip(manager, f"{key_prefix}here", "again") == b"again"
+    await manager.close()
+
+
+def _run_in_thread(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())`` in a thread of its own; fails the test when it has not returned in time."""
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    runner.join(WAIT_TIMEOUT)
+    assert not runner.is_alive(), f"asyncio.run did not return within {WAIT_TIMEOUT:.0f}s"
+
+
+def test_a_closing_loop_ends_a_background_task_whose_work_loses_its_cancellation() -> None:
+    ended = threading.Event()
+
+    async def loses_one_cancellation() -> None:
+        try:
+            with contextlib.suppress(asyncio.CancelledError):  # as valkey-py loses one at times
+                await asyncio.sleep(3600)
+            await asyncio.sleep(3600)
+        finally:
+            ended.set()
+
+    async def main() -> None:
+        BackgroundTask(loses_one_cancellation(), "loses one cancellation")
+        await asyncio.sleep(0)
+
+    _run_in_thread(main)  # a plain task would keep asyncio.run waiting for ever
+    assert ended.is_set()
+
+
+def test_a_closing_loop_lets_a_background_task_finish_its_clean_up() -> None:
+    cleaned_up: list[bool] = []
+
+    async def cleans_up() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            for _ in range(5):  # as closing a connection does: a few turns of the loop
+                await asyncio.sleep(0)
+            cleaned_up.append(True)
+
+    async def main() -> None:
+        BackgroundTask(cleans_up(), "cleans up")
+        await asyncio.sleep(0)
+
+    # The loop cancels the work and its guard in no set order: a guard that cancelled the work again at once
+    # would cut the clean-up short about every other time.
+    for _ in range(20):
+        _run_in_thread(main)
+    assert cleaned_up == [True] * 20
+
+
+async def test_stop_cancels_the_work_until_it_ends() -> None:
+    async def loses_one_cancellation() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+
+    task = BackgroundTask(loses_one_cancellation(), "loses one cancellation")
+    await asyncio.sleep(0)
+    await asyncio.wait_for(task.stop(), WAIT_TIMEOUT)
+    assert task.work.cancelled()

@@ -1,13 +1,21 @@
 """Stopping a background task for sure.
 
 valkey-py reads replies under a timeout; a cancellation that lands while that timeout fires can be swallowed (the
-read simply returns nothing) and the task carries on. Tasks that must end (watchers, readers) are therefore
-cancelled again until they have.
+read simply returns nothing) and the task carries on. Its writes wait in ``asyncio.wait_for``, which before Python
+3.12 drops a cancellation that arrives as the write completes. Tasks that must end (watchers, readers) are
+therefore cancelled again until they have.
+
+A closing event loop does not do that: ``asyncio.run`` (and so every ``async_to_sync`` call) cancels each task left
+once and waits for all of them, so one that lost that cancellation and loops keeps the loop, and the call that made
+it, from ever returning. A :class:`BackgroundTask` ends anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 #: Seconds to wait for a cancelled task before cancelling it again.
 RECANCEL_AFTER = 0.05
@@ -18,6 +26,37 @@ async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None]) -> No
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=RECANCEL_AFTER)
+
+
+class BackgroundTask:
+    """``work`` as a task on the running loop (``self.work``), which ends when its loop closes even if it loses the
+    cancellation that the closing loop gives it.
+
+    A second task, the guard, waits for ``work``. Nothing in it can lose a cancellation, and once cancelled it makes
+    sure ``work`` ends: the loop cannot close before both have ended.
+    """
+
+    def __init__(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.work = loop.create_task(work, name=name)
+        self._guard = loop.create_task(_guard(self.work), name=f"{name} (guard)")
+
+    async def stop(self) -> None:
+        """Cancel ``work`` until it has ended; an exception it ended with is left on ``work`` for the owner."""
+        await cancel_and_wait(self.work)
+        await asyncio.wait({self._guard})
+
+
+async def _guard(work: asyncio.Task[None]) -> None:
+    try:
+        await asyncio.wait({work})  # which never passes a cancellation on to ``work``, nor loses one
+    except asyncio.CancelledError:
+        # A closing loop has cancelled ``work`` too: it gets the time to end by itself first, since cancelling it
+        # again at once would cut its clean-up short.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({work}, timeout=RECANCEL_AFTER)
+        await cancel_and_wait(work)
+        raise
 
 
 def raise_if_cancelling() -> None:

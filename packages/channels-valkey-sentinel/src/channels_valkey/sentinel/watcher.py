@@ -20,7 +20,7 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel.hosts import SentinelHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
-from channels_valkey.sentinel.tasks import cancel_and_wait
+from channels_valkey.sentinel.tasks import BackgroundTask
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -50,21 +50,22 @@ class SwitchWatcher:
         self.known_primary: Address | None = None
         #: Set each time the watcher is subscribed on a Sentinel (tests wait on it).
         self.listening = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: BackgroundTask | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"channels-valkey switch watcher {self.spec.service_name}"
-        )
+        # A BackgroundTask, since it runs on every loop that uses the shard: a loop that asyncio.run closes (each
+        # async_to_sync call) cancels it once, valkey-py can lose that cancellation, and a plain task would then
+        # keep the loop, and the call that made it, from ever ending.
+        self._task = BackgroundTask(self._run(), f"channels-valkey switch watcher {self.spec.service_name}")
 
     async def stop(self) -> None:
         """Cancel the task and wait until it has really ended."""
         task, self._task = self._task, None
         if task is None:
             return
-        await cancel_and_wait(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("switch watcher ended with an error", exc_info=task.exception())
+        await task.stop()
+        if not task.work.cancelled() and task.work.exception() is not None:
+            logger.error("switch watcher ended with an error", exc_info=task.work.exception())
 
     async def _run(self) -> None:
         backoff = self.policy.backoff()
