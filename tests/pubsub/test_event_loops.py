@@ -1,6 +1,11 @@
 """One layer instance used from several event loops at once (``async_to_sync`` calls, threads): each loop has its
 own subscriptions and readers, a worker channel still delivers each message once, and every loop's connections
-and subscriptions go away with it."""
+and subscriptions go away with it.
+
+Sync callers (Django views, Celery tasks) run each call with ``async_to_sync(..., force_new_loop=True)``, on a
+brand-new loop closed when the call returns. Every such call must return at once with a plain host and behind
+Sentinel alike; a closing loop's Sentinel watcher once lost its cancellation within a few calls and the call never
+returned, so those tests repeat the pattern about a hundred times."""
 
 from __future__ import annotations
 
@@ -9,11 +14,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from asgiref.sync import async_to_sync
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
+from conftest import WAIT_TIMEOUT
 from servers.process import ValkeyProcess, wait_until
+
+#: Sync calls per test of short-lived loops, each on a loop of its own.
+CALLS = 100
 
 
 def _wait_for_no_clients(server: ValkeyProcess) -> None:
@@ -105,3 +115,57 @@ def test_worker_channel_delivers_once_across_two_event_loops(
     assert got[0], "both event loops should have received some"
     assert got[1], "both event loops should have received some"
     _wait_for_no_clients(server)
+
+
+@pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
+async def test_sync_sends_reach_a_layer_receiving_on_its_own_loop(
+    layer: ValkeyPubSubChannelLayer,
+    on_fresh_loop: Callable[..., Any],
+    receive: Callable[..., Any],
+) -> None:
+    channel = await layer.new_channel()
+
+    def send_all() -> None:
+        for n in range(CALLS):
+            on_fresh_loop(layer.send, channel, {"type": "sync.send", "n": n})
+
+    async def receive_all() -> list[int]:
+        # Patient, so that a send that never returns is what fails the test.
+        return [(await receive(layer, channel, 3 * WAIT_TIMEOUT))["n"] for _ in range(CALLS)]
+
+    got, _ = await asyncio.gather(receive_all(), asyncio.to_thread(send_all))
+    assert got == list(range(CALLS))
+
+
+@pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
+def test_sync_sends_between_receives_on_a_paused_loop(
+    layer: ValkeyPubSubChannelLayer, on_fresh_loop: Callable[..., Any]
+) -> None:
+    """channels-valkey 0.3's ``test_multi_send_receive_sync``, repeated: the receiving loop runs only while the test
+    waits on it, as ``loop.run_until_complete`` runs it."""
+    loop = asyncio.new_event_loop()
+    try:
+        channel = loop.run_until_complete(layer.new_channel())
+        for round_ in range(CALLS // 3):
+            for n in range(3):
+                on_fresh_loop(layer.send, channel, {"type": "sync.send", "n": [round_, n]})
+            got = [
+                loop.run_until_complete(asyncio.wait_for(layer.receive(channel), WAIT_TIMEOUT))["n"]
+                for _ in range(3)
+            ]
+            assert got == [[round_, n] for n in range(3)]
+        loop.run_until_complete(layer.close_pools())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
+def test_sync_sends_and_receives_of_a_worker_channel_each_on_a_fresh_loop(
+    layer: ValkeyPubSubChannelLayer, on_fresh_loop: Callable[..., Any]
+) -> None:
+    # A worker channel: its queue keeps the message for a receive on another loop (a process channel's Pub/Sub
+    # subscription ends with the loop that made it).
+    for n in range(CALLS // 2):
+        on_fresh_loop(layer.send, "sync.jobs", {"type": "sync.send", "n": n})
+        assert on_fresh_loop(layer.receive, "sync.jobs")["n"] == n
+
