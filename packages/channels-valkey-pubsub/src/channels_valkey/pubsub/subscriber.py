@@ -30,6 +30,7 @@ from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection
 
 from channels_valkey.sentinel import (
+    BackgroundTask,
     Failure,
     ResiliencePolicy,
     Shard,
@@ -140,7 +141,7 @@ class Subscriber:
         self._restoring: set[str] | None = None
         self._down_announced = False
         self._pings = True
-        self._task: asyncio.Task[None] | None = None
+        self._task: BackgroundTask | None = None
         #: Failed connection attempts since the listener last held a connection.
         self.connect_failures = 0
 
@@ -195,13 +196,13 @@ class Subscriber:
     @property
     def listening(self) -> bool:
         """Whether the listener runs (connected or trying to); it stops for good only when the shard is unusable."""
-        return self._task is not None and not self._task.done()
+        return self._task is not None and not self._task.work.done()
 
     async def aclose(self) -> None:
         """Stop the listener and let go of its connection; waiting confirmations are cancelled."""
         task, self._task = self._task, None
         if task is not None:
-            await cancel_and_wait(task)
+            await task.stop()
         closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
         for waiting in self._confirmations.values():
             settle(waiting, closed)
@@ -241,10 +242,11 @@ class Subscriber:
     # The listener -------------------------------------------------------------------------------------------
 
     def _ensure_listener(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                self._listen(), name=f"channels-valkey pubsub listener shard {self.index}"
-            )
+        if self._task is None or self._task.work.done():
+            # A BackgroundTask: a loop closed by asyncio.run (each async_to_sync call) cancels the listener once,
+            # valkey-py can lose that cancellation while a SUBSCRIBE is written, and the listener would then read
+            # for ever and the loop, and the call that made it, never end.
+            self._task = BackgroundTask(self._listen(), f"channels-valkey pubsub listener shard {self.index}")
 
     async def _listen(self) -> None:
         shard = await self._shard()

@@ -32,11 +32,12 @@ from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.shard import Shard
-from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
+from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
 
 __all__ = [
     "DEFAULT_POLICY",
     "AnyShard",
+    "BackgroundTask",
     "ClusterHost",
     "ClusterShard",
     "CommandNotSent",
