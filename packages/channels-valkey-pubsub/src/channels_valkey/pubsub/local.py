@@ -20,7 +20,7 @@ from channels_valkey.pubsub.sharded import ClusterSubscriber
 from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
 from channels_valkey.pubsub.worker import Popped, QueueReader, QueueSource
-from channels_valkey.sentinel import ClusterShard, Shard, cancel_and_wait
+from channels_valkey.sentinel import BackgroundTask, ClusterShard, Shard
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
@@ -127,7 +127,7 @@ class LoopState:
         #: Group Pub/Sub name -> names of the local channels in it.
         self.groups: dict[str, set[str]] = {}
         self.subscribers: dict[int, Subscriptions] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper: BackgroundTask | None = None
         self.closed = False
 
     # Subscriptions ------------------------------------------------------------------------------------------
@@ -255,10 +255,10 @@ class LoopState:
     # Housekeeping -------------------------------------------------------------------------------------------
 
     def _ensure_sweeper(self) -> None:
-        if not self.closed and (self._sweeper is None or self._sweeper.done()):
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_forever(), name="channels-valkey pubsub sweeper"
-            )
+        if not self.closed and (self._sweeper is None or self._sweeper.work.done()):
+            # A BackgroundTask, like the listeners: a sweep writes UNSUBSCRIBE, where valkey-py can lose the one
+            # cancellation a loop closed by asyncio.run gives it, and the sweeping would then never end.
+            self._sweeper = BackgroundTask(self._sweep_forever(), "channels-valkey pubsub sweeper")
 
     async def _sweep_forever(self) -> None:
         interval = min(MAX_SWEEP_INTERVAL, self.owner.expiry / 4)
@@ -305,8 +305,7 @@ class LoopState:
         self.closed = True
         tasks: list[Callable[[], Awaitable[None]]] = []
         if self._sweeper is not None:
-            sweeper = self._sweeper
-            tasks.append(lambda: cancel_and_wait(sweeper))
+            tasks.append(self._sweeper.stop)
         for channel in self.channels.values():
             if channel.reader is not None:
                 tasks.append(channel.reader.aclose)
