@@ -13,48 +13,31 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from asgiref.sync import async_to_sync
 
 from channels_valkey.core import ValkeyChannelLayer
+
+from conftest import call_on_fresh_loop
 
 MakeLayer = Callable[..., ValkeyChannelLayer]
 T = TypeVar("T")
 
-#: Longest a whole scenario may take: generous, so only a hang fails it.
-SCENARIO_TIMEOUT = 60.0
-
-
-def _bounded(scenario: Callable[[], None], timeout: float = SCENARIO_TIMEOUT) -> None:
-    """Run ``scenario`` in a plain thread (no event loop, like a view's); fail if it raises or hangs."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            scenario()
-        except BaseException as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"the sync calls did not finish within {timeout:.0f}s: a message was stranded")
-    if errors:
-        raise errors[0]
+#: Longest a receive may wait for a message that was sent: generous, so only a stranded message fails it.
+RECEIVE_TIMEOUT = 10.0
 
 
 def _caller(layer: ValkeyChannelLayer, *, close_pools: bool) -> Callable[..., Any]:
-    """``call(coroutine_function, *args)``: one ``async_to_sync`` call, ending with ``close_pools()`` if asked."""
+    """``call(coroutine_function, *args)``: one call on a fresh event loop (``async_to_sync(...,
+    force_new_loop=True)``, bounded), ending with ``close_pools()`` if asked."""
 
     def call(function: Callable[..., Awaitable[T]], *args: Any) -> T:
         async def one_call() -> T:
             try:
-                return await asyncio.wait_for(function(*args), SCENARIO_TIMEOUT / 4)
+                return await asyncio.wait_for(function(*args), RECEIVE_TIMEOUT)
             finally:
                 if close_pools:
                     await layer.close_pools()
 
-        result: T = async_to_sync(one_call, force_new_loop=True)()
+        result: T = call_on_fresh_loop(one_call)
         return result
 
     return call
@@ -68,15 +51,12 @@ def test_process_channels_received_each_in_its_own_call(make_layer: MakeLayer, c
     layer = make_layer(capacity=3)
     call = _caller(layer, close_pools=close_pools)
 
-    def scenario() -> None:
-        first, second = call(layer.new_channel), call(layer.new_channel)
-        call(layer.send, first, {"type": "test.message.1"})
-        call(layer.send, second, {"type": "test.message.2"})
-        # The first receive drains the process's queue: the other channel's message must survive its loop.
-        assert call(layer.receive, second) == {"type": "test.message.2"}
-        assert call(layer.receive, first) == {"type": "test.message.1"}
-
-    _bounded(scenario)
+    first, second = call(layer.new_channel), call(layer.new_channel)
+    call(layer.send, first, {"type": "test.message.1"})
+    call(layer.send, second, {"type": "test.message.2"})
+    # The first receive drains the process's queue: the other channel's message must survive its loop.
+    assert call(layer.receive, second) == {"type": "test.message.2"}
+    assert call(layer.receive, first) == {"type": "test.message.1"}
 
 
 @ENDINGS
@@ -86,16 +66,13 @@ def test_messages_sent_and_received_one_per_call_keep_their_order(
     layer = make_layer()
     call = _caller(layer, close_pools=close_pools)
 
-    def scenario() -> None:
-        channels = [call(layer.new_channel) for _ in range(3)]
-        for n in range(5):
-            for channel in channels:
-                call(layer.send, channel, {"type": "n", "n": n})
-        for n in range(5):
-            for channel in reversed(channels):
-                assert call(layer.receive, channel) == {"type": "n", "n": n}
-
-    _bounded(scenario)
+    channels = [call(layer.new_channel) for _ in range(3)]
+    for n in range(5):
+        for channel in channels:
+            call(layer.send, channel, {"type": "n", "n": n})
+    for n in range(5):
+        for channel in reversed(channels):
+            assert call(layer.receive, channel) == {"type": "n", "n": n}
 
 
 @ENDINGS
@@ -103,17 +80,14 @@ def test_repeated_group_sends_received_one_per_call(make_layer: MakeLayer, close
     layer = make_layer()
     call = _caller(layer, close_pools=close_pools)
 
-    def scenario() -> None:
-        members = [call(layer.new_channel), call(layer.new_channel), "sync-callers.normal"]
-        for member in members:
-            call(layer.group_add, "sync-callers", member)
-        for n in range(5):
-            call(layer.group_send, "sync-callers", {"type": "g", "n": n})
-        for n in range(5):
-            for member in reversed(members):
-                assert call(layer.receive, member) == {"type": "g", "n": n}
-
-    _bounded(scenario)
+    members = [call(layer.new_channel), call(layer.new_channel), "sync-callers.normal"]
+    for member in members:
+        call(layer.group_add, "sync-callers", member)
+    for n in range(5):
+        call(layer.group_send, "sync-callers", {"type": "g", "n": n})
+    for n in range(5):
+        for member in reversed(members):
+            assert call(layer.receive, member) == {"type": "g", "n": n}
 
 
 def test_two_long_lived_loops_receive_what_either_popped(make_layer: MakeLayer) -> None:
@@ -121,32 +95,29 @@ def test_two_long_lived_loops_receive_what_either_popped(make_layer: MakeLayer) 
     channel gets all of its messages, in order, whichever loop's reader took them off the shared queue."""
     layer = make_layer(capacity=1000)
     count = 200
-    channels = [async_to_sync(layer.new_channel, force_new_loop=True)() for _ in range(2)]
+    channels = [call_on_fresh_loop(layer.new_channel) for _ in range(2)]
     received: dict[str, list[int]] = {channel: [] for channel in channels}
 
     def consume(channel: str) -> None:
         async def loop() -> None:
             for _ in range(count):
-                received[channel].append((await asyncio.wait_for(layer.receive(channel), 10))["n"])
+                message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT)
+                received[channel].append(message["n"])
             await layer.close_pools()
 
         asyncio.run(loop())
 
-    def scenario() -> None:
-        consumers = [threading.Thread(target=consume, args=(channel,)) for channel in channels]
-        for consumer in consumers:
-            consumer.start()
+    consumers = [threading.Thread(target=consume, args=(channel,), daemon=True) for channel in channels]
+    for consumer in consumers:
+        consumer.start()
 
-        async def produce() -> None:
-            for n in range(count):
-                for channel in channels:
-                    await layer.send(channel, {"type": "n", "n": n})
-            await layer.close_pools()
+    async def produce() -> None:
+        for n in range(count):
+            for channel in channels:
+                await layer.send(channel, {"type": "n", "n": n})
 
-        asyncio.run(produce())
-        for consumer in consumers:
-            consumer.join(SCENARIO_TIMEOUT / 2)
-            assert not consumer.is_alive(), "a consumer waits for a message another loop holds"
-
-    _bounded(scenario)
+    call_on_fresh_loop(produce)
+    for consumer in consumers:
+        consumer.join(RECEIVE_TIMEOUT * 3)
+        assert not consumer.is_alive(), "a consumer waits for a message another loop holds"
     assert received == {channel: list(range(count)) for channel in channels}
