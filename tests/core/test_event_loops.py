@@ -6,7 +6,6 @@ pattern about a hundred times."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -14,52 +13,25 @@ import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
 
-from conftest import WAIT_TIMEOUT
+from sync_patterns import (
+    CALLS,
+    sends_between_receives_on_a_paused_loop,
+    sends_from_fresh_loops_reach_a_receiving_loop,
+)
 
 pytestmark = pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
 
-#: Sync calls per test, each on a loop of its own.
-CALLS = 100
-
 
 async def test_sync_sends_reach_a_layer_receiving_on_its_own_loop(
-    layer: ValkeyChannelLayer,
-    on_fresh_loop: Callable[..., Any],
-    receive: Callable[..., Any],
+    layer: ValkeyChannelLayer, on_fresh_loop: Callable[..., Any], receive: Callable[..., Any]
 ) -> None:
-    channel = await layer.new_channel()
-
-    def send_all() -> None:
-        for n in range(CALLS):
-            on_fresh_loop(layer.send, channel, {"type": "sync.send", "n": n})
-
-    async def receive_all() -> list[int]:
-        # Patient, so that a send that never returns is what fails the test.
-        return [(await receive(layer, channel, 3 * WAIT_TIMEOUT))["n"] for _ in range(CALLS)]
-
-    got, _ = await asyncio.gather(receive_all(), asyncio.to_thread(send_all))
-    assert got == list(range(CALLS))
+    await sends_from_fresh_loops_reach_a_receiving_loop(layer, on_fresh_loop, receive)
 
 
 def test_sync_sends_between_receives_on_a_paused_loop(
     layer: ValkeyChannelLayer, on_fresh_loop: Callable[..., Any]
 ) -> None:
-    """channels-valkey 0.3's ``test_multi_send_receive_sync``, repeated: the receiving loop runs only while the test
-    waits on it, as ``loop.run_until_complete`` runs it."""
-    loop = asyncio.new_event_loop()
-    try:
-        channel = loop.run_until_complete(layer.new_channel())
-        for round_ in range(CALLS // 3):
-            for n in range(3):
-                on_fresh_loop(layer.send, channel, {"type": "sync.send", "n": [round_, n]})
-            got = [
-                loop.run_until_complete(asyncio.wait_for(layer.receive(channel), WAIT_TIMEOUT))["n"]
-                for _ in range(3)
-            ]
-            assert got == [[round_, n] for n in range(3)]
-        loop.run_until_complete(layer.close_pools())
-    finally:
-        loop.close()
+    sends_between_receives_on_a_paused_loop(layer, on_fresh_loop)
 
 
 def test_sync_sends_and_receives_each_on_a_fresh_loop(

@@ -19,11 +19,12 @@ from asgiref.sync import async_to_sync
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
-from conftest import WAIT_TIMEOUT
 from servers.process import ValkeyProcess, wait_until
-
-#: Sync calls per test of short-lived loops, each on a loop of its own.
-CALLS = 100
+from sync_patterns import (
+    CALLS,
+    sends_between_receives_on_a_paused_loop,
+    sends_from_fresh_loops_reach_a_receiving_loop,
+)
 
 
 def _wait_for_no_clients(server: ValkeyProcess) -> None:
@@ -119,44 +120,16 @@ def test_worker_channel_delivers_once_across_two_event_loops(
 
 @pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
 async def test_sync_sends_reach_a_layer_receiving_on_its_own_loop(
-    layer: ValkeyPubSubChannelLayer,
-    on_fresh_loop: Callable[..., Any],
-    receive: Callable[..., Any],
+    layer: ValkeyPubSubChannelLayer, on_fresh_loop: Callable[..., Any], receive: Callable[..., Any]
 ) -> None:
-    channel = await layer.new_channel()
-
-    def send_all() -> None:
-        for n in range(CALLS):
-            on_fresh_loop(layer.send, channel, {"type": "sync.send", "n": n})
-
-    async def receive_all() -> list[int]:
-        # Patient, so that a send that never returns is what fails the test.
-        return [(await receive(layer, channel, 3 * WAIT_TIMEOUT))["n"] for _ in range(CALLS)]
-
-    got, _ = await asyncio.gather(receive_all(), asyncio.to_thread(send_all))
-    assert got == list(range(CALLS))
+    await sends_from_fresh_loops_reach_a_receiving_loop(layer, on_fresh_loop, receive)
 
 
 @pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
 def test_sync_sends_between_receives_on_a_paused_loop(
     layer: ValkeyPubSubChannelLayer, on_fresh_loop: Callable[..., Any]
 ) -> None:
-    """channels-valkey 0.3's ``test_multi_send_receive_sync``, repeated: the receiving loop runs only while the test
-    waits on it, as ``loop.run_until_complete`` runs it."""
-    loop = asyncio.new_event_loop()
-    try:
-        channel = loop.run_until_complete(layer.new_channel())
-        for round_ in range(CALLS // 3):
-            for n in range(3):
-                on_fresh_loop(layer.send, channel, {"type": "sync.send", "n": [round_, n]})
-            got = [
-                loop.run_until_complete(asyncio.wait_for(layer.receive(channel), WAIT_TIMEOUT))["n"]
-                for _ in range(3)
-            ]
-            assert got == [[round_, n] for n in range(3)]
-        loop.run_until_complete(layer.close_pools())
-    finally:
-        loop.close()
+    sends_between_receives_on_a_paused_loop(layer, on_fresh_loop)
 
 
 @pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)
