@@ -104,10 +104,6 @@ class ProcessInbox:
         with self._lock:
             self._messages.clear()
 
-    def __len__(self) -> int:
-        with self._lock:
-            return sum(len(kept) for kept in self._messages.values())
-
     # Waiting receives -------------------------------------------------------------------------------------------
 
     def waiter(self, channel: str, key: str) -> _Waiter:
