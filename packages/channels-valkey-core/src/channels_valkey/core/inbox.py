@@ -122,7 +122,7 @@ class ProcessInbox:
     def waiting(self, key: str) -> int:
         """Receives waiting, on any loop, for a channel of queue ``key`` (not counting those woken already)."""
         with self._lock:
-            return sum(1 for waiter in self._waiting.get(key, ()) if not waiter.future.done())
+            return self._still_waiting(key)
 
     # The one reader of each queue ---------------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class ProcessInbox:
     def release_if_idle(self, key: str) -> bool:
         """Give up reading queue ``key`` if no receive waits on it; False means keep reading."""
         with self._lock:
-            if any(not waiter.future.done() for waiter in self._waiting.get(key, ())):
+            if self._still_waiting(key):
                 return False
             if self._readers.get(key) is asyncio.get_running_loop():
                 del self._readers[key]
@@ -156,6 +156,9 @@ class ProcessInbox:
             waiter.wake(error)
 
     # Helpers ----------------------------------------------------------------------------------------------------
+
+    def _still_waiting(self, key: str) -> int:
+        return sum(1 for waiter in self._waiting.get(key, ()) if not waiter.future.done())
 
     def _expired(self, score: float) -> bool:
         return time.time() - score > self._expiry
