@@ -19,7 +19,7 @@ from servers.process import ValkeyProcess
 Eventually = Callable[..., Awaitable[None]]
 
 WORKER = Path(__file__).with_name("worker_process.py")
-TOTAL = 600
+TOTAL = 3000
 
 BACKENDS = pytest.mark.parametrize(
     "backend",
@@ -53,27 +53,34 @@ async def test_a_worker_killed_mid_stream_loses_at_most_the_message_it_was_hande
 ) -> None:
     url = valkey_server.url()
     ack_key = f"{key_prefix}acks"
-    workers = [_start_worker(backend, url, key_prefix, ack_key) for _ in range(2)]
     layer = _layer(backend, url, key_prefix)
+    workers: list[subprocess.Popen[str]] = []
 
     def acknowledged() -> int:
         with valkey_server.client() as client:
             return int(client.llen(ack_key))
 
     try:
-        # A backlog, so that a worker that took more than it was asked for would have plenty to take.
+        # A backlog before the workers start, so that a worker that took more than it was asked for would have
+        # plenty to take, and the kill comes mid-stream.
         for n in range(TOTAL):
             await layer.send("jobs", {"type": "job", "n": n})
-        await layer.send("jobs", {"type": "stop"})
-        await eventually(lambda: acknowledged() >= TOTAL // 4, "both workers to be busy")
+        workers.extend(_start_worker(backend, url, key_prefix, ack_key) for _ in range(2))
+        await eventually(lambda: acknowledged() >= TOTAL // 10, "both workers to be busy")
         workers[0].kill()
+        done_at_kill = acknowledged()
         await asyncio.to_thread(workers[0].wait, 10)
+        assert done_at_kill < TOTAL, "the workers were done before the kill: nothing was killed mid-stream"
+        # Sent only now: a stop message the other worker took would have ended it before the kill.
+        await layer.send("jobs", {"type": "stop"})
         assert await asyncio.to_thread(workers[1].wait, 60) == 0
         with valkey_server.client() as client:
             acks = [int(n) for n in client.lrange(ack_key, 0, -1)]
         assert len(acks) == len(set(acks)), "a message was delivered twice"
         lost = sorted(set(range(TOTAL)) - set(acks))
-        print(f"\n{backend}: {len(acks)} of {TOTAL} acknowledged, lost with the killed worker: {lost}")
+        print(
+            f"\n{backend}: killed at {done_at_kill} done; {len(acks)} of {TOTAL} acknowledged, lost: {lost}"
+        )
         assert len(lost) <= 1, f"the killed worker took {len(lost)} messages with it: {lost}"
     finally:
         for worker in workers:
