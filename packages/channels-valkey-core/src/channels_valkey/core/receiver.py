@@ -288,14 +288,13 @@ class LoopReceiver:
         self.inbox.sweep_if_due()
 
     def _hand_out(self, queue: _Queue, entries: list[Entry]) -> None:
-        """Give a normal channel's messages to the receives waiting, one each; hold the surplus for the server."""
+        """Give a normal channel's messages to the receives waiting, one each; hold the surplus for the server.
+
+        They queue up behind anything given back during the pop, which was popped before them."""
         for entry, message in self._fresh(queue, entries):
             message.pop("__asgi_channel__", None)  # the peers' group_send names a normal channel too
-            waiter = queue.next_waiter()
-            if waiter is None:
-                queue.held.append((entry, message))
-            else:
-                waiter.set_result(_Handover(message, entry, queue))
+            queue.held.append((entry, message))
+        self._settle_held(queue)
 
     def _fresh(self, queue: _Queue, entries: list[Entry]) -> list[tuple[Entry, dict[str, Any]]]:
         """The readable, unexpired messages of ``entries``; the rest is dropped and counted."""
