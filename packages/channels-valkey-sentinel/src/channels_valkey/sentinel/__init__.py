@@ -30,6 +30,7 @@ from channels_valkey.sentinel.hosts import (
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
+from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
@@ -49,6 +50,7 @@ __all__ = [
     "OnInterrupted",
     "ReplyLost",
     "ResiliencePolicy",
+    "Retries",
     "SentinelDiscovery",
     "SentinelDiscoveryError",
     "SentinelHost",

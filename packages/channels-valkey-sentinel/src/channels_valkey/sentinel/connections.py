@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +22,7 @@ from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.hosts import ClusterHost, HostSpec, SentinelDiscovery, discover_services
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
+from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
 from channels_valkey.sentinel.shard import Shard
 
@@ -189,9 +189,7 @@ class ConnectionManager:
     async def _with_retries(
         self, shard: AnyShard, attempt_once: Callable[[], Awaitable[T]], *, idempotent: bool
     ) -> T:
-        backoff = self.policy.backoff()
-        deadline = time.monotonic() + self.policy.retry_deadline
-        attempt = 0
+        retries = Retries(self.policy, shard.describe(), logger=logger)
         while True:
             try:
                 result = await attempt_once()
@@ -204,17 +202,12 @@ class ConnectionManager:
                     raise
                 if is_not_primary(error):
                     await shard.reset()
-                retry = failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
                 if failure is Failure.FATAL or not shard.ever_connected:
                     raise ShardUnavailable(shard.describe(), error) from error
-                attempt += 1
-                if not retry or attempt > self.policy.retry_attempts or time.monotonic() >= deadline:
+                retry = failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
+                if not retry or not retries.failed():
                     raise
-                delay = backoff.compute(attempt)
-                logger.info(
-                    "%s: %s (%s); retry %d in %.2fs", shard.describe(), failure.value, error, attempt, delay
-                )
-                await asyncio.sleep(delay)
+                await retries.wait(error)
             else:
                 shard.ever_connected = True
                 return result

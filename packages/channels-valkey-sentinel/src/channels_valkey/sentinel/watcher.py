@@ -20,6 +20,7 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel.hosts import SentinelHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.tasks import BackgroundTask
 
 logger = logging.getLogger("channels_valkey.sentinel")
@@ -68,18 +69,18 @@ class SwitchWatcher:
             logger.error("switch watcher ended with an error", exc_info=task.work.exception())
 
     async def _run(self) -> None:
-        backoff = self.policy.backoff()
-        for failures, (host, port) in enumerate(itertools.cycle(self.spec.sentinels)):
+        retries = Retries(
+            self.policy, f"switch watcher of {self.spec.service_name}", logger=logger, bounded=False
+        )
+        for host, port in itertools.cycle(self.spec.sentinels):
             try:
-                await self._listen(host, port)
+                await self._listen(host, port, retries)
             except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as exc:
                 self.listening.clear()
-                logger.debug(
-                    "switch watcher: Sentinel %s:%s unavailable (%s); trying the next", host, port, exc
-                )
-                await asyncio.sleep(backoff.compute(min(failures, 10)))
+                retries.failed()
+                await retries.wait(exc, level=logging.DEBUG)  # the next Sentinel in the list is tried
 
-    async def _listen(self, host: str, port: int) -> None:
+    async def _listen(self, host: str, port: int, retries: Retries) -> None:
         options = {
             "socket_connect_timeout": self.policy.connect_timeout,
             "socket_timeout": self.policy.socket_timeout,
@@ -93,6 +94,7 @@ class SwitchWatcher:
                 # A switch may have happened while no Sentinel was being listened to.
                 await self._report(await self._primary_now(client))
                 self.listening.set()
+                retries.succeeded()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
