@@ -16,7 +16,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
@@ -33,16 +33,14 @@ from channels_valkey.core.names import (
     is_process_channel,
     non_local_name,
 )
-from channels_valkey.core.receiver import Entry, LoopReceiver
+from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
-    AnyShard,
     ClusterHost,
     ConnectionManager,
+    QueueSource,
     ResiliencePolicy,
     ShardRing,
-    ShardUnavailable,
-    bzpopmin_entry,
     decode_hosts,
     delete_prefixed,
     raise_if_reply_lost,
@@ -121,8 +119,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.counters = DropCounters()
         #: Normal channels' sends take the shards in turn.
         self._sends = itertools.count()
-        self._use_eval: set[int] = set()
-        self._no_bzmpop: set[int] = set()
+        #: What the queue readers need of this layer.
+        self._queue_source = QueueSource(
+            self._connections, self.brpop_timeout, self.expiry, self.counters, self.decode
+        )
         #: Process-channel messages that reached this process, for a receive on any event loop.
         self._inbox = ProcessInbox(self.expiry, self.get_capacity, self.counters)
         self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
@@ -209,8 +209,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         try:
             # Not idempotent: a receiver may take the message before a lost reply is noticed, and a second call
             # would then queue it again. Only calls refused before they ran are retried.
-            added = await self._script(
-                shard, scripts.SEND_SCRIPT, [self.queue_key(channel)], args, idempotent=False
+            added = await scripts.SEND_SCRIPT.run(
+                self._connections, shard, [self.queue_key(channel)], args, idempotent=False
             )
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"send to {channel!r}")
@@ -235,9 +235,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         key = self.queue_key(channel)
         if is_process_channel(channel):
             return await receiver.receive_process(channel, self._shard_of_channel(ring, channel), key)
-        return await receiver.receive_normal(
-            [receiver.queue(shard, key, channel, process=False) for shard in range(ring.size)]
-        )
+        return await receiver.receive_normal([receiver.reader(shard, key) for shard in range(ring.size)])
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process channel name, received by this process only."""
@@ -250,45 +248,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         with self._lock:
             receiver = self._receivers.get(loop)
             if receiver is None:
-                receiver = self._receivers[loop] = LoopReceiver(self, self._inbox)
+                receiver = self._receivers[loop] = LoopReceiver(self._queue_source, self._inbox)
         return receiver
-
-    # What the receivers call (QueueSource) -----------------------------------------------------------------------
-
-    async def blocking_pop(
-        self,
-        shard: int,
-        key: str,
-        timeout: float,
-        count: int,
-        on_interrupted: Callable[[list[Entry]], Awaitable[None]],
-    ) -> list[Entry]:
-        """Up to ``count`` messages of ``key``, oldest first, waiting up to ``timeout`` seconds for the first.
-
-        One ``BZMPOP`` round trip; where the ACL (or an old server) refuses it, ``BZPOPMIN`` then ``ZPOPMIN`` for
-        the rest, as channels-valkey 0.3's ACL allows.
-        """
-        state = await self._connections.shard(shard)
-        if shard not in self._no_bzmpop:
-            try:
-                return await _pop_many(state, key, timeout, count, on_interrupted)
-            except valkey_errors.ResponseError as error:
-                if "bzmpop" not in str(error).lower():
-                    raise
-                logger.info("shard %d refuses BZMPOP (%s); using BZPOPMIN from now on", shard, error)
-                self._no_bzmpop.add(shard)
-        entries = await _pop_one(state, key, timeout, on_interrupted)
-        if entries and count > 1:
-            popped = await self._connections.execute_command(
-                shard, "ZPOPMIN", key, count - 1, idempotent=False
-            )
-            entries += _zpopmin_entries(popped)
-        return entries
-
-    async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
-        """Put popped entries back at the head of their queue (their original scores keep the order)."""
-        pairs = [part for member, score in entries for part in (repr(score), member)]
-        await self._connections.execute_command(shard, "ZADD", key, *pairs, idempotent=True)
 
     # Groups ------------------------------------------------------------------------------------------------------
 
@@ -296,9 +257,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         check_group(group)
         check_channel(channel)
         args = [repr(time.time()), channel, int(self.group_expiry)]
-        await self._script(
+        await scripts.GROUP_ADD_SCRIPT.run(
+            self._connections,
             await self._shard_of_group(group),
-            scripts.GROUP_ADD_SCRIPT,
             [self.group_key(group)],
             args,
             idempotent=True,
@@ -314,9 +275,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def group_channels(self, group: str) -> list[str]:
         """The channels in ``group`` now (members older than ``group_expiry`` are removed first)."""
         check_group(group)
-        members = await self._script(
+        members = await scripts.GROUP_MEMBERS_SCRIPT.run(
+            self._connections,
             await self._shard_of_group(group),
-            scripts.GROUP_MEMBERS_SCRIPT,
             [self.group_key(group)],
             [repr(time.time() - self.group_expiry)],
             idempotent=True,
@@ -365,7 +326,9 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         args = [now, int(self.expiry), *(cap for _, _, cap in batch), *(member for _, member, _ in batch)]
         # Not idempotent: each member carries a fresh random prefix, so a retry after a lost reply could
         # deliver twice. Only calls refused before they ran are retried.
-        return int(await self._script(shard, scripts.GROUP_SEND_SCRIPT, keys, args, idempotent=False))
+        return int(
+            await scripts.GROUP_SEND_SCRIPT.run(self._connections, shard, keys, args, idempotent=False)
+        )
 
     # Flush and close ---------------------------------------------------------------------------------------------
 
@@ -398,78 +361,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             receiver = self._receivers.pop(loop, None)
         if receiver is not None:
             await receiver.aclose()
-
-    # Script calls ------------------------------------------------------------------------------------------------
-
-    async def _script(
-        self, shard: int, script: scripts.Script, keys: list[str], args: list[Any], *, idempotent: bool
-    ) -> Any:
-        """Run ``script`` on ``shard``'s pipelined lane: by SHA, loaded with EVAL on ``NOSCRIPT``, and with EVAL
-        for good on a shard whose ACL refuses EVALSHA."""
-        if shard not in self._use_eval:
-            try:
-                return await self._connections.execute_command(
-                    shard, "EVALSHA", script.sha, len(keys), *keys, *args, idempotent=idempotent
-                )
-            except valkey_errors.NoScriptError:
-                pass
-            except (
-                ShardUnavailable
-            ) as error:  # the connections call an ACL refusal fatal; EVALSHA has a way out
-                if not scripts.refuses_evalsha(error.cause):
-                    raise
-                logger.info("shard %d refuses EVALSHA; using EVAL from now on", shard)
-                self._use_eval.add(shard)
-        return await self._connections.execute_command(
-            shard, "EVAL", script.source, len(keys), *keys, *args, idempotent=idempotent
-        )
-
-
-async def _pop_many(
-    shard: AnyShard,
-    key: str,
-    timeout: float,
-    count: int,
-    on_interrupted: Callable[[list[Entry]], Awaitable[None]],
-) -> list[Entry]:
-    async def put_back(reply: object) -> None:
-        await on_interrupted(_bzmpop_entries(reply))
-
-    reply = await shard.blocking_call(("BZMPOP", timeout, 1, key, "MIN", "COUNT", count), put_back)
-    return _bzmpop_entries(reply)
-
-
-async def _pop_one(
-    shard: AnyShard, key: str, timeout: float, on_interrupted: Callable[[list[Entry]], Awaitable[None]]
-) -> list[Entry]:
-    async def put_back(reply: object) -> None:
-        await on_interrupted(_bzpopmin_entries(reply))
-
-    return _bzpopmin_entries(await shard.blocking_call(("BZPOPMIN", key, timeout), put_back))
-
-
-def _bzmpop_entries(reply: object) -> list[Entry]:
-    """The (member, score) pairs of a ``BZMPOP`` reply (``[key, [[member, score], ...]]``; empty on timeout)."""
-    if not reply:
-        return []
-    if not isinstance(reply, list | tuple) or len(reply) != 2 or not isinstance(reply[1], list | tuple):
-        raise valkey_errors.DataError(f"unexpected BZMPOP reply {reply!r}")
-    return [(bytes(member), float(score)) for member, score in reply[1]]
-
-
-def _zpopmin_entries(reply: object) -> list[Entry]:
-    """The (member, score) pairs of a raw ``ZPOPMIN key count`` reply: flat in RESP2, pairs in RESP3."""
-    if not isinstance(reply, list | tuple):
-        raise valkey_errors.DataError(f"unexpected ZPOPMIN reply {reply!r}")
-    if reply and isinstance(reply[0], list | tuple):
-        return [(bytes(member), float(score)) for member, score in reply]
-    return [(bytes(member), float(score)) for member, score in zip(reply[::2], reply[1::2], strict=True)]
-
-
-def _bzpopmin_entries(reply: object) -> list[Entry]:
-    """The entry of a ``BZPOPMIN`` reply as a list (empty on timeout), like a batch of ``BZMPOP``."""
-    entry = bzpopmin_entry(reply)
-    return [] if entry is None else [entry]
 
 
 def _require_whole_number(name: str, value: object) -> None:

@@ -2,15 +2,13 @@
 
 Every script declares the keys it touches in KEYS and calls only commands that channels-valkey 0.3 documented for
 its ACL (ZADD, ZCOUNT, ZRANGE, ZREMRANGEBYSCORE, EXPIRE, ...), so a user restricted to that list keeps working.
-Scripts run by SHA (EVALSHA) and are loaded on a NOSCRIPT reply; where EVALSHA itself is refused by an ACL, the
-shard falls back to EVAL for good.
+They run through :class:`channels_valkey.sentinel.Script`: by SHA (EVALSHA), loaded on a NOSCRIPT reply, and with
+EVAL for good on a shard whose ACL refuses EVALSHA.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-from valkey import exceptions as valkey_errors
+from channels_valkey.sentinel import Script
 
 #: Most keys one script call may touch: larger groups are sent in several calls, so the server never blocks long.
 MAX_KEYS_PER_CALL = 500
@@ -52,19 +50,6 @@ _GROUP_MEMBERS = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
-
-
-class Script:
-    """One Lua script and its SHA: called by SHA, with EVAL as the fallback (see ``ValkeyChannelLayer._script``)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-
-def refuses_evalsha(error: BaseException) -> bool:
-    """Whether ``error`` is an ACL refusing EVALSHA (channels-valkey 0.3 documented EVAL only)."""
-    return isinstance(error, valkey_errors.NoPermissionError) and "evalsha" in str(error).lower()
 
 
 SEND_SCRIPT = Script(_SEND)

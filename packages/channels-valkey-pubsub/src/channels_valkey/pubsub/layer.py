@@ -21,7 +21,7 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
@@ -41,15 +41,16 @@ from channels_valkey.pubsub.names import (
     worker_queues,
 )
 from channels_valkey.pubsub.stats import DropCounters
-from channels_valkey.pubsub.worker import Entry, Popped, QueueReader
 from channels_valkey.sentinel import (
     ClusterHost,
     ClusterShard,
     ConnectionManager,
+    Handover,
+    QueueReader,
+    QueueSource,
     ResiliencePolicy,
     Shard,
     ShardUnavailable,
-    bzpopmin_entry,
     decode_hosts,
     delete_prefixed,
     raise_if_reply_lost,
@@ -144,9 +145,15 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
         self.client_prefix = uuid.uuid4().hex[:12]
-        #: Shards where the ACL refuses the queue commands: their normal channels use Pub/Sub.
-        self.pubsub_shards: set[int] = set()
-        self._use_eval: set[int] = set()
+        #: What the worker queues' readers need of this layer.
+        self._queue_source = QueueSource(
+            self._connections,
+            self.brpop_timeout,
+            self.expiry,
+            self.counters,
+            self._decode_queued,
+            on_refused=self._queues_refused,
+        )
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -173,8 +180,13 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             and not is_peer_process_channel(self.prefix, channel)
         )
 
+    @property
+    def pubsub_shards(self) -> set[int]:
+        """Shards where the ACL refuses the queue commands: their normal channels travel on Pub/Sub."""
+        return {index for index, facts in self._connections.known_facts().items() if facts.queues_refused}
+
     def queue_enabled(self, shard: int) -> bool:
-        return shard not in self.pubsub_shards
+        return not self._connections.facts(shard).queues_refused
 
     def queue_key(self, channel: str) -> str:
         """The server key of the worker queue of the normal channel ``channel``."""
@@ -198,14 +210,9 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             logger.warning("skipped a message for %s that cannot be read: %s", channel, error)
             return None
 
-    def open_entry(self, channel: str, entry: Entry) -> dict[str, Any] | None:
-        """The message of a popped queue entry, or None when it expired or cannot be read (counted)."""
-        member, score = entry
-        if time.time() - score > self.expiry:
-            self.counters.expired += 1
-            logger.info("a message queued for %s expired before anyone received it", channel)
-            return None
-        return self._decode(channel, member[MEMBER_PREFIX:])
+    def _decode_queued(self, member: bytes) -> dict[str, Any] | None:
+        """The message of a worker queue member (random bytes, then the payload), or None (counted)."""
+        return self._decode("a worker queue", member[MEMBER_PREFIX:])
 
     # Sending ----------------------------------------------------------------------------------------------------
 
@@ -219,10 +226,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         payload = self.serialize(message)
         shard = (await self._connections.ring()).index(channel)
         try:
-            if self._is_worker(channel) and shard not in self.pubsub_shards:
+            if self._is_worker(channel) and self.queue_enabled(shard):
                 if await self._enqueue(shard, channel, payload):
                     return
-                if shard not in self.pubsub_shards:
+                if self.queue_enabled(shard):
                     capacity = self.get_capacity(channel)
                     raise ChannelFull(f"channel {channel!r} is at capacity ({capacity} messages queued)")
             await self._publish(shard, channel, payload)
@@ -301,28 +308,12 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""
         member = os.urandom(MEMBER_PREFIX) + payload
         args = [repr(time.time()), self.expiry, self.get_capacity(channel), member]
-        key = self.queue_key(channel)
-
-        async def call(execute: scripts.Execute) -> Any:
-            try:
-                return await scripts.SEND_SCRIPT.run(execute, [key], args, use_eval=shard in self._use_eval)
-            except (valkey_errors.NoPermissionError, ShardUnavailable) as error:
-                if not scripts.refuses_evalsha(error.cause if isinstance(error, ShardUnavailable) else error):
-                    raise
-                self._use_eval.add(shard)
-                return await scripts.SEND_SCRIPT.run(execute, [key], args, use_eval=True)
-
-        async def on_cluster(*command: Any) -> Any:
-            return await self._connections.execute_command(shard, *command, idempotent=False)
-
         try:
             # Not idempotent: a receiver may pop the message before a lost reply is noticed, and a second call
             # would then queue it again. Only calls refused before they ran are retried.
-            if self.cluster:
-                return bool(await call(on_cluster))
             return bool(
-                await self._connections.execute(
-                    shard, lambda client: call(client.execute_command), idempotent=False
+                await scripts.SEND_SCRIPT.run(
+                    self._connections, shard, [self.queue_key(channel)], args, idempotent=False
                 )
             )
         except ShardUnavailable as error:
@@ -333,15 +324,25 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def fall_back(self, shard: int, error: BaseException) -> None:
         """Carry this shard's worker channels on Pub/Sub from now on (its ACL refuses the queue commands)."""
-        if shard in self.pubsub_shards:
+        facts = self._connections.facts(shard)
+        if facts.queues_refused:
             return
-        self.pubsub_shards.add(shard)
+        facts.queues_refused = True
         logger.warning(
             "shard %d refuses the worker queue commands (%s); its normal channels use Pub/Sub as in "
             "channels-valkey 0.3 (every receiving process gets each message)",
             shard,
             error,
         )
+
+    def _queues_refused(self, shard: int, error: BaseException) -> bool:
+        """A queue reader's error: True (after falling back) when it is the ACL refusing the queue commands."""
+        if isinstance(error, ShardUnavailable):
+            error = error.cause
+        if not isinstance(error, valkey_errors.NoPermissionError):
+            return False
+        self.fall_back(shard, error)
+        return True
 
     # Receiving --------------------------------------------------------------------------------------------------
 
@@ -363,12 +364,15 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 return message
 
     async def _wait(self, local: LocalChannel) -> Item:
+        reader = self._queue_reader(local)
+        if reader is not None:
+            held = reader.take_held()  # given back by a receive that was cancelled
+            if held is not None:
+                return held
         waiter: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
-        local.waiters.append(waiter)
-        if self._is_worker(local.name) and local.shard not in self.pubsub_shards:
-            if local.reader is None:
-                local.reader = QueueReader(self, local, local.shard, self.queue_key(local.name))
-            local.reader.ensure_running()
+        local.waiters.append(waiter)  # answered by whichever comes first: the queue or Pub/Sub
+        if reader is not None:
+            reader.wait_for(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -381,14 +385,22 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 local.waiters.remove(waiter)
             local.last_active = time.monotonic()
 
+    def _queue_reader(self, local: LocalChannel) -> QueueReader | None:
+        """The reader of ``local``'s worker queue on this loop, or None when the channel travels on Pub/Sub."""
+        if not self._is_worker(local.name) or not self.queue_enabled(local.shard):
+            return None
+        if local.reader is None:
+            local.reader = QueueReader(self._queue_source, local.shard, self.queue_key(local.name))
+        return local.reader
+
     def _give_back(self, local: LocalChannel, item: Item) -> None:
-        if isinstance(item, Popped):
+        if isinstance(item, Handover):
             item.reader.give_back(item)
         else:
             local.deliver(item, first=True)
 
     def _open(self, channel: str, item: Item) -> dict[str, Any] | None:
-        if isinstance(item, Popped):
+        if isinstance(item, Handover):
             return item.message
         if isinstance(item, dict):
             return item
@@ -514,26 +526,6 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not isinstance(shard, ClusterShard):
             raise TypeError(f"{shard.describe()} is no Valkey Cluster: use shard()")
         return shard
-
-    async def pop(
-        self, shard: int, key: str, on_interrupted: Callable[[Entry], Awaitable[None]]
-    ) -> Entry | None:
-        async def put_back(reply: object) -> None:
-            entry = bzpopmin_entry(reply)
-            if entry is not None:
-                await on_interrupted(entry)
-
-        state = await self._connections.shard(shard)
-        return bzpopmin_entry(await state.blocking_call(("BZPOPMIN", key, self.brpop_timeout), put_back))
-
-    async def requeue(self, shard: int, key: str, entries: list[Entry]) -> None:
-        """Put popped entries back at the head of their queue (their scores keep the order)."""
-        mapping = dict(entries)
-        if self.cluster:
-            scored = [part for member, score in mapping.items() for part in (repr(score), member)]
-            await self._connections.execute_command(shard, "ZADD", key, *scored, idempotent=True)
-            return
-        await self._connections.execute(shard, lambda client: client.zadd(key, mapping), idempotent=True)
 
     # Event loops ------------------------------------------------------------------------------------------------
 

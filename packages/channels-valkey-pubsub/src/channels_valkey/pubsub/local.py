@@ -19,21 +19,28 @@ from typing import Any, Protocol
 from channels_valkey.pubsub.sharded import ClusterSubscriber
 from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
-from channels_valkey.pubsub.worker import Popped, QueueReader, QueueSource
-from channels_valkey.sentinel import BackgroundTask, ClusterShard, Shard
+from channels_valkey.sentinel import (
+    BackgroundTask,
+    ClusterShard,
+    Handover,
+    QueueReader,
+    ResiliencePolicy,
+    Shard,
+)
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
 #: What a buffer or a waiting receive holds: Pub/Sub bytes, a ready message (a notice), or a popped queue entry.
-Item = bytes | dict[str, Any] | Popped
+Item = bytes | dict[str, Any] | Handover
 
 #: Longest pause between two sweeps of idle channels and expired messages.
 MAX_SWEEP_INTERVAL = 1.0
 
 
-class Owner(QueueSource, Protocol):
+class Owner(Protocol):
     """What the loop state needs from the layer."""
 
+    policy: ResiliencePolicy
     expiry: int
     counters: DropCounters
     on_disconnect: str | None
@@ -66,7 +73,7 @@ class LocalChannel:
         self.last_active = time.monotonic()
         self.reader: QueueReader | None = None
 
-    # Waiters (the queue reader calls these too) ---------------------------------------------------------------
+    # Waiters -------------------------------------------------------------------------------------------------
 
     def hand_over(self, item: Item) -> bool:
         """Give ``item`` to the longest-waiting receive; False when none waits."""
@@ -92,7 +99,7 @@ class LocalChannel:
             return
         if len(self.items) >= self.capacity:
             dropped = self.items.pop() if first else self.items.popleft()
-            if isinstance(dropped[1], Popped):  # never held here, but never lose one either
+            if isinstance(dropped[1], Handover):  # never held here, but never lose one either
                 dropped[1].reader.give_back(dropped[1])
             self.state.owner.counters.buffer_overflow += 1
             logger.info(
@@ -321,8 +328,7 @@ class LoopState:
 
 
 def _reader_idle(channel: LocalChannel) -> bool:
-    reader = channel.reader
-    return reader is None or ((reader.task is None or reader.task.done()) and not reader.returned)
+    return channel.reader is None or channel.reader.idle()
 
 
 def _shard_getter(owner: Owner, index: int) -> Callable[[], Awaitable[Shard]]:

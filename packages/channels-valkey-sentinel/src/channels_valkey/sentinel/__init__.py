@@ -17,6 +17,7 @@ from channels_valkey.sentinel.exceptions import (
     SentinelDiscoveryError,
     ShardUnavailable,
 )
+from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, raise_if_reply_lost, refuses_health_check
 from channels_valkey.sentinel.hosts import (
     ClusterHost,
@@ -30,8 +31,11 @@ from channels_valkey.sentinel.hosts import (
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
+from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
+from channels_valkey.sentinel.queue_reader import Handover, QueueReader, QueueSource
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
+from channels_valkey.sentinel.scripts import Script, refuses_evalsha
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
 
@@ -43,22 +47,29 @@ __all__ = [
     "ClusterShard",
     "CommandNotSent",
     "ConnectionManager",
+    "Entry",
     "Failure",
+    "Handover",
     "HostConfigError",
     "HostSpec",
     "InterruptibleCalls",
     "OnInterrupted",
+    "QueueReader",
+    "QueueSource",
     "ReplyLost",
     "ResiliencePolicy",
     "Retries",
+    "Script",
     "SentinelDiscovery",
     "SentinelDiscoveryError",
     "SentinelHost",
     "ServerHost",
     "Shard",
+    "ShardFacts",
     "ShardRing",
     "ShardUnavailable",
     "__version__",
+    "blocking_pop",
     "bzpopmin_entry",
     "cancel_and_wait",
     "classify",
@@ -70,6 +81,8 @@ __all__ = [
     "raise_if_cancelling",
     "raise_if_reply_lost",
     "read_reply",
+    "refuses_evalsha",
     "refuses_health_check",
+    "requeue",
     "slot_of",
 ]

@@ -19,6 +19,7 @@ import valkey.asyncio as avalkey
 
 from channels_valkey.sentinel.cluster import ClusterShard
 from channels_valkey.sentinel.exceptions import ShardUnavailable
+from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.hosts import ClusterHost, HostSpec, SentinelDiscovery, discover_services
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
@@ -70,6 +71,7 @@ class ConnectionManager:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShards] = (
             weakref.WeakKeyDictionary()
         )
+        self._facts: dict[int, ShardFacts] = {}
 
     # Shards ----------------------------------------------------------------------------------------------------
 
@@ -112,6 +114,19 @@ class ConnectionManager:
             if self._resolved is None:
                 self._resolved = _Resolved(tuple(specs), ShardRing(len(specs)))
             return self._resolved
+
+    def facts(self, index: int) -> ShardFacts:
+        """What has been learned about shard ``index`` (refused commands); shared by every event loop."""
+        found = self._facts.get(index)
+        if found is None:
+            with self._lock:
+                found = self._facts.setdefault(index, ShardFacts())
+        return found
+
+    def known_facts(self) -> dict[int, ShardFacts]:
+        """The facts learned so far, by shard index (shards nothing was learned about are absent)."""
+        with self._lock:
+            return dict(self._facts)
 
     async def shards(self) -> list[AnyShard]:
         """This event loop's shards, connecting lazily (and discovering Sentinel services on first use)."""

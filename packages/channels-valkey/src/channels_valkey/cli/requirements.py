@@ -85,9 +85,10 @@ PUBSUB_NEEDS: tuple[Need, ...] = (
     ),
     Need(
         "worker channels on queues (send and receive)",
-        (
-            ("EVALSHA", *_WORKER_SCRIPT_COMMANDS, "BZPOPMIN"),
-            ("EVAL", *_WORKER_SCRIPT_COMMANDS, "BZPOPMIN"),
+        tuple(
+            (script, *_WORKER_SCRIPT_COMMANDS, *pop)
+            for pop in (("BZMPOP",), ("BZPOPMIN", "ZPOPMIN"))
+            for script in ("EVALSHA", "EVAL")
         ),
         without="worker channels fall back to Pub/Sub: every receiving process gets each message, "
         "as in channels-valkey 0.3",
