@@ -173,6 +173,18 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # hash the full name on send but the "name!" part on receive, which loses messages when sharded).
         return ring.index(non_local_name(channel))
 
+    @property
+    def queue_key_layout(self) -> tuple[str, str]:
+        """``(head, tail)``: every key :meth:`queue_key` makes is ``head + name + tail`` (``name`` being a process
+        channel's ``name!`` part), so tools can find queues by ``SCAN MATCH head*`` and read names back from keys."""
+        return (self.prefix + "{", "}") if self.cluster else (self.prefix, "")
+
+    @property
+    def group_key_layout(self) -> tuple[str, str]:
+        """``(head, tail)``: every key :meth:`group_key` makes is ``head + group + tail``; outside a cluster a group
+        key also fits :attr:`queue_key_layout`, so a tool reading keys back tries this layout first."""
+        return (f"{self.prefix}:group:{{", "}") if self.cluster else (f"{self.prefix}:group:", "")
+
     # Serialization -----------------------------------------------------------------------------------------------
 
     def serialize(self, message: dict[str, Any]) -> bytes:
