@@ -38,6 +38,7 @@ from channels_valkey.pubsub.names import (
     group_channel,
     is_peer_process_channel,
     worker_queue,
+    worker_queue_layout,
     worker_queues,
 )
 from channels_valkey.pubsub.stats import DropCounters
@@ -191,6 +192,23 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def queue_key(self, channel: str) -> str:
         """The server key of the worker queue of the normal channel ``channel``."""
         return worker_queue(self.prefix, channel, cluster=self.cluster)
+
+    @property
+    def queue_key_layout(self) -> tuple[str, str]:
+        """``(head, tail)``: every key :meth:`queue_key` makes is ``head + channel + tail``, so tools can find worker
+        queues by ``SCAN MATCH head*`` and read the channel back from a key."""
+        return worker_queue_layout(self.prefix, cluster=self.cluster)
+
+    def group_channel_name(self, group: str) -> str:
+        """The Pub/Sub channel ``group``'s members subscribe to (0.3's name), for counting them with ``PUBSUB
+        NUMSUB`` (``SHARDNUMSUB`` on a cluster); the name is not checked."""
+        return group_channel(self.prefix, group)
+
+    @property
+    def group_channel_layout(self) -> tuple[str, str]:
+        """``(head, tail)``: every name :meth:`group_channel_name` makes is ``head + group + tail``, so tools can
+        tell group channels from the others among ``PUBSUB CHANNELS head*``."""
+        return group_channel(self.prefix, ""), ""
 
     # Serialization ----------------------------------------------------------------------------------------------
 

@@ -52,9 +52,15 @@ def group_channel(prefix: str, group: str) -> str:
 
 def worker_queue(prefix: str, channel: str, *, cluster: bool = False) -> str:
     """The sorted set that holds the messages of the normal channel ``channel`` (tagged on a cluster)."""
+    head, tail = worker_queue_layout(prefix, cluster=cluster)
+    return head + channel + tail
+
+
+def worker_queue_layout(prefix: str, *, cluster: bool = False) -> tuple[str, str]:
+    """``(head, tail)`` around the channel name in every worker queue key of ``prefix``."""
     if cluster:
-        return f"{prefix}__worker__{{{channel}}}"
-    return f"{prefix}__worker__{channel}"
+        return f"{prefix}__worker__{{", "}"
+    return f"{prefix}__worker__", ""
 
 
 def worker_queues(prefix: str) -> str:
