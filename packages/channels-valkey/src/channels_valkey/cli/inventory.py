@@ -4,14 +4,15 @@ Keys are found with ``SCAN MATCH {prefix}*`` (the prefix glob-escaped), never ``
 are looked at per shard (per primary of a cluster); a scan cut short by that bound says so. Group sizes of the core
 layer come from the layer's own ``group_channels``, so "a member" means here what it means to ``group_send``.
 
-Names are read back from keys with the layer's own key functions (``queue_key``, ``group_key``), so on a cluster,
-where the name in a key is a hash tag (``asgi{emails}``), the rows say ``emails``.
+Names are read back from keys through the layouts each layer documents (``queue_key_layout``, ``group_key_layout``,
+and the Pub/Sub layer's ``group_channel_layout``), so on a cluster, where the name in a key is a hash tag
+(``asgi{emails}``), the rows say ``emails``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -20,30 +21,20 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from channels_valkey.pubsub.names import group_channel
 from channels_valkey.sentinel import glob_escape
 
 #: Keys asked for per ``SCAN`` call (a hint to the server, which stays responsive whatever the keyspace size).
 SCAN_COUNT = 1000
 #: Keys read per pipelined round trip, and channels per ``PUBSUB NUMSUB``.
 BATCH = 500
-#: Stands for the name when a layer's key function is asked for the layout of its keys: no name holds it.
-NAME_MARK = "\x00"
 
 
 class KeyLayout(NamedTuple):
-    """How a layer builds one kind of key around a name: what comes before the name, and what after it."""
+    """How a layer builds one kind of key around a name (a layer's ``queue_key_layout`` and the like): what comes
+    before the name, and what after it."""
 
     head: str
     tail: str
-
-    @classmethod
-    def of(cls, make_key: Callable[[str], str]) -> KeyLayout:
-        """The layout of the keys ``make_key`` (such as ``layer.queue_key``) makes."""
-        head, mark, tail = make_key(NAME_MARK).partition(NAME_MARK)
-        if not mark:
-            raise ValueError(f"{make_key!r} does not put the name in the key it makes")
-        return cls(head, tail)
 
     def name(self, key: str) -> str | None:
         """The name ``key`` was made of, or None when it is not a key of this layout."""
@@ -173,7 +164,7 @@ async def core_inventory(
     """Fill ``shard`` with the core layer's queues and groups found there."""
     keys, shard.complete = await scan_keys(client, layer.prefix, limit)
     shard.keys_examined = len(keys)
-    queue_layout, group_layout = KeyLayout.of(layer.queue_key), KeyLayout.of(layer.group_key)
+    queue_layout, group_layout = KeyLayout(*layer.queue_key_layout), KeyLayout(*layer.group_key_layout)
     queues: list[bytes] = []
     for key in keys:
         # Groups first: outside a cluster a group key has the form of a queue key too.
@@ -224,14 +215,14 @@ async def pubsub_inventory(
     ]
     if len(subscribed) > limit:
         subscribed, shard.complete = sorted(subscribed)[:limit], False
-    queue_layout = KeyLayout.of(layer.queue_key)
+    queue_layout = KeyLayout(*layer.queue_key_layout)
     queues, queues_complete = await scan_keys(client, queue_layout.head, limit)
     shard.complete = shard.complete and queues_complete
     shard.keys_examined = len(queues)
-    group_prefix = group_channel(prefix, "")
+    group_layout = KeyLayout(*layer.group_channel_layout)
     rows: dict[str, ChannelRow] = {}
     for name in subscribed:
-        if name.startswith(group_prefix):
+        if group_layout.name(name) is not None:
             continue
         rows[name] = ChannelRow(shard.index, name, "process" if "!" in name else "worker")
     for key, (messages, oldest) in zip(queues, await queue_stats(client, queues, "ZCARD"), strict=True):
@@ -246,8 +237,9 @@ async def pubsub_inventory(
         row.subscribers = counts.get(name, 0)
     shard.channels.extend(rows.values())
     for name in subscribed:
-        if name.startswith(group_prefix):
-            shard.groups.append(GroupRow(shard.index, name[len(group_prefix) :], counts.get(name, 0)))
+        group = group_layout.name(name)
+        if group is not None:
+            shard.groups.append(GroupRow(shard.index, group, counts.get(name, 0)))
 
 
 async def _subscriber_counts(client: avalkey.Valkey, counting: str, names: Sequence[str]) -> dict[str, int]:
