@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import ipaddress
 import os
 import re
 import signal
@@ -29,7 +28,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import valkey
 
-from channels_valkey.cli.embedded import EmbeddedServerError, embedded_valkey, stop_on_termination
+from channels_valkey.cli import (
+    EmbeddedServerError,
+    embedded_valkey,
+    is_loopback,
+    stop_on_termination,
+    url_host,
+)
 
 HERE = Path(__file__).resolve().parent
 LAYERS = ("core", "pubsub")
@@ -100,24 +105,6 @@ def _workers(text: str) -> int:
     return workers
 
 
-def _is_loopback(address: str) -> bool:
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def _browsable(address: str) -> str:
-    """The host part of a URL that reaches a server bound to ``address`` from this machine."""
-    if address in ("", "0.0.0.0"):  # noqa: S104 - mapping the wildcard to loopback, not binding to it
-        return "127.0.0.1"
-    if address == "::":
-        return "[::1]"
-    return f"[{address}]" if ":" in address else address
-
-
 def _redacted(url: str) -> str:
     """``url`` without its password, for printing."""
     parts = urlsplit(url)
@@ -186,7 +173,7 @@ class Uvicorn:
             "CHAT_DEMO_HOSTS": " ".join(hosts),
             "PYTHONUNBUFFERED": "1",
         }
-        if not _is_loopback(args.bind):
+        if not is_loopback(args.bind):
             # Reached by this machine's other names and addresses, which the demo cannot list.
             self.env["CHAT_DEMO_ALLOWED_HOSTS"] = "*"
         self.process: subprocess.Popen[bytes] | None = None
@@ -231,7 +218,7 @@ class Uvicorn:
         return DemoError(f"uvicorn exited with status {status} before serving the page (its log is above)")
 
     def url(self) -> str:
-        return f"http://{_browsable(self.bind)}:{self.port}/"
+        return f"http://{url_host(self.bind)}:{self.port}/"
 
     def wait_ready(self, timeout: float) -> str:
         """Wait until the page answers 200 and return its URL; DemoError if uvicorn dies or takes too long."""
@@ -252,7 +239,7 @@ class Uvicorn:
         return self.url()
 
     def _page_status(self) -> int | None:
-        connection = http.client.HTTPConnection(_browsable(self.bind).strip("[]"), self.port, timeout=2)
+        connection = http.client.HTTPConnection(url_host(self.bind).strip("[]"), self.port, timeout=2)
         try:
             connection.request("GET", "/")
             return connection.getresponse().status

@@ -2,7 +2,8 @@
 
 ``channels-valkey serve`` and the demo (``hatch run demo``) both start their server here. The wheel's server runs
 as a daemon, so it would outlive a killed parent: :func:`embedded_valkey` stops it on the way out of its ``with``
-block, at interpreter exit, and on SIGTERM or SIGHUP (turned into the same orderly exit as Ctrl-C).
+block, at interpreter exit, and on SIGTERM or SIGHUP (turned into the same orderly exit as Ctrl-C). What the demo
+uses is exported by ``channels_valkey.cli``, its public place.
 """
 
 from __future__ import annotations
@@ -55,14 +56,31 @@ def stop_on_termination() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def client_url(host: str, port: int, password: str | None = None) -> str:
-    """The ``valkey://`` URL a client on this machine uses to reach a server listening on ``host:port``."""
+def is_loopback(host: str) -> bool:
+    """Whether a server listening on ``host`` accepts connections from this machine only, which decides whether
+    it needs a password (``serve``) or must answer to names this machine cannot list (the demo)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(host: str) -> str:
+    """The host part of a URL that reaches, from this machine, a server listening on ``host``: a wildcard address
+    (every interface) becomes the loopback one, which a client can connect to, and an IPv6 address gets brackets."""
     address = _WILDCARDS.get(host, host)
     with contextlib.suppress(ValueError):
         if ipaddress.ip_address(address).version == 6:
-            address = f"[{address}]"
+            return f"[{address}]"
+    return address
+
+
+def client_url(host: str, port: int, password: str | None = None) -> str:
+    """The ``valkey://`` URL a client on this machine uses to reach a server listening on ``host:port``."""
     auth = f":{quote(password, safe='')}@" if password else ""
-    return f"valkey://{auth}{address}:{port}"
+    return f"valkey://{auth}{url_host(host)}:{port}"
 
 
 def ensure_port_free(host: str, port: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import ipaddress
 import json
 import os
 import re
@@ -21,7 +20,13 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from channels_valkey.cli.embedded import INSTALL_HINT, EmbeddedServerError, PortInUseError, embedded_valkey
+from channels_valkey.cli.embedded import (
+    INSTALL_HINT,
+    EmbeddedServerError,
+    PortInUseError,
+    embedded_valkey,
+    is_loopback,
+)
 from channels_valkey.cli.output import render_json
 
 #: The port a layer with no ``hosts`` setting connects to, so that the defaults just work.
@@ -67,16 +72,6 @@ def password_text(text: str) -> str:
             "the password must be printable ASCII without spaces, quotes or backslashes"
         )
     return text
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def channel_layers(url: str) -> str:
