@@ -1,7 +1,7 @@
 """The message flows the benchmark suites time, each checking that what arrived is exactly what was sent.
 
-They are the flows of ``channels_valkey.cli.measure.flows`` (what ``channels-valkey bench`` times: the same message,
-the same steps) with two additions, so that a layer that loses, duplicates or reorders messages fails the run instead
+They are the flows ``channels-valkey bench`` times (``channels_valkey.cli.measure``: the same message, the same
+steps) with two additions, so that a layer that loses, duplicates or reorders messages fails the run instead
 of looking fast:
 
 - every message carries a sequence number, counted per channel over the whole test (a :class:`Stream`, or a
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels_valkey.cli.measure.flows import GROUP, MESSAGE
+from channels_valkey.cli.measure import GROUP, MESSAGE
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout

@@ -90,7 +90,8 @@ def fill_backlog(server: ValkeyProcess, stream: Stream, count: int) -> None:
         layer.serialize(numbered(number)): now + index * 1e-6
         for index, number in enumerate(stream.to_send(count))
     }
-    key = layer.prefix + stream.channel
+    # Ours documents where a channel's queue lives; channels_redis 4 has no such call and keeps it at prefix + name.
+    key = layer.queue_key(stream.channel) if hasattr(layer, "queue_key") else layer.prefix + stream.channel
     with server.client() as client:
         client.zadd(key, members)
         client.expire(key, int(layer.expiry))

@@ -1,7 +1,8 @@
 """The benchmark behind ``channels-valkey bench``: our layers against channels_redis 4, case by case.
 
 ``cases`` says what is measured, ``sides`` makes the two layers alike, ``runner`` runs the cases and cleans up,
-``results`` holds the figures, ``progress`` reports on stderr, ``plot`` draws the ratios.
+``results`` holds the figures, ``progress`` reports on stderr, ``plot`` draws the ratios. ``MESSAGE`` and ``GROUP``,
+what the flows send, are exported for the suites in benchmarks/, which time the same message.
 """
 
 from channels_valkey.cli.measure.cases import CASES, FULL, QUICK, Case, Sizes, cases_of
@@ -12,6 +13,7 @@ from channels_valkey.cli.measure.exceptions import (
     MissingExtra,
     Unreachable,
 )
+from channels_valkey.cli.measure.flows import GROUP, MESSAGE
 from channels_valkey.cli.measure.plot import BETTER_COLOUR, WORSE_COLOUR, plot_ratios, require_matplotlib
 from channels_valkey.cli.measure.progress import Progress
 from channels_valkey.cli.measure.results import Comparison, figure_text
@@ -22,8 +24,10 @@ __all__ = [
     "BETTER_COLOUR",
     "CASES",
     "FULL",
+    "GROUP",
     "INSTALL_HINT",
     "LAYERS",
+    "MESSAGE",
     "OURS",
     "PEER",
     "PREFIX_ROOT",
