@@ -24,6 +24,11 @@ from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.sentinel import HostSpec, ResiliencePolicy
 
 LAYERS = {"core": ValkeyChannelLayer, "pubsub": ValkeyPubSubChannelLayer}
+#: The ``BACKEND`` path each layer is documented under: its package's, whatever module defines the class.
+BACKENDS = {
+    "core": "channels_valkey.core.ValkeyChannelLayer",
+    "pubsub": "channels_valkey.pubsub.ValkeyPubSubChannelLayer",
+}
 DEFAULT_ALIAS = "default"
 DEFAULT_PREFIX = "asgi"
 DEFAULT_TIMEOUT = 5.0
@@ -233,7 +238,7 @@ def _from_settings(module_name: str, alias: str) -> tuple[str, dict[str, Any]]:
 
 def _layer_of_backend(backend: object, where: str) -> str:
     """Which of our layers ``backend`` (a dotted class path) is, subclasses included."""
-    accepted = " or ".join(f"'{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}'" for cls in LAYERS.values())
+    accepted = " or ".join(f"'{backend}'" for backend in BACKENDS.values())
     if not isinstance(backend, str) or "." not in backend:
         raise TargetError(f"{where} must be a dotted class path such as {accepted}, got {backend!r}")
     module_name, _, class_name = backend.rpartition(".")
