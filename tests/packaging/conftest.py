@@ -36,7 +36,7 @@ PACKAGES = REPO / "packages"
 PROBE = Path(__file__).with_name("probe.py")
 NAMESPACE = "channels_valkey"
 
-#: Each distribution and the one module it ships under ``channels_valkey`` (DESIGN.md), in dependency order.
+#: Each distribution and the one module it ships under ``channels_valkey`` (docs/architecture.md), in dependency order.
 MODULES = {
     "channels-valkey-serializers": "serializers",
     "channels-valkey-sentinel": "sentinel",

@@ -1,8 +1,8 @@
 """What ``hatch build`` puts in each wheel and sdist: the files, and metadata that says what pyproject.toml says.
 
 The requirements are compared with pyproject.toml rather than with a second copy kept here; what is written out
-below are the rules of the house (DESIGN.md) those requirements must follow. Slow because the session builds all
-ten files first.
+below are the rules of the house (docs/architecture.md) those requirements must follow. Slow because the session
+builds all ten files first.
 """
 
 from __future__ import annotations
