@@ -4,6 +4,7 @@ Host decoding, per-event-loop clients, the shard ring, retries, Sentinel failove
 here, once, for both layers. The layers use four things: :func:`decode_hosts` (``CONFIG["hosts"]`` to shard specs),
 :class:`ShardRing` / :func:`consistent_hash` (which shard holds a name), :class:`ConnectionManager` (a client for a
 shard on the running event loop, commands with retries, closing) and :class:`ResiliencePolicy` (timeouts and retries).
+A shard of either kind, one server or a whole Valkey Cluster, is a :class:`ShardConnection`.
 """
 
 from channels_valkey.sentinel.__about__ import __version__
@@ -37,6 +38,7 @@ from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.scripts import Script, refuses_evalsha
 from channels_valkey.sentinel.shard import Shard
+from channels_valkey.sentinel.shard_protocol import ShardConnection
 from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "SentinelHost",
     "ServerHost",
     "Shard",
+    "ShardConnection",
     "ShardFacts",
     "ShardRing",
     "ShardUnavailable",

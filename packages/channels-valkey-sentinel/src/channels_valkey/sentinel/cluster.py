@@ -57,7 +57,10 @@ def slot_of(key: str | bytes) -> int:
 
 
 class ClusterShard:
-    """The nodes of one Valkey Cluster on one event loop, and the slot map that routes commands to them."""
+    """The nodes of one Valkey Cluster on one event loop, and the slot map that routes commands to them.
+
+    A :class:`~channels_valkey.sentinel.ShardConnection`: to the layers the whole cluster is one shard.
+    """
 
     def __init__(self, index: int, spec: ClusterHost, policy: ResiliencePolicy, block_seconds: float) -> None:
         self.index = index
@@ -105,6 +108,9 @@ class ClusterShard:
                 f"CLUSTERDOWN no primary owns slot {slot} in {self.describe()}"
             )
         return self.node(address)
+
+    def single_server(self) -> None:
+        """None: a cluster's keys live on several primaries (see :meth:`owner` and :meth:`primaries`)."""
 
     def suspect_map(self) -> None:
         """Read the slot map again before the next command (a node failed or redirected)."""

@@ -13,7 +13,7 @@ import threading
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import valkey.asyncio as avalkey
 
@@ -26,13 +26,15 @@ from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
 from channels_valkey.sentinel.shard import Shard
+from channels_valkey.sentinel.shard_protocol import ShardConnection
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
 T = TypeVar("T")
 Operation = Callable[[avalkey.Valkey], Awaitable[T]]
-#: A shard as the layers see it: one server (or Sentinel-managed primary), or a whole Valkey Cluster.
-AnyShard = Shard | ClusterShard
+#: A shard as the layers see it: one server (or Sentinel-managed primary), or a whole Valkey Cluster. The older
+#: name of :class:`ShardConnection`, kept for callers that use it.
+AnyShard: TypeAlias = ShardConnection
 
 
 class _Resolved(NamedTuple):
@@ -151,17 +153,17 @@ class ConnectionManager:
 
     async def primaries(self, index: int) -> list[Shard]:
         """The primaries behind shard ``index``: the shard itself, or every primary of a cluster."""
-        shard = await self.shard(index)
-        return await shard.primaries() if isinstance(shard, ClusterShard) else [shard]
+        return await (await self.shard(index)).primaries()
 
     async def _server_shard(self, index: int, method: str) -> Shard:
         shard = await self.shard(index)
-        if isinstance(shard, ClusterShard):
+        server = shard.single_server()
+        if server is None:
             raise TypeError(
                 f"{method}() needs one server, and {shard.describe()} is a Valkey Cluster: send keyed commands "
                 "with execute_command() (routed by key) or reach each primary through primaries()"
             )
-        return shard
+        return server
 
     # Commands --------------------------------------------------------------------------------------------------
 

@@ -26,7 +26,10 @@ logger = logging.getLogger("channels_valkey.sentinel")
 
 
 class Shard:
-    """The clients of one shard, bound to the event loop that created them and closed with it."""
+    """The clients of one server shard, bound to the event loop that created them and closed with it.
+
+    A :class:`~channels_valkey.sentinel.ShardConnection`; a cluster's nodes are shards of this kind too.
+    """
 
     def __init__(self, index: int, spec: HostSpec, policy: ResiliencePolicy, block_seconds: float) -> None:
         if not isinstance(spec, ServerHost | SentinelHost):
@@ -53,6 +56,20 @@ class Shard:
 
     def describe(self) -> str:
         return f"shard {self.index} ({self.spec.describe()})"
+
+    # What a cluster shard answers with its nodes: here, this one server (see ShardConnection).
+
+    async def primaries(self) -> list[Shard]:
+        return [self]
+
+    async def owner(self, key: str | bytes) -> Shard:
+        return self
+
+    def single_server(self) -> Shard:
+        return self
+
+    def suspect_map(self) -> None:
+        """No slot map to read again: the Sentinel watcher, if any, follows the primary."""
 
     def _make_client(self, defaults: dict[str, Any]) -> avalkey.Valkey:
         options = {**defaults, **self.spec.options}
