@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from valkey import exceptions as valkey_errors
 from valkey.asyncio.cluster import ClusterParser
@@ -33,6 +33,7 @@ from channels_valkey.sentinel.shard import Shard
 logger = logging.getLogger("channels_valkey.sentinel")
 
 Address = tuple[str, int]
+T = TypeVar("T")
 
 #: Position of the first key in the commands that do not have it right after their name.
 _FIRST_KEY_AT = {"EVAL": 3, "EVALSHA": 3, "BZMPOP": 3, "ZMPOP": 2}
@@ -54,6 +55,11 @@ def first_key(args: Sequence[Any]) -> str | bytes:
 def slot_of(key: str | bytes) -> int:
     """The hash slot of ``key`` (its ``{hash tag}`` if it has one)."""
     return key_slot(key.encode() if isinstance(key, str) else key)
+
+
+def _on_lane(node: Shard, args: Sequence[Any]) -> Awaitable[Any]:
+    # Not a coroutine function: the lane's own coroutine is awaited, one frame fewer on the hot path of a send.
+    return node.lane.execute_command(*args)
 
 
 class ClusterShard:
@@ -166,29 +172,7 @@ class ClusterShard:
 
     async def execute_command(self, *args: Any) -> Any:
         """Send one command to the primary of its key's slot on that node's lane; the reply is raw."""
-        key = first_key(args)
-        for _ in range(MAX_REDIRECTS):
-            node = await self.owner(key)
-            try:
-                return await node.lane.execute_command(*args)
-            except valkey_errors.MovedError:
-                logger.debug("%s: %s on %r moved", self.describe(), args[0], key)
-                self.suspect_map()
-            except valkey_errors.AskError as redirect:
-                logger.debug(
-                    "%s: %s on %r asked at %s:%s", self.describe(), args[0], key, redirect.host, redirect.port
-                )
-                return await self.node((redirect.host, redirect.port)).lane.execute_asking(*args)
-            except (
-                valkey_errors.ConnectionError,
-                valkey_errors.TimeoutError,
-                valkey_errors.ClusterDownError,
-            ):
-                self.suspect_map()
-                raise
-        raise valkey_errors.ClusterDownError(
-            f"CLUSTERDOWN {args[0]} on {key!r} was redirected {MAX_REDIRECTS} times in {self.describe()}"
-        )
+        return await self._routed(args, _on_lane, self._asking)
 
     async def blocking_call(self, args: Sequence[object], on_interrupted: OnInterrupted) -> object:
         """Run a blocking command such as ``BZMPOP`` on the primary of its key (see :meth:`Shard.blocking_call`).
@@ -196,17 +180,30 @@ class ClusterShard:
         While the key's slot is migrating and its key has already left, the reply is the nil of a timeout after a
         short wait: the caller asks again and reaches the new owner once the migration of the slot ends.
         """
+
+        async def block(node: Shard, args: Sequence[Any]) -> object:
+            return await node.blocking_call(args, on_interrupted)
+
+        return await self._routed(args, block, self._wait_for_migration)
+
+    async def _routed(
+        self,
+        args: Sequence[Any],
+        send: Callable[[Shard, Sequence[Any]], Awaitable[T]],
+        asked: Callable[[Sequence[Any], valkey_errors.AskError], Awaitable[T]],
+    ) -> T:
+        """``send(node, args)`` on the owner of the command's key, following ``MOVED`` with a fresh slot map; an
+        ``ASK`` (the key already left for the node importing its slot) is answered by ``asked``."""
         key = first_key(args)
         for _ in range(MAX_REDIRECTS):
             node = await self.owner(key)
             try:
-                return await node.blocking_call(args, on_interrupted)
+                return await send(node, args)
             except valkey_errors.MovedError:
+                logger.debug("%s: %s on %r moved", self.describe(), args[0], key)
                 self.suspect_map()
-            except valkey_errors.AskError:
-                logger.debug("%s: %s on %r waits for its slot's migration", self.describe(), args[0], key)
-                await asyncio.sleep(ASK_POLL)
-                return None
+            except valkey_errors.AskError as redirect:
+                return await asked(args, redirect)
             except (
                 valkey_errors.ConnectionError,
                 valkey_errors.TimeoutError,
@@ -217,6 +214,18 @@ class ClusterShard:
         raise valkey_errors.ClusterDownError(
             f"CLUSTERDOWN {args[0]} on {key!r} was redirected {MAX_REDIRECTS} times in {self.describe()}"
         )
+
+    async def _asking(self, args: Sequence[Any], redirect: valkey_errors.AskError) -> Any:
+        """Send the command to the importing node right after ``ASKING``, on its lane with nothing in between."""
+        address = (redirect.host, redirect.port)
+        logger.debug("%s: %s on %r asked at %s:%s", self.describe(), args[0], first_key(args), *address)
+        return await self.node(address).lane.execute_asking(*args)
+
+    async def _wait_for_migration(self, args: Sequence[Any], redirect: valkey_errors.AskError) -> None:
+        """A blocking pop meeting ``ASK`` is not sent on: after a short wait it reports a timeout (None), and the
+        caller, asking again, polls until the slot's migration ends and the map names the new owner."""
+        logger.debug("%s: %s on %r waits for its slot's migration", self.describe(), args[0], first_key(args))
+        await asyncio.sleep(ASK_POLL)
 
     # Failures and closing ---------------------------------------------------------------------------------------
 
