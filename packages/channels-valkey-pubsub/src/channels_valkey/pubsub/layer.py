@@ -44,13 +44,12 @@ from channels_valkey.pubsub.names import (
 from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.sentinel import (
     ClusterHost,
-    ClusterShard,
     ConnectionManager,
     Handover,
     QueueReader,
     QueueSource,
     ResiliencePolicy,
-    Shard,
+    ShardConnection,
     ShardUnavailable,
     decode_hosts,
     delete_prefixed,
@@ -158,7 +157,9 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
         )
-        self._slot_owners: weakref.WeakKeyDictionary[ClusterShard, SlotOwners] = weakref.WeakKeyDictionary()
+        self._slot_owners: weakref.WeakKeyDictionary[ShardConnection, SlotOwners] = (
+            weakref.WeakKeyDictionary()
+        )
         self._owner_checks_refused = False
         self._lock = threading.Lock()
 
@@ -265,7 +266,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _publish_sharded(self, shard: int, name: str, payload: bytes) -> None:
         """``SPUBLISH`` to the primary of the name's slot; again while its slot is being handed over (handover.py)."""
-        cluster = await self.cluster_shard(shard)
+        cluster = await self.shard(shard)
         owners = self._owners_seen(cluster)
         slot = slot_of(name)
         if not owners.knows(slot):
@@ -315,7 +316,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             )
             return False
 
-    def _owners_seen(self, cluster: ClusterShard) -> SlotOwners:
+    def _owners_seen(self, cluster: ShardConnection) -> SlotOwners:
         found = self._slot_owners.get(cluster)
         if found is None:
             with self._lock:
@@ -533,17 +534,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     # What the loop state and readers call -------------------------------------------------------------------------
 
-    async def shard(self, index: int) -> Shard:
-        shard = await self._connections.shard(index)
-        if not isinstance(shard, Shard):
-            raise TypeError(f"{shard.describe()} is a Valkey Cluster: use cluster_shard()")
-        return shard
-
-    async def cluster_shard(self, index: int) -> ClusterShard:
-        shard = await self._connections.shard(index)
-        if not isinstance(shard, ClusterShard):
-            raise TypeError(f"{shard.describe()} is no Valkey Cluster: use shard()")
-        return shard
+    async def shard(self, index: int) -> ShardConnection:
+        return await self._connections.shard(index)
 
     # Event loops ------------------------------------------------------------------------------------------------
 

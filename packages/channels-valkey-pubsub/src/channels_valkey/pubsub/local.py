@@ -21,11 +21,11 @@ from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
 from channels_valkey.sentinel import (
     BackgroundTask,
-    ClusterShard,
     Handover,
     QueueReader,
     ResiliencePolicy,
     Shard,
+    ShardConnection,
 )
 
 logger = logging.getLogger("channels_valkey.pubsub")
@@ -52,9 +52,7 @@ class Owner(Protocol):
 
     def pubsub_shard(self, name: str) -> int: ...
 
-    async def shard(self, index: int) -> Shard: ...
-
-    async def cluster_shard(self, index: int) -> ClusterShard: ...
+    async def shard(self, index: int) -> ShardConnection: ...
 
 
 class LocalChannel:
@@ -332,14 +330,20 @@ def _reader_idle(channel: LocalChannel) -> bool:
 
 
 def _shard_getter(owner: Owner, index: int) -> Callable[[], Awaitable[Shard]]:
+    """For a :class:`Subscriber`: it opens its connection from one server's pool, which a cluster does not have."""
+
     async def get() -> Shard:
-        return await owner.shard(index)
+        shard = await owner.shard(index)
+        server = shard.single_server()
+        if server is None:
+            raise TypeError(f"{shard.describe()} is a Valkey Cluster: its Pub/Sub needs a ClusterSubscriber")
+        return server
 
     return get
 
 
-def _cluster_getter(owner: Owner, index: int) -> Callable[[], Awaitable[ClusterShard]]:
-    async def get() -> ClusterShard:
-        return await owner.cluster_shard(index)
+def _cluster_getter(owner: Owner, index: int) -> Callable[[], Awaitable[ShardConnection]]:
+    async def get() -> ShardConnection:
+        return await owner.shard(index)
 
     return get

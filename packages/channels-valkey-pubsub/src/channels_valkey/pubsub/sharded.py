@@ -41,10 +41,10 @@ from channels_valkey.pubsub.subscriber import (
     wait_confirmed,
 )
 from channels_valkey.sentinel import (
-    ClusterShard,
     Failure,
     ResiliencePolicy,
     Shard,
+    ShardConnection,
     ShardUnavailable,
     cancel_and_wait,
     classify,
@@ -119,7 +119,7 @@ class ClusterSubscriber:
     def __init__(
         self,
         index: int,
-        cluster: Callable[[], Awaitable[ClusterShard]],
+        cluster: Callable[[], Awaitable[ShardConnection]],
         policy: ResiliencePolicy,
         sink: Sink,
     ) -> None:
