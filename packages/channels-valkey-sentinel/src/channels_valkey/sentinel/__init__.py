@@ -5,12 +5,18 @@ here, once, for both layers. The layers use four things: :func:`decode_hosts` (`
 :class:`ShardRing` / :func:`consistent_hash` (which shard holds a name), :class:`ConnectionManager` (a client for a
 shard on the running event loop, commands with retries, closing) and :class:`ResiliencePolicy` (timeouts and retries).
 A shard of either kind, one server or a whole Valkey Cluster, is a :class:`ShardConnection`.
+
+What the two layers share beyond connections lives here too, so that it exists once and neither layer imports the
+other: the checks of names and messages (``naming``), of constructor options (``options``), the drop counters
+(``counters``) and the codec that counts unreadable messages (``codec``).
 """
 
 from channels_valkey.sentinel.__about__ import __version__
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted, bzpopmin_entry
 from channels_valkey.sentinel.cluster import ClusterShard, slot_of
+from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer
 from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
+from channels_valkey.sentinel.counters import DropCounters
 from channels_valkey.sentinel.exceptions import (
     CommandNotSent,
     HostConfigError,
@@ -31,6 +37,20 @@ from channels_valkey.sentinel.hosts import (
 )
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
+from channels_valkey.sentinel.naming import (
+    MAX_NAME_LENGTH,
+    check_channel,
+    check_group,
+    check_message,
+    is_process_channel,
+    non_local_name,
+)
+from channels_valkey.sentinel.options import (
+    check_channel_capacity,
+    check_policy,
+    check_prefix,
+    check_whole_number,
+)
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
 from channels_valkey.sentinel.queue_reader import Handover, QueueReader, QueueSource
@@ -43,18 +63,22 @@ from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, rais
 
 __all__ = [
     "DEFAULT_POLICY",
+    "MAX_NAME_LENGTH",
     "AnyShard",
     "BackgroundTask",
     "ClusterHost",
     "ClusterShard",
     "CommandNotSent",
     "ConnectionManager",
+    "DropCounters",
     "Entry",
     "Failure",
     "Handover",
     "HostConfigError",
     "HostSpec",
     "InterruptibleCalls",
+    "MessageCodec",
+    "MessageSerializer",
     "OnInterrupted",
     "QueueReader",
     "QueueSource",
@@ -75,12 +99,21 @@ __all__ = [
     "blocking_pop",
     "bzpopmin_entry",
     "cancel_and_wait",
+    "check_channel",
+    "check_channel_capacity",
+    "check_group",
+    "check_message",
+    "check_policy",
+    "check_prefix",
+    "check_whole_number",
     "classify",
     "consistent_hash",
     "decode_hosts",
     "delete_prefixed",
     "discover_services",
     "glob_escape",
+    "is_process_channel",
+    "non_local_name",
     "raise_if_cancelling",
     "raise_if_reply_lost",
     "read_reply",

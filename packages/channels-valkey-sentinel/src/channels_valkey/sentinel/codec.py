@@ -1,0 +1,56 @@
+"""``MessageCodec``: a layer's serializer together with what the layer does with bytes it cannot read.
+
+A receiving layer must never fail on one bad message: bytes written by a stranger, truncated, or encrypted with a
+key it does not hold are skipped, counted in the layer's ``DropCounters`` and logged, and the next message is
+delivered. Both layers do that the same way through this class. The serializer is anything with ``serialize`` and
+``deserialize`` (those of channels-valkey-serializers in practice), so this package needs none of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from channels_valkey.sentinel.counters import DropCounters
+
+__all__ = ["MessageCodec", "MessageSerializer"]
+
+
+class MessageSerializer(Protocol):
+    """What a codec needs of a serializer: a message to bytes and back.
+
+    ``deserialize`` raises ``ValueError`` or ``TypeError`` on bytes it cannot read (channels-valkey-serializers'
+    ``MessageDecodeError`` is a ``ValueError``).
+    """
+
+    def serialize(self, message: dict[str, Any], /) -> bytes: ...
+
+    def deserialize(self, message: bytes, /) -> dict[str, Any]: ...
+
+
+class MessageCodec:
+    """Encode messages for one layer and decode what it reads, counting and logging what cannot be read."""
+
+    def __init__(self, serializer: MessageSerializer, counters: DropCounters, logger: logging.Logger) -> None:
+        self.serializer = serializer
+        self.counters = counters
+        self.logger = logger
+        # The serializer's own methods, bound once: sending and a layer's deserialize() pay no extra call.
+        #: The bytes to store or publish for a message; raises what the serializer raises for a bad message.
+        self.encode: Callable[[dict[str, Any]], bytes] = serializer.serialize
+        #: The message stored as some bytes; raises ``ValueError`` / ``TypeError`` when they cannot be read.
+        self.read: Callable[[bytes], dict[str, Any]] = serializer.deserialize
+
+    def decode(self, data: bytes, what: str | None = None) -> dict[str, Any] | None:
+        """The message stored as ``data``, or None when it cannot be read: then counted as ``undecodable`` and
+        logged, naming ``what`` it was for (a channel) when given."""
+        try:
+            return self.read(data)
+        except (ValueError, TypeError) as error:
+            self.counters.undecodable += 1
+            if what is None:
+                self.logger.warning("skipped a message that cannot be read: %s", error)
+            else:
+                self.logger.warning("skipped a message for %s that cannot be read: %s", what, error)
+            return None

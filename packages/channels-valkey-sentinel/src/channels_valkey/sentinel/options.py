@@ -1,0 +1,60 @@
+"""Checks of the constructor options both channel layers share, so that both refuse a bad setting alike.
+
+Each check raises at construction, naming the option and quoting the value, instead of letting a bad setting
+surface later as a confusing error deep in a send or receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from channels_valkey.sentinel.policy import ResiliencePolicy
+
+__all__ = ["check_channel_capacity", "check_policy", "check_prefix", "check_whole_number"]
+
+_CLUSTER_BRACES = "the layer puts names in braces (hash tags) to choose their slots"
+
+
+def check_prefix(prefix: object, *, cluster: bool = False, why: str = _CLUSTER_BRACES) -> str:
+    """``prefix`` if it is a str (``TypeError`` otherwise) that a layer can use on these hosts.
+
+    With ``cluster=True`` a prefix holding ``{`` or ``}`` is a ``ValueError``: on a Valkey Cluster a brace in the
+    prefix would become the hash tag of the layer's names and move them out of the slots the layer chose for them.
+    ``why`` is the layer's own account of how it tags its names, for the message.
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, not {prefix!r}")
+    if cluster and ("{" in prefix or "}" in prefix):
+        raise ValueError(f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: {why}")
+    return prefix
+
+
+def check_whole_number(name: str, value: object) -> int:
+    """``value`` if it is an int of at least 1; otherwise ``ValueError`` naming the option ``name``.
+
+    A bool is an int to Python but never a count or a number of seconds someone meant, so it is refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+def check_channel_capacity(channel_capacity: Mapping[Any, int] | None) -> dict[Any, int]:
+    """The ``channel_capacity`` setting as a dict, once every key is a glob string or a compiled regex (else
+    ``TypeError``) and every limit a whole number (else ``ValueError`` naming the key)."""
+    patterns = dict(channel_capacity or {})
+    for pattern, limit in patterns.items():
+        if not isinstance(pattern, str) and not hasattr(pattern, "match"):
+            raise TypeError(
+                f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
+            )
+        check_whole_number(f"channel_capacity[{pattern!r}]", limit)
+    return patterns
+
+
+def check_policy(policy: object) -> ResiliencePolicy | None:
+    """``policy`` if it is None (the default policy) or a :class:`ResiliencePolicy`; otherwise ``TypeError``."""
+    if policy is not None and not isinstance(policy, ResiliencePolicy):
+        raise TypeError(f"policy must be a channels_valkey.sentinel.ResiliencePolicy, not {policy!r}")
+    return policy
