@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from channels_valkey.core.stats import DropCounters
+from channels_valkey.sentinel import DropCounters
 
 logger = logging.getLogger("channels_valkey.core")
 

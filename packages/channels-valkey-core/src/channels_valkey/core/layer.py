@@ -1,9 +1,11 @@
 """``ValkeyChannelLayer``: the channel layer on sorted-set queues, a drop-in for channels-valkey 0.3.
 
-Settings, keys and bytes on the server are those of channels-valkey 0.3 and channels_redis 4 (see names.py), so
-both can run side by side on one server. What differs is how the work is done: ``send`` is one script call,
-receiving goes through readers that cannot lose a message to a cancelled receive (receiver.py), ``group_send``
-makes one call per shard touched, shards in parallel, and ``flush`` never uses ``KEYS`` when ``SCAN`` is allowed.
+Settings, keys and bytes on the server are those of channels-valkey 0.3 and channels_redis 4, so both can run side
+by side on one server: a channel's queue is ``{prefix}{channel}``, every ``name!suffix`` process channel of a process
+shares the queue ``{prefix}name!``, and a group is ``{prefix}:group:{group}`` (see ``queue_key`` and ``group_key``).
+What differs is how the work is done: ``send`` is one script call, receiving goes through readers that cannot lose
+a message to a cancelled receive (receiver.py), ``group_send`` makes one call per shard touched, shards in
+parallel, and ``flush`` never uses ``KEYS`` when ``SCAN`` is allowed.
 """
 
 from __future__ import annotations
@@ -26,27 +28,29 @@ from valkey import exceptions as valkey_errors
 from channels_valkey.core import scripts
 from channels_valkey.core.exceptions import ForeignChannelError
 from channels_valkey.core.inbox import ProcessInbox
-from channels_valkey.core.names import (
-    check_channel,
-    check_group,
-    check_message,
-    is_process_channel,
-    non_local_name,
-)
 from channels_valkey.core.receiver import LoopReceiver
-from channels_valkey.core.stats import DropCounters
 from channels_valkey.sentinel import (
     ClusterHost,
     ConnectionManager,
+    DropCounters,
+    MessageCodec,
     QueueSource,
     ResiliencePolicy,
     ShardRing,
+    check_channel,
+    check_channel_capacity,
+    check_group,
+    check_message,
+    check_prefix,
+    check_whole_number,
     decode_hosts,
     delete_prefixed,
+    is_process_channel,
+    non_local_name,
     raise_if_reply_lost,
     slot_of,
 )
-from channels_valkey.serializers import MessageDecodeError, registry
+from channels_valkey.serializers import registry
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -77,21 +81,10 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         serializer_format: str = "msgpack",
         policy: ResiliencePolicy | None = None,
     ) -> None:
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, not {prefix!r}")
-        for name, value in (
-            ("expiry", expiry),
-            ("group_expiry", group_expiry),
-            ("capacity", capacity),
-        ):
-            _require_whole_number(name, value)
-        patterns = dict(channel_capacity or {})
-        for pattern, limit in patterns.items():
-            if not isinstance(pattern, str) and not hasattr(pattern, "match"):
-                raise TypeError(
-                    f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
-                )
-            _require_whole_number(f"channel_capacity[{pattern!r}]", limit)
+        check_prefix(prefix)
+        for name, value in (("expiry", expiry), ("group_expiry", group_expiry), ("capacity", capacity)):
+            check_whole_number(name, value)
+        patterns = check_channel_capacity(channel_capacity)
         self.prefix = prefix
         self.expiry = expiry
         self.group_expiry = group_expiry
@@ -100,11 +93,12 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.hosts = decode_hosts(hosts)
         #: On a Valkey Cluster every key carries a hash tag, so that each script call touches one slot.
         self.cluster = isinstance(self.hosts[0], ClusterHost)
-        if self.cluster and ("{" in prefix or "}" in prefix):
-            raise ValueError(
-                f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: the layer puts each channel "
-                "and group name in braces (a hash tag) to keep the keys of one call in one slot"
-            )
+        check_prefix(
+            prefix,
+            cluster=self.cluster,
+            why="the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call "
+            "in one slot",
+        )
         # random_prefix_length is checked by the serializer: 0 or less means no prefix, as in 0.3 (two equal
         # messages then share one member of the sorted set, as they did there).
         self._serializer = registry.get_serializer(
@@ -117,6 +111,8 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()
+        # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
+        self._codec = MessageCodec(self, self.counters, logger)
         #: Normal channels' sends take the shards in turn.
         self._sends = itertools.count()
         #: What the queue readers need of this layer.
@@ -197,12 +193,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def decode(self, member: bytes) -> dict[str, Any] | None:
         """A popped message, or None (logged and counted) when it cannot be read."""
-        try:
-            return self.deserialize(member)
-        except (MessageDecodeError, ValueError, TypeError) as error:
-            self.counters.undecodable += 1
-            logger.warning("skipped a message that cannot be read: %s", error)
-            return None
+        return self._codec.decode(member)
 
     # Sending -----------------------------------------------------------------------------------------------------
 
@@ -373,8 +364,3 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             receiver = self._receivers.pop(loop, None)
         if receiver is not None:
             await receiver.aclose()
-
-
-def _require_whole_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")

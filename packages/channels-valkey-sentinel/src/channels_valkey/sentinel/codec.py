@@ -3,7 +3,8 @@
 A receiving layer must never fail on one bad message: bytes written by a stranger, truncated, or encrypted with a
 key it does not hold are skipped, counted in the layer's ``DropCounters`` and logged, and the next message is
 delivered. Both layers do that the same way through this class. The serializer is anything with ``serialize`` and
-``deserialize`` (those of channels-valkey-serializers in practice), so this package needs none of them.
+``deserialize``, so this package needs none of channels-valkey-serializers; the layers pass themselves, so that a
+subclass overriding ``serialize``/``deserialize`` (which channels-valkey 0.3 allowed) is used for every message.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class MessageCodec:
         self.serializer = serializer
         self.counters = counters
         self.logger = logger
-        # The serializer's own methods, bound once: sending and a layer's deserialize() pay no extra call.
+        # Bound once: decoding pays no attribute lookups.
         #: The bytes to store or publish for a message; raises what the serializer raises for a bad message.
         self.encode: Callable[[dict[str, Any]], bytes] = serializer.serialize
         #: The message stored as some bytes; raises ``ValueError`` / ``TypeError`` when they cannot be read.
