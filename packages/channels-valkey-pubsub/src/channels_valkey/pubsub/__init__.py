@@ -7,6 +7,6 @@ from channels.exceptions import ChannelFull
 
 from channels_valkey.pubsub.__about__ import __version__
 from channels_valkey.pubsub.layer import ValkeyPubSubChannelLayer
-from channels_valkey.pubsub.stats import DropCounters
+from channels_valkey.sentinel import DropCounters
 
 __all__ = ["ChannelFull", "DropCounters", "ValkeyPubSubChannelLayer", "__version__"]

@@ -32,31 +32,36 @@ from channels_valkey.pubsub import scripts
 from channels_valkey.pubsub.handover import HANDOVER_RETRY, SlotOwners
 from channels_valkey.pubsub.local import Item, LocalChannel, LoopState
 from channels_valkey.pubsub.names import (
-    check_channel,
-    check_group,
-    check_message,
     group_channel,
     is_peer_process_channel,
     worker_queue,
     worker_queue_layout,
     worker_queues,
 )
-from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.sentinel import (
     ClusterHost,
     ConnectionManager,
+    DropCounters,
     Handover,
+    MessageCodec,
     QueueReader,
     QueueSource,
     ResiliencePolicy,
     ShardConnection,
     ShardUnavailable,
+    check_channel,
+    check_channel_capacity,
+    check_group,
+    check_message,
+    check_policy,
+    check_prefix,
+    check_whole_number,
     decode_hosts,
     delete_prefixed,
     raise_if_reply_lost,
     slot_of,
 )
-from channels_valkey.serializers import MessageDecodeError, registry
+from channels_valkey.serializers import registry
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
@@ -104,24 +109,16 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 f"{type(self).__name__} got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
                 f"the options are {', '.join(_OPTIONS)}"
             )
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, not {prefix!r}")
+        check_prefix(prefix)
         for name, notice in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
             if notice is not None and (not isinstance(notice, str) or not notice):
                 raise TypeError(f"{name} must be a message type (a non-empty str) or None, not {notice!r}")
         for name, value in (("expiry", expiry), ("group_expiry", group_expiry), ("capacity", capacity)):
-            _require_whole_number(name, value)
-        patterns = dict(channel_capacity or {})
-        for pattern, limit in patterns.items():
-            if not isinstance(pattern, str) and not hasattr(pattern, "match"):
-                raise TypeError(
-                    f"channel_capacity keys must be glob strings or compiled regexes, not {pattern!r}"
-                )
-            _require_whole_number(f"channel_capacity[{pattern!r}]", limit)
+            check_whole_number(name, value)
+        patterns = check_channel_capacity(channel_capacity)
         if worker_channels not in WORKER_MODES:
             raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
-        if policy is not None and not isinstance(policy, ResiliencePolicy):
-            raise TypeError(f"policy must be a channels_valkey.sentinel.ResiliencePolicy, not {policy!r}")
+        check_policy(policy)
         super().__init__(expiry=expiry, capacity=capacity)
         self.prefix = prefix
         self.on_disconnect = on_disconnect
@@ -132,11 +129,12 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.hosts = decode_hosts(hosts)
         #: On a Valkey Cluster names travel on sharded Pub/Sub and worker queues carry a hash tag.
         self.cluster = isinstance(self.hosts[0], ClusterHost)
-        if self.cluster and ("{" in prefix or "}" in prefix):
-            raise ValueError(
-                f"prefix {prefix!r} cannot hold '{{' or '}}' on a Valkey Cluster: a brace would make it the hash "
-                "tag of every name and queue, putting them all in one slot (the layer tags queues by channel)"
-            )
+        check_prefix(
+            prefix,
+            cluster=self.cluster,
+            why="a brace would make it the hash tag of every name and queue, putting them all in one slot (the "
+            "layer tags queues by channel)",
+        )
         # Payloads exactly as 0.3 publishes them: no random prefix, no TTL on encrypted ones.
         self._serializer = registry.get_serializer(
             serializer_format, random_prefix_length=0, symmetric_encryption_keys=symmetric_encryption_keys
@@ -144,6 +142,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.policy = policy or ResiliencePolicy()
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
+        # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
+        self._codec = MessageCodec(self, self.counters, logger)
         self.client_prefix = uuid.uuid4().hex[:12]
         #: What the worker queues' readers need of this layer.
         self._queue_source = QueueSource(
@@ -222,12 +222,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         return data
 
     def _decode(self, channel: str, data: bytes) -> dict[str, Any] | None:
-        try:
-            return self.deserialize(data)
-        except (MessageDecodeError, ValueError, TypeError) as error:
-            self.counters.undecodable += 1
-            logger.warning("skipped a message for %s that cannot be read: %s", channel, error)
-            return None
+        return self._codec.decode(data, channel)
 
     def _decode_queued(self, member: bytes) -> dict[str, Any] | None:
         """The message of a worker queue member (random bytes, then the payload), or None (counted)."""
@@ -581,8 +576,3 @@ def _close_with_loop(loop: asyncio.AbstractEventLoop, layer: ValkeyPubSubChannel
         loop.close = types.MethodType(close_layer_then_loop, loop)  # type: ignore[method-assign]
     except AttributeError:
         logger.debug("event loop %r does not allow a close hook; call close_pools() before closing it", loop)
-
-
-def _require_whole_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from channels_valkey.pubsub.sharded import ClusterSubscriber
-from channels_valkey.pubsub.stats import DropCounters
 from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
 from channels_valkey.sentinel import (
     BackgroundTask,
+    DropCounters,
     Handover,
     QueueReader,
     ResiliencePolicy,

@@ -1,4 +1,4 @@
-"""Names: strict checks of channel and group names and messages, and the server names each one maps to.
+"""Names: the server names each channel and group maps to (the checks of the names are the sentinel package's).
 
 The Pub/Sub names are channels-valkey 0.3's (and channels_redis 4's), so old and new processes meet on them: a
 channel is published and subscribed under its own name, a group under ``{prefix}__group__{group}``. Worker queues
@@ -10,39 +10,8 @@ from __future__ import annotations
 
 import re
 
-MAX_NAME_LENGTH = 100
-
-# Anchored at both ends and ASCII-only: Channels' own check ends in "$", which lets a trailing newline through,
-# and its "\w" after "!" takes any Unicode letter.
-_CHANNEL = re.compile(r"[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?", re.ASCII)
-_GROUP = re.compile(r"[a-zA-Z0-9\-_.]+", re.ASCII)
-_ALLOWED = f"at most {MAX_NAME_LENGTH - 1} ASCII letters, digits, hyphens, underscores or periods"
 # What the new_channel() of channels-valkey 0.3 and channels_redis 4 appends to the layer and channel prefixes.
 _PEER_PROCESS_SUFFIX = re.compile(r"[0-9a-f]{32}", re.ASCII)
-
-
-def check_channel(name: object) -> str:
-    """``name`` if it is a valid channel name; otherwise ``TypeError`` quoting it."""
-    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _CHANNEL.fullmatch(name):
-        raise TypeError(f"invalid channel name {name!r}: a channel name is {_ALLOWED}, with at most one '!'")
-    return name
-
-
-def check_group(name: object) -> str:
-    """``name`` if it is a valid group name; otherwise ``TypeError`` quoting it."""
-    if not isinstance(name, str) or len(name) >= MAX_NAME_LENGTH or not _GROUP.fullmatch(name):
-        raise TypeError(f"invalid group name {name!r}: a group name is {_ALLOWED}")
-    return name
-
-
-def check_message(message: object) -> None:
-    """Raise unless ``message`` is a dict the layer may send (``__asgi_channel__`` is reserved for the layers)."""
-    if not isinstance(message, dict):
-        raise TypeError(f"message must be a dict, not {type(message).__name__} {message!r:.80}")
-    if "__asgi_channel__" in message:
-        raise ValueError(
-            "message must not contain the key '__asgi_channel__', which the channel layers reserve"
-        )
 
 
 def group_channel(prefix: str, group: str) -> str:
