@@ -1,0 +1,119 @@
+"""What both layers share through this package: name, message and option checks, drop counters, the codec.
+
+The layers' own suites run these through every call; here each piece is held to what it promises on its own,
+without a server: the exceptions and messages, and that the codec counts and logs what it cannot read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+
+from channels_valkey.sentinel import (
+    DropCounters,
+    MessageCodec,
+    ResiliencePolicy,
+    check_channel,
+    check_channel_capacity,
+    check_group,
+    check_message,
+    check_policy,
+    check_prefix,
+    check_whole_number,
+    is_process_channel,
+    non_local_name,
+)
+from channels_valkey.serializers import registry
+
+
+def test_names_are_checked_strictly_and_quoted() -> None:
+    assert check_channel("chat.room") == "chat.room"
+    assert check_channel("specific.abc!" + "x" * 86) == "specific.abc!" + "x" * 86
+    assert check_group("g" * 99) == "g" * 99
+    for bad in ["trailing\n", "x" * 100, "two!bangs!", "ü", "", 5]:
+        with pytest.raises(TypeError, match=r"invalid channel name " + re.escape(repr(bad))):
+            check_channel(bad)
+    for bad in ["has!bang", "g" * 100, "with space", None]:
+        with pytest.raises(TypeError, match=r"invalid group name " + re.escape(repr(bad))):
+            check_group(bad)
+
+
+def test_messages_are_dicts_without_the_reserved_key() -> None:
+    check_message({"type": "ok"})
+    with pytest.raises(TypeError, match=r"message must be a dict, not list \['type'\]"):
+        check_message(["type"])
+    with pytest.raises(ValueError, match="__asgi_channel__"):
+        check_message({"type": "x", "__asgi_channel__": "elsewhere"})
+
+
+def test_process_channels_share_their_non_local_name() -> None:
+    assert is_process_channel("specific.abc!def")
+    assert not is_process_channel("chat.room")
+    assert non_local_name("specific.abc!def") == "specific.abc!"
+    assert non_local_name("chat.room") == "chat.room"
+
+
+def test_option_checks_name_the_option_and_the_value() -> None:
+    assert check_prefix("asgi") == "asgi"
+    assert check_prefix("app{1}") == "app{1}"  # braces are plain text off a cluster
+    with pytest.raises(TypeError, match="prefix must be a str, not 5"):
+        check_prefix(5)
+    with pytest.raises(
+        ValueError, match=r"prefix 'app\{1\}' cannot hold '\{' or '\}' on a Valkey Cluster: why"
+    ):
+        check_prefix("app{1}", cluster=True, why="why")
+    assert check_whole_number("capacity", 1) == 1
+    for bad in [0, -1, 1.5, True, "3"]:
+        with pytest.raises(
+            ValueError, match=rf"capacity must be a whole number >= 1, not {re.escape(repr(bad))}"
+        ):
+            check_whole_number("capacity", bad)
+    pattern = re.compile("^chat")
+    assert check_channel_capacity(None) == {}
+    assert check_channel_capacity({"http.*": 10, pattern: 5}) == {"http.*": 10, pattern: 5}
+    with pytest.raises(
+        TypeError, match="channel_capacity keys must be glob strings or compiled regexes, not 3"
+    ):
+        check_channel_capacity({3: 10})
+    with pytest.raises(ValueError, match=r"channel_capacity\['x'\] must be a whole number >= 1, not 0"):
+        check_channel_capacity({"x": 0})
+    policy = ResiliencePolicy()
+    assert check_policy(policy) is policy
+    assert check_policy(None) is None
+    with pytest.raises(
+        TypeError, match=r"policy must be a channels_valkey\.sentinel\.ResiliencePolicy, not 'fast'"
+    ):
+        check_policy("fast")
+
+
+def test_drop_counters_have_every_reason() -> None:
+    counters = DropCounters(expired=1)
+    counters.undecodable += 2
+    assert counters.as_dict() == {
+        "expired": 1,
+        "undecodable": 2,
+        "group_over_capacity": 0,
+        "buffer_overflow": 0,
+    }
+
+
+def test_the_codec_counts_and_logs_what_it_cannot_read(caplog: pytest.LogCaptureFixture) -> None:
+    counters = DropCounters()
+    codec = MessageCodec(registry.get_serializer("msgpack"), counters, logging.getLogger("shared.test"))
+    message: dict[str, Any] = {"type": "hello", "n": 1}
+    data = codec.encode(message)
+    assert codec.read(data) == message
+    assert codec.decode(data) == message
+    with caplog.at_level(logging.WARNING, logger="shared.test"):
+        assert codec.decode(b"\xc1 not msgpack") is None
+        assert codec.decode(b"\xc1", "chat.room") is None
+    assert counters.undecodable == 2
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "skipped a message that cannot be read",
+        "skipped a message for chat.room that cannot be read",
+    ]
+    with pytest.raises(ValueError, match="cannot read message"):
+        codec.read(b"\xc1")
