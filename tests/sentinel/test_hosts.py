@@ -14,15 +14,10 @@ from channels_redis.utils import create_pool as peer_create_pool
 from valkey.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from valkey.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
+from channels_valkey.sentinel.decoding import decode_hosts
+from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import HostConfigError, SentinelDiscoveryError
-from channels_valkey.sentinel.hosts import (
-    ClusterHost,
-    SentinelDiscovery,
-    SentinelHost,
-    ServerHost,
-    decode_hosts,
-    discover_services,
-)
+from channels_valkey.sentinel.specs import ClusterHost, SentinelDiscovery, SentinelHost, ServerHost
 
 from servers.process import ValkeyProcess, free_port
 from servers.topologies import SENTINEL_PASSWORD, SentinelGroup, add_acl_user

@@ -20,6 +20,7 @@ from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from channels_valkey.sentinel import (
     DEFAULT_POLICY,
+    DEFAULT_URL,
     HostConfigError,
     SentinelDiscovery,
     SentinelHost,
@@ -27,7 +28,6 @@ from channels_valkey.sentinel import (
     consistent_hash,
 )
 from channels_valkey.sentinel import decode_hosts as decode_host_specs
-from channels_valkey.sentinel.hosts import DEFAULT_URL
 
 # What `from channels_valkey.utils import *` gave in 0.3: its public names (it had no __all__).
 __all__ = ["create_pool", "decode_hosts"]

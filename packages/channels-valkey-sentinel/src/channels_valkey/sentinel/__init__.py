@@ -17,6 +17,8 @@ from channels_valkey.sentinel.cluster import ClusterShard, slot_of
 from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer
 from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
 from channels_valkey.sentinel.counters import DropCounters
+from channels_valkey.sentinel.decoding import decode_hosts
+from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import (
     CommandNotSent,
     HostConfigError,
@@ -26,15 +28,6 @@ from channels_valkey.sentinel.exceptions import (
 )
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, raise_if_reply_lost, refuses_health_check
-from channels_valkey.sentinel.hosts import (
-    ClusterHost,
-    HostSpec,
-    SentinelDiscovery,
-    SentinelHost,
-    ServerHost,
-    decode_hosts,
-    discover_services,
-)
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.naming import (
@@ -59,10 +52,19 @@ from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.scripts import Script, refuses_evalsha
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.shard_protocol import ShardConnection
+from channels_valkey.sentinel.specs import (
+    DEFAULT_URL,
+    ClusterHost,
+    HostSpec,
+    SentinelDiscovery,
+    SentinelHost,
+    ServerHost,
+)
 from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
 
 __all__ = [
     "DEFAULT_POLICY",
+    "DEFAULT_URL",
     "MAX_NAME_LENGTH",
     "AnyShard",
     "BackgroundTask",

@@ -26,9 +26,9 @@ from valkey.crc import VALKEY_CLUSTER_HASH_SLOTS, key_slot
 from channels_valkey.sentinel.blocking import OnInterrupted
 from channels_valkey.sentinel.exceptions import CommandNotSent
 from channels_valkey.sentinel.failures import Failure, classify
-from channels_valkey.sentinel.hosts import ClusterHost, ServerHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.shard import Shard
+from channels_valkey.sentinel.specs import ClusterHost, ServerHost
 
 logger = logging.getLogger("channels_valkey.sentinel")
 

@@ -18,15 +18,16 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 import valkey.asyncio as avalkey
 
 from channels_valkey.sentinel.cluster import ClusterShard
+from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
-from channels_valkey.sentinel.hosts import ClusterHost, HostSpec, SentinelDiscovery, discover_services
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.shard_protocol import ShardConnection
+from channels_valkey.sentinel.specs import ClusterHost, HostSpec, SentinelDiscovery
 
 logger = logging.getLogger("channels_valkey.sentinel")
 

@@ -17,9 +17,9 @@ from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
 from channels_valkey.sentinel.failures import refuses_health_check
-from channels_valkey.sentinel.hosts import HostSpec, SentinelHost, ServerHost
 from channels_valkey.sentinel.lane import CommandLane
 from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.specs import HostSpec, SentinelHost, ServerHost
 from channels_valkey.sentinel.watcher import SwitchWatcher
 
 logger = logging.getLogger("channels_valkey.sentinel")

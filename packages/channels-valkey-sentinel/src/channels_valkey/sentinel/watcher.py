@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.sentinel.hosts import SentinelHost
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
+from channels_valkey.sentinel.specs import SentinelHost
 from channels_valkey.sentinel.tasks import BackgroundTask
 
 logger = logging.getLogger("channels_valkey.sentinel")
