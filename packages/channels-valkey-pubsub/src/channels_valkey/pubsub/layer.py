@@ -221,12 +221,14 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         data: dict[str, Any] = self._serializer.deserialize(message)
         return data
 
-    def _decode(self, channel: str, data: bytes) -> dict[str, Any] | None:
-        return self._codec.decode(data, channel)
+    def decode_payload(self, name: str, data: bytes) -> dict[str, Any] | None:
+        """The message published or queued as ``data`` for ``name``, or None when it cannot be read (counted in
+        ``counters.undecodable`` and logged)."""
+        return self._codec.decode(data, name)
 
     def _decode_queued(self, member: bytes) -> dict[str, Any] | None:
         """The message of a worker queue member (random bytes, then the payload), or None (counted)."""
-        return self._decode("a worker queue", member[MEMBER_PREFIX:])
+        return self.decode_payload("a worker queue", member[MEMBER_PREFIX:])
 
     # Sending ----------------------------------------------------------------------------------------------------
 
@@ -362,8 +364,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``. Cancelling the wait keeps the subscription and loses no message."""
-        check_channel(channel)
-        state = await self._state()
+        state = self._states.get(asyncio.get_running_loop())
+        if state is None or type(channel) is not str or channel not in state.channels:
+            check_channel(channel)  # a channel received here already was checked when it was first received
+            state = await self._state()
         while True:
             local, created = state.channel(channel)
             if created:
@@ -418,7 +422,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             return item.message
         if isinstance(item, dict):
             return item
-        return self._decode(channel, item)
+        return self.decode_payload(channel, item)
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         """A new process channel, subscribed before it is returned, so nothing sent to it afterwards is missed."""

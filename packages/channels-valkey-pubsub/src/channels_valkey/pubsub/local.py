@@ -50,6 +50,8 @@ class Owner(Protocol):
 
     def get_capacity(self, channel: str) -> int: ...
 
+    def decode_payload(self, name: str, data: bytes) -> dict[str, Any] | None: ...
+
     def pubsub_shard(self, name: str) -> int: ...
 
     async def shard(self, index: int) -> ShardConnection: ...
@@ -110,8 +112,10 @@ class LocalChannel:
 
     def take(self) -> Item | None:
         """The oldest buffered message that has not expired, or None."""
-        self.expire(time.monotonic() - self.state.owner.expiry)
+        now = time.monotonic()
+        self.expire(now - self.state.owner.expiry)
         if self.items:
+            self.last_active = now  # a consumer that never has to wait is alive too
             return self.items.popleft()[1]
         return None
 
@@ -220,13 +224,21 @@ class LoopState:
     def on_message(self, name: str, data: bytes) -> None:
         channel = self.channels.get(name)
         if channel is not None:
-            channel.deliver(data)
+            channel.deliver(data)  # decoded by the receive that takes it
         members = self.groups.get(name)
         if members:
-            for member in members:
-                target = self.channels.get(member)
-                if target is not None:
-                    target.deliver(data)
+            self._fan_out(name, data, members)
+
+    def _fan_out(self, group: str, data: bytes, members: set[str]) -> None:
+        """Hand a group's message to each local member: decoded once, a shallow copy each (the last gets the
+        original), so a consumer may change the keys of its message but shares the values inside with the rest."""
+        message = self.owner.decode_payload(group, data)
+        if message is None:
+            return  # counted and logged once, not once per member
+        targets = [target for member in members if (target := self.channels.get(member)) is not None]
+        last = len(targets) - 1
+        for index, target in enumerate(targets):
+            target.deliver(message if index == last else message.copy())
 
     def on_down(self, source: Subscriptions, names: Collection[str]) -> None:
         if self.owner.on_disconnect is not None:
