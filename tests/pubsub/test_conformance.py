@@ -267,6 +267,29 @@ async def test_idle_channel_is_unsubscribed_and_freed(
     assert await waiting == {"type": "still.here"}
 
 
+@pytest.mark.parametrize("topology", ["single"], indirect=True)
+async def test_a_consumer_that_never_waits_is_not_idle(
+    make_layer: MakeLayer, receive: Receive, eventually: Eventually, topology: Topology
+) -> None:
+    # A busy consumer may find a message waiting every time it receives: taking it counts as being alive.
+    layer = make_layer(expiry=1)
+    channel = await layer.new_channel()
+    state = layer.loop_state()
+    assert state is not None
+    deadline = (
+        asyncio.get_running_loop().time() + 2.5
+    )  # past two sweeps that would find it idle since it was made
+    sent = 0
+    while asyncio.get_running_loop().time() < deadline:
+        await layer.send(channel, {"type": "busy", "n": sent})
+        sent += 1
+        await eventually(lambda: bool(state.channels[channel].items), "the message to wait in the buffer")
+        assert await receive(layer, channel) == {"type": "busy", "n": sent - 1}
+        await asyncio.sleep(0.1)
+    assert channel in state.channels
+    assert topology.subscribers(channel) == 1
+
+
 async def test_invalid_names_and_messages_are_refused_naming_the_value(
     layer: ValkeyPubSubChannelLayer,
 ) -> None:
