@@ -30,20 +30,16 @@ from channels_valkey.core.exceptions import ForeignChannelError
 from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.sentinel import (
-    ClusterHost,
     ConnectionManager,
     DropCounters,
+    LayerOptions,
     MessageCodec,
     QueueSource,
     ResiliencePolicy,
     ShardRing,
     check_channel,
-    check_channel_capacity,
     check_group,
     check_message,
-    check_prefix,
-    check_whole_number,
-    decode_hosts,
     delete_prefixed,
     is_process_channel,
     non_local_name,
@@ -81,24 +77,25 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         serializer_format: str = "msgpack",
         policy: ResiliencePolicy | None = None,
     ) -> None:
-        check_prefix(prefix)
-        for name, value in (("expiry", expiry), ("group_expiry", group_expiry), ("capacity", capacity)):
-            check_whole_number(name, value)
-        patterns = check_channel_capacity(channel_capacity)
-        self.prefix = prefix
-        self.expiry = expiry
-        self.group_expiry = group_expiry
-        self.capacity = capacity
-        self.channel_capacity = self.compile_capacities(patterns)
-        self.hosts = decode_hosts(hosts)
-        #: On a Valkey Cluster every key carries a hash tag, so that each script call touches one slot.
-        self.cluster = isinstance(self.hosts[0], ClusterHost)
-        check_prefix(
-            prefix,
-            cluster=self.cluster,
-            why="the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call "
+        options = LayerOptions.check(
+            hosts=hosts,
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            policy=policy,
+            braces="the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call "
             "in one slot",
         )
+        self.prefix = options.prefix
+        self.expiry = options.expiry
+        self.group_expiry = options.group_expiry
+        self.capacity = options.capacity
+        self.channel_capacity = self.compile_capacities(options.channel_capacity)
+        self.hosts = options.hosts
+        #: On a Valkey Cluster every key carries a hash tag, so that each script call touches one slot.
+        self.cluster = options.cluster
         # random_prefix_length is checked by the serializer: 0 or less means no prefix, as in 0.3 (two equal
         # messages then share one member of the sorted set, as they did there).
         self._serializer = registry.get_serializer(
@@ -107,7 +104,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             expiry=self.expiry,
             symmetric_encryption_keys=symmetric_encryption_keys,
         )
-        self.policy = policy or ResiliencePolicy()
+        self.policy = options.policy
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()

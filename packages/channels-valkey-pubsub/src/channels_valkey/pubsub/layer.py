@@ -39,10 +39,10 @@ from channels_valkey.pubsub.names import (
     worker_queues,
 )
 from channels_valkey.sentinel import (
-    ClusterHost,
     ConnectionManager,
     DropCounters,
     Handover,
+    LayerOptions,
     MessageCodec,
     QueueReader,
     QueueSource,
@@ -50,13 +50,8 @@ from channels_valkey.sentinel import (
     ShardConnection,
     ShardUnavailable,
     check_channel,
-    check_channel_capacity,
     check_group,
     check_message,
-    check_policy,
-    check_prefix,
-    check_whole_number,
-    decode_hosts,
     delete_prefixed,
     raise_if_reply_lost,
     slot_of,
@@ -109,37 +104,37 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 f"{type(self).__name__} got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
                 f"the options are {', '.join(_OPTIONS)}"
             )
-        check_prefix(prefix)
         for name, notice in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
             if notice is not None and (not isinstance(notice, str) or not notice):
                 raise TypeError(f"{name} must be a message type (a non-empty str) or None, not {notice!r}")
-        for name, value in (("expiry", expiry), ("group_expiry", group_expiry), ("capacity", capacity)):
-            check_whole_number(name, value)
-        patterns = check_channel_capacity(channel_capacity)
         if worker_channels not in WORKER_MODES:
             raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
-        check_policy(policy)
-        super().__init__(expiry=expiry, capacity=capacity)
-        self.prefix = prefix
-        self.on_disconnect = on_disconnect
-        self.on_reconnect = on_reconnect
-        self.group_expiry = group_expiry
-        self.channel_capacity = self.compile_capacities(patterns)
-        self.worker_channels = worker_channels
-        self.hosts = decode_hosts(hosts)
-        #: On a Valkey Cluster names travel on sharded Pub/Sub and worker queues carry a hash tag.
-        self.cluster = isinstance(self.hosts[0], ClusterHost)
-        check_prefix(
-            prefix,
-            cluster=self.cluster,
-            why="a brace would make it the hash tag of every name and queue, putting them all in one slot (the "
+        options = LayerOptions.check(
+            hosts=hosts,
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
+            policy=policy,
+            braces="a brace would make it the hash tag of every name and queue, putting them all in one slot (the "
             "layer tags queues by channel)",
         )
+        super().__init__(expiry=options.expiry, capacity=options.capacity)
+        self.prefix = options.prefix
+        self.on_disconnect = on_disconnect
+        self.on_reconnect = on_reconnect
+        self.group_expiry = options.group_expiry
+        self.channel_capacity = self.compile_capacities(options.channel_capacity)
+        self.worker_channels = worker_channels
+        self.hosts = options.hosts
+        #: On a Valkey Cluster names travel on sharded Pub/Sub and worker queues carry a hash tag.
+        self.cluster = options.cluster
         # Payloads exactly as 0.3 publishes them: no random prefix, no TTL on encrypted ones.
         self._serializer = registry.get_serializer(
             serializer_format, random_prefix_length=0, symmetric_encryption_keys=symmetric_encryption_keys
         )
-        self.policy = policy or ResiliencePolicy()
+        self.policy = options.policy
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.

@@ -39,6 +39,7 @@ from channels_valkey.sentinel.naming import (
     non_local_name,
 )
 from channels_valkey.sentinel.options import (
+    LayerOptions,
     check_channel_capacity,
     check_policy,
     check_prefix,
@@ -79,6 +80,7 @@ __all__ = [
     "HostConfigError",
     "HostSpec",
     "InterruptibleCalls",
+    "LayerOptions",
     "MessageCodec",
     "MessageSerializer",
     "OnInterrupted",

@@ -7,11 +7,20 @@ surface later as a confusing error deep in a send or receive.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from channels_valkey.sentinel.decoding import decode_hosts
 from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.specs import ClusterHost, HostSpec
 
-__all__ = ["check_channel_capacity", "check_policy", "check_prefix", "check_whole_number"]
+__all__ = [
+    "LayerOptions",
+    "check_channel_capacity",
+    "check_policy",
+    "check_prefix",
+    "check_whole_number",
+]
 
 _CLUSTER_BRACES = "the layer puts names in braces (hash tags) to choose their slots"
 
@@ -58,3 +67,58 @@ def check_policy(policy: object) -> ResiliencePolicy | None:
     if policy is not None and not isinstance(policy, ResiliencePolicy):
         raise TypeError(f"policy must be a channels_valkey.sentinel.ResiliencePolicy, not {policy!r}")
     return policy
+
+
+@dataclass(frozen=True)
+class LayerOptions:
+    """The settings both layers take, checked, with ``hosts`` decoded (see :meth:`check`)."""
+
+    prefix: str
+    expiry: int
+    group_expiry: int
+    capacity: int
+    #: ``channel_capacity`` as a dict of glob strings or compiled regexes to limits (for ``compile_capacities``).
+    channel_capacity: dict[Any, int]
+    hosts: list[HostSpec]
+    #: Whether the only host entry is a Valkey Cluster.
+    cluster: bool
+    policy: ResiliencePolicy
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        hosts: Any,
+        prefix: object,
+        expiry: object,
+        group_expiry: object,
+        capacity: object,
+        channel_capacity: Mapping[Any, int] | None,
+        policy: object,
+        braces: str,
+    ) -> LayerOptions:
+        """Check every shared setting, in the order a reader of the settings meets them, before anything connects.
+
+        ``braces`` is the layer's own account of how it tags names on a cluster, for the error about a prefix
+        holding a brace there.
+        """
+        checked_prefix = check_prefix(prefix)
+        whole = {
+            name: check_whole_number(name, value)
+            for name, value in (("expiry", expiry), ("group_expiry", group_expiry), ("capacity", capacity))
+        }
+        patterns = check_channel_capacity(channel_capacity)
+        checked_policy = check_policy(policy) or ResiliencePolicy()
+        decoded = decode_hosts(hosts)
+        cluster = isinstance(decoded[0], ClusterHost)
+        check_prefix(prefix, cluster=cluster, why=braces)
+        return cls(
+            prefix=checked_prefix,
+            expiry=whole["expiry"],
+            group_expiry=whole["group_expiry"],
+            capacity=whole["capacity"],
+            channel_capacity=patterns,
+            hosts=decoded,
+            cluster=cluster,
+            policy=checked_policy,
+        )
