@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-import types
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
@@ -52,6 +51,7 @@ from channels_valkey.sentinel import (
     check_channel,
     check_group,
     check_message,
+    close_before_loop,
     delete_prefixed,
     raise_if_reply_lost,
     slot_of,
@@ -545,7 +545,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             state = self._states.get(loop)
             if state is None:
                 state = self._states[loop] = LoopState(self)
-                _close_with_loop(loop, self)
+                close_before_loop(loop, self, _close_loop_state)
         return state
 
     def loop_state(self) -> LoopState | None:
@@ -553,25 +553,14 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         return self._states.get(asyncio.get_running_loop())
 
 
-def _close_with_loop(loop: asyncio.AbstractEventLoop, layer: ValkeyPubSubChannelLayer) -> None:
-    """Make ``loop.close()`` stop this layer's tasks on that loop first (``async_to_sync``, ``asyncio.run``)."""
-    original = loop.close
-    layer_ref = weakref.ref(layer)
+async def _close_loop_state(layer: ValkeyPubSubChannelLayer) -> None:
+    """Stop the layer's tasks on the running event loop, which is closing (``async_to_sync``, ``asyncio.run``)."""
+    with layer._lock:
+        state = layer._states.pop(asyncio.get_running_loop(), None)
+    if state is not None:
+        await state.aclose()
 
-    def close_layer_then_loop(self: asyncio.AbstractEventLoop) -> None:
-        self.close = original  # type: ignore[method-assign]
-        owner = layer_ref()
-        if owner is not None and not self.is_closed() and not self.is_running():
-            with owner._lock:
-                state = owner._states.pop(self, None)
-            if state is not None:
-                try:
-                    self.run_until_complete(state.aclose())
-                except Exception:
-                    logger.exception("closing the Pub/Sub layer's tasks of a closing event loop failed")
-        original()
 
-    try:
-        loop.close = types.MethodType(close_layer_then_loop, loop)  # type: ignore[method-assign]
-    except AttributeError:
-        logger.debug("event loop %r does not allow a close hook; call close_pools() before closing it", loop)
+def _require_whole_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")

@@ -30,6 +30,7 @@ from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, raise_if_reply_lost, refuses_health_check
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
+from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.naming import (
     MAX_NAME_LENGTH,
     check_channel,
@@ -111,6 +112,7 @@ __all__ = [
     "check_prefix",
     "check_whole_number",
     "classify",
+    "close_before_loop",
     "consistent_hash",
     "decode_hosts",
     "delete_prefixed",

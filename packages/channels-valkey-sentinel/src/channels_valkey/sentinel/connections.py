@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import types
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias, TypeVar
@@ -22,6 +21,7 @@ from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
+from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
@@ -246,7 +246,7 @@ class ConnectionManager:
             state = self._loops.get(loop)
             if state is None:
                 state = self._loops[loop] = _LoopShards(self)
-                _close_with_loop(loop, self)
+                close_before_loop(loop, self, ConnectionManager.close)
         return state
 
 
@@ -280,32 +280,3 @@ class _LoopShards:
         shards, self.shards = self.shards or [], None
         for shard in shards:
             await shard.aclose()
-
-
-def _close_with_loop(loop: asyncio.AbstractEventLoop, manager: ConnectionManager) -> None:
-    """Make ``loop.close()`` close this manager's connections on that loop first.
-
-    ``async_to_sync`` and ``asyncio.run`` close their loop when the call returns; connections left open then
-    would be reported as unclosed and leak server-side clients.
-    """
-    original = loop.close
-    manager_ref = weakref.ref(manager)
-
-    def close_connections_then_loop(self: asyncio.AbstractEventLoop) -> None:
-        self.close = original  # type: ignore[method-assign]
-        owner = manager_ref()
-        if owner is not None and not self.is_closed() and not self.is_running():
-            with owner._lock:
-                state = owner._loops.pop(self, None)
-            if state is not None:
-                try:
-                    self.run_until_complete(state.aclose())
-                except Exception:
-                    logger.exception("closing Valkey connections of a closing event loop failed")
-        original()
-
-    try:
-        loop.close = types.MethodType(close_connections_then_loop, loop)  # type: ignore[method-assign]
-    except AttributeError:
-        # Loops implemented in C (uvloop) do not take the hook; call ConnectionManager.close() before closing them.
-        logger.debug("event loop %r does not allow a close hook", loop)
