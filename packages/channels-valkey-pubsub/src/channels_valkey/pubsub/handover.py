@@ -18,7 +18,18 @@ another one had (the README says so).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import threading
 import time
+import weakref
+
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.sentinel import ConnectionManager, ShardConnection, ShardUnavailable, slot_of
+
+logger = logging.getLogger("channels_valkey.pubsub")
 
 #: Seconds after a slot changed owner during which a message that reached nobody is published again.
 HANDOVER_GRACE = 2.0
@@ -64,3 +75,78 @@ class SlotOwners:
     def confirmed(self, node: object) -> None:
         """A keyed read just found ``node`` serving a slot as its primary."""
         self._confirmed_at[node] = time.monotonic()
+
+
+class ShardedPublisher:
+    """How one layer publishes on a Valkey Cluster: ``SPUBLISH`` to the primary of the name's slot, published again
+    while the slot is being handed over (see above).
+
+    Keeps the :class:`SlotOwners` of each event loop's cluster connections, and whether the ACL refuses the keyed
+    read that confirms an owner (then owners are not confirmed, and a publisher follows a graceful failover late).
+    """
+
+    def __init__(self, connections: ConnectionManager) -> None:
+        self._connections = connections
+        self._owners: weakref.WeakKeyDictionary[ShardConnection, SlotOwners] = weakref.WeakKeyDictionary()
+        self._owner_checks_refused = False
+        self._lock = threading.Lock()
+
+    async def publish(self, shard: int, name: str, payload: bytes) -> None:
+        """``SPUBLISH`` ``payload`` to ``name`` on the cluster of shard ``shard``; again while its slot is handed
+        over and nobody received it."""
+        cluster = await self._connections.shard(shard)
+        owners = self._owners_seen(cluster)
+        slot = slot_of(name)
+        if not owners.knows(slot):
+            with contextlib.suppress(valkey_errors.ValkeyError, OSError):  # the publish below retries
+                owners.note(slot, await cluster.owner(name))
+        # Not idempotent: a retried SPUBLISH whose reply was lost would deliver twice; only refused ones retry.
+        if await self._connections.execute_command(shard, "SPUBLISH", name, payload, idempotent=False):
+            return
+        # Nobody received it: nobody listens, or the subscribers have not followed a slot that changed owner yet,
+        # or the node is no primary any more (a demoted primary takes SPUBLISH without redirecting it).
+        try:
+            published_at = await cluster.owner(name)
+            if not owners.confirmed_lately(published_at) and await self._confirm_owner(shard, name):
+                owners.confirmed(await cluster.owner(name))
+            owner = await cluster.owner(name)
+        except (valkey_errors.ValkeyError, OSError):
+            return
+        until = owners.note(slot, owner)
+        if owner is not published_at:
+            # A demoted primary still hands what it takes to the new primary's subscribers (measured after a
+            # graceful failover): its "0 receivers" does not mean nobody gets it, so publishing again could
+            # deliver twice. The map is right now; the next messages go to the new primary.
+            return
+        while until is not None and time.monotonic() < until:
+            await asyncio.sleep(HANDOVER_RETRY)
+            if await self._connections.execute_command(shard, "SPUBLISH", name, payload, idempotent=False):
+                logger.debug("%s reached a receiver after its slot %d changed owner", name, slot)
+                return
+
+    async def _confirm_owner(self, shard: int, name: str) -> bool:
+        """Bring the slot map up to date for ``name`` with a keyed read, which a node that is no primary redirects;
+        False when the ACL refuses it."""
+        if self._owner_checks_refused:
+            return False
+        try:
+            await self._connections.execute_command(shard, "EXISTS", name, idempotent=True)
+            return True
+        except ShardUnavailable as error:
+            if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                raise
+            self._owner_checks_refused = True
+            logger.warning(
+                "the ACL refuses EXISTS (%s): after a graceful failover, publishers keep sending through the "
+                "demoted primary (which passes messages on) until an error makes them read the slot map; allow "
+                "EXISTS on the Pub/Sub names to follow at once",
+                error.cause,
+            )
+            return False
+
+    def _owners_seen(self, cluster: ShardConnection) -> SlotOwners:
+        found = self._owners.get(cluster)
+        if found is None:
+            with self._lock:
+                found = self._owners.setdefault(cluster, SlotOwners())
+        return found

@@ -13,7 +13,6 @@ channel as a hash tag.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -28,7 +27,7 @@ from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.pubsub import scripts
-from channels_valkey.pubsub.handover import HANDOVER_RETRY, SlotOwners
+from channels_valkey.pubsub.handover import ShardedPublisher
 from channels_valkey.pubsub.local import Item, LocalChannel, LoopState
 from channels_valkey.pubsub.names import (
     group_channel,
@@ -54,7 +53,6 @@ from channels_valkey.sentinel import (
     close_before_loop,
     delete_prefixed,
     raise_if_reply_lost,
-    slot_of,
 )
 from channels_valkey.serializers import registry
 
@@ -152,10 +150,8 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
         )
-        self._slot_owners: weakref.WeakKeyDictionary[ShardConnection, SlotOwners] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._owner_checks_refused = False
+        #: SPUBLISH through slot handovers on a Valkey Cluster.
+        self._sharded = ShardedPublisher(self._connections)
         self._lock = threading.Lock()
 
     def __str__(self) -> str:
@@ -250,70 +246,11 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def _publish(self, shard: int, name: str, payload: bytes) -> None:
         if self.cluster:
-            await self._publish_sharded(shard, name, payload)
+            await self._sharded.publish(shard, name, payload)
             return
         # Not idempotent: a retried PUBLISH whose reply was lost would deliver twice; only refused ones retry.
         # On the shard's command lane: publishes of all tasks share one pipelined connection.
         await self._connections.execute_command(shard, "PUBLISH", name, payload, idempotent=False)
-
-    async def _publish_sharded(self, shard: int, name: str, payload: bytes) -> None:
-        """``SPUBLISH`` to the primary of the name's slot; again while its slot is being handed over (handover.py)."""
-        cluster = await self.shard(shard)
-        owners = self._owners_seen(cluster)
-        slot = slot_of(name)
-        if not owners.knows(slot):
-            with contextlib.suppress(valkey_errors.ValkeyError, OSError):  # the publish below retries
-                owners.note(slot, await cluster.owner(name))
-        # Not idempotent, as PUBLISH above.
-        if await self._connections.execute_command(shard, "SPUBLISH", name, payload, idempotent=False):
-            return
-        # Nobody received it: nobody listens, or the subscribers have not followed a slot that changed owner yet,
-        # or the node is no primary any more (a demoted primary takes SPUBLISH without redirecting it).
-        try:
-            published_at = await cluster.owner(name)
-            if not owners.confirmed_lately(published_at) and await self._confirm_owner(shard, name):
-                owners.confirmed(await cluster.owner(name))
-            owner = await cluster.owner(name)
-        except (valkey_errors.ValkeyError, OSError):
-            return
-        until = owners.note(slot, owner)
-        if owner is not published_at:
-            # A demoted primary still hands what it takes to the new primary's subscribers (measured after a
-            # graceful failover): its "0 receivers" does not mean nobody gets it, so publishing again could
-            # deliver twice. The map is right now; the next messages go to the new primary.
-            return
-        while until is not None and time.monotonic() < until:
-            await asyncio.sleep(HANDOVER_RETRY)
-            if await self._connections.execute_command(shard, "SPUBLISH", name, payload, idempotent=False):
-                logger.debug("%s reached a receiver after its slot %d changed owner", name, slot)
-                return
-
-    async def _confirm_owner(self, shard: int, name: str) -> bool:
-        """Bring the slot map up to date for ``name`` with a keyed read, which a node that is no primary redirects;
-        False when the ACL refuses it."""
-        if self._owner_checks_refused:
-            return False
-        try:
-            await self._connections.execute_command(shard, "EXISTS", name, idempotent=True)
-            return True
-        except ShardUnavailable as error:
-            if not isinstance(error.cause, valkey_errors.NoPermissionError):
-                raise
-            self._owner_checks_refused = True
-            logger.warning(
-                "the ACL refuses EXISTS (%s): after a graceful failover, publishers keep sending through the "
-                "demoted primary (which passes messages on) until an error makes them read the slot map; allow "
-                "EXISTS on the Pub/Sub names to follow at once",
-                error.cause,
-            )
-            return False
-
-    def _owners_seen(self, cluster: ShardConnection) -> SlotOwners:
-        found = self._slot_owners.get(cluster)
-        if found is None:
-            with self._lock:
-                found = self._slot_owners.setdefault(cluster, SlotOwners())
-        return found
 
     async def _enqueue(self, shard: int, channel: str, payload: bytes) -> bool:
         """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""
