@@ -6,8 +6,8 @@ each message reaches exactly one receiving process as the channels spec requires
 keeps 0.3's behaviour (every subscribed process gets it) for fleets that still have 0.3 receivers.
 
 On a Valkey Cluster (a ``{"cluster": [...]}`` host entry) the same names travel on sharded Pub/Sub: ``SPUBLISH`` to
-the primary serving the name's slot, ``SSUBSCRIBE`` there (see ``sharded.py``), and worker queues carry their
-channel as a hash tag.
+the primary serving the name's slot (``handover.py``), ``SSUBSCRIBE`` there (``cluster_subscriber.py``), and worker
+queues carry their channel as a hash tag.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
-from channels_valkey.pubsub.sharded import ClusterSubscriber
+from channels_valkey.pubsub.cluster_subscriber import ClusterSubscriber
 from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
 from channels_valkey.sentinel import (
     BackgroundTask,
@@ -45,7 +45,7 @@ class Owner(Protocol):
     counters: DropCounters
     on_disconnect: str | None
     on_reconnect: str | None
-    #: Whether the layer runs on a Valkey Cluster (sharded Pub/Sub, see sharded.py).
+    #: Whether the layer runs on a Valkey Cluster (sharded Pub/Sub, see cluster_subscriber.py).
     cluster: bool
 
     def get_capacity(self, channel: str) -> int: ...

@@ -8,8 +8,8 @@ restores every wanted name in one ``SUBSCRIBE``, and once the server has confirm
 every connection of the pool, moves it to the new primary like any other.
 
 The same class, with the sharded commands (``SSUBSCRIBE``...), serves one node of a Valkey Cluster for
-:mod:`channels_valkey.pubsub.sharded`, which decides which names each node holds; the hooks it overrides are
-``_batches``, ``_ever_connected`` and the ``_on_...`` methods below.
+:mod:`channels_valkey.pubsub.cluster_subscriber`, which decides which names each node holds; the hooks it overrides
+are ``_batches``, ``_ever_connected`` and the ``_on_...`` methods below.
 
 Replies arrive in the order commands were sent; each command written is remembered until all its replies are in,
 so that an error reply (an ACL refusing ``PING`` or a channel) is pinned on the right command.
