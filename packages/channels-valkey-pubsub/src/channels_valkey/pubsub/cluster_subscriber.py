@@ -31,15 +31,9 @@ from typing import ClassVar
 
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.pubsub.subscriber import (
-    MAX_BACKOFF_STEP,
-    Sink,
-    Subscriber,
-    Subscriptions,
-    confirmation,
-    settle,
-    wait_confirmed,
-)
+from channels_valkey.pubsub.replies import Confirmations
+from channels_valkey.pubsub.subscriber import MAX_BACKOFF_STEP, Subscriber
+from channels_valkey.pubsub.subscriptions import Sink, Subscriptions
 from channels_valkey.sentinel import (
     Failure,
     ResiliencePolicy,
@@ -142,7 +136,7 @@ class ClusterSubscriber:
         #: Names whose connection was lost and which are not confirmed again yet; and every name told so.
         self._down: set[str] = set()
         self._told: set[str] = set()
-        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._confirmations = Confirmations()
         self._task: asyncio.Task[None] | None = None
         self._retired_connections = 0
 
@@ -166,9 +160,8 @@ class ClusterSubscriber:
             self._kick()
         if not wait:
             return
-        pending = [confirmation(self._confirmations, name) for name in names if name not in self.confirmed]
-        await wait_confirmed(
-            pending,
+        await self._confirmations.wait(
+            [name for name in names if name not in self.confirmed],
             self.policy.retry_deadline,
             f"shard {self.index}: the cluster did not confirm SSUBSCRIBE {names[:3]}",
             "made as soon as the cluster answers",
@@ -184,7 +177,7 @@ class ClusterSubscriber:
             self.confirmed.discard(name)
             self._homeless.pop(name, None)
             self._down.discard(name)
-            settle(self._confirmations.pop(name, None))
+            self._confirmations.settle(name)
             node = self._homes.pop(name, None)
             if node is not None:
                 leaving[node].append(name)
@@ -217,10 +210,9 @@ class ClusterSubscriber:
         nodes, self._nodes = list(self._nodes.values()), {}
         for node in nodes:
             await node.aclose()
-        closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
-        for waiting in self._confirmations.values():
-            settle(waiting, closed)
-        self._confirmations.clear()
+        self._confirmations.settle_all(
+            valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
+        )
 
     # What the node subscribers report (the Sink of each) ----------------------------------------------------
 
@@ -246,7 +238,7 @@ class ClusterSubscriber:
     def on_failed(self, source: Subscriptions, names: Collection[str], error: BaseException) -> None:
         failed = [name for name in names if name in self.wanted]
         for name in failed:
-            settle(self._confirmations.pop(name, None), error)
+            self._confirmations.settle(name, error)
         self.sink.on_failed(self, failed, error)
 
     def on_confirmed(self, node: NodeSubscriber, name: str) -> None:
@@ -254,7 +246,7 @@ class ClusterSubscriber:
         if self._homes.get(name) is not node:
             return
         self.confirmed.add(name)
-        settle(self._confirmations.pop(name, None))
+        self._confirmations.settle(name)
         if self._down:
             self._down.discard(name)
             self._check_restored()
@@ -279,7 +271,7 @@ class ClusterSubscriber:
             self.wanted.discard(name)
             self.confirmed.discard(name)
             self._down.discard(name)
-            settle(self._confirmations.pop(name, None), error)
+            self._confirmations.settle(name, error)
         self._check_restored()
 
     # Homes --------------------------------------------------------------------------------------------------
@@ -407,7 +399,7 @@ class ClusterSubscriber:
         logger.error("shard %d: cannot subscribe: %s", self.index, error)
         names = list(self._homeless)
         for name in names:
-            settle(self._confirmations.pop(name, None), error)
+            self._confirmations.settle(name, error)
         self.sink.on_failed(self, names, error)
 
     # Notices ------------------------------------------------------------------------------------------------

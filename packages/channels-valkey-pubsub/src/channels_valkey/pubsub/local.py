@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from channels_valkey.pubsub.cluster_subscriber import ClusterSubscriber
-from channels_valkey.pubsub.subscriber import Subscriber, Subscriptions
+from channels_valkey.pubsub.subscriber import Subscriber
+from channels_valkey.pubsub.subscriptions import Subscriptions
 from channels_valkey.sentinel import (
     BackgroundTask,
     DropCounters,

@@ -11,8 +11,9 @@ The same class, with the sharded commands (``SSUBSCRIBE``...), serves one node o
 :mod:`channels_valkey.pubsub.cluster_subscriber`, which decides which names each node holds; the hooks it overrides
 are ``_batches``, ``_ever_connected`` and the ``_on_...`` methods below.
 
-Replies arrive in the order commands were sent; each command written is remembered until all its replies are in,
-so that an error reply (an ACL refusing ``PING`` or a channel) is pinned on the right command.
+What it offers the loop state and reports to it (``Subscriptions``, ``Sink``) is in
+:mod:`channels_valkey.pubsub.subscriptions`; the matching of replies to the commands written, and the confirmations
+consumers wait for, in :mod:`channels_valkey.pubsub.replies`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection
 
+from channels_valkey.pubsub.replies import Confirmations, SentCommands
+from channels_valkey.pubsub.subscriptions import Sink
 from channels_valkey.sentinel import (
     BackgroundTask,
     Failure,
@@ -51,62 +53,12 @@ HEALTHY_CONNECTION = 5.0
 MAX_BACKOFF_STEP = 10
 
 
-class Subscriptions(Protocol):
-    """One shard's subscriptions on one event loop, as the loop state uses them: a :class:`Subscriber`, or on a
-    Valkey Cluster a ``ClusterSubscriber`` that spreads them over the nodes."""
-
-    @property
-    def index(self) -> int: ...
-
-    @property
-    def wanted(self) -> set[str]: ...
-
-    @property
-    def confirmed(self) -> set[str]: ...
-
-    @property
-    def live(self) -> bool: ...
-
-    @property
-    def connections_made(self) -> int: ...
-
-    async def subscribe(self, names: Iterable[str], *, wait: bool) -> None: ...
-
-    async def unsubscribe(self, names: Iterable[str]) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class Sink(Protocol):
-    """Where subscriptions report what arrives and what happens to their connections.
-
-    ``names`` are the subscribed names a notice is about: the local channels they reach get it.
-    """
-
-    def on_message(self, name: str, data: bytes) -> None: ...
-
-    def on_down(self, source: Subscriptions, names: Collection[str]) -> None: ...
-
-    def on_restored(self, source: Subscriptions, names: Collection[str]) -> None: ...
-
-    def on_failed(self, source: Subscriptions, names: Collection[str], error: BaseException) -> None: ...
-
-
-@dataclass(eq=False)
-class _Sent:
-    """A command written to the connection whose replies are not all in yet."""
-
-    kind: str
-    names: tuple[str, ...]
-    replies_left: int
-
-
 @dataclass(eq=False)
 class _Link:
     """The live connection and what was written on it."""
 
     connection: AbstractConnection
-    sent: deque[_Sent] = field(default_factory=deque)
+    sent: SentCommands = field(default_factory=SentCommands)
     last_read: float = field(default_factory=time.monotonic)
     ping_sent: float | None = None
     #: Why the keep-alive task closed the connection, reported instead of the read's error it causes.
@@ -136,7 +88,7 @@ class Subscriber:
         #: How many times the listener connected (tests and monitoring).
         self.connections_made = 0
         self._outstanding: dict[str, int] = {}
-        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._confirmations = Confirmations()
         self._link: _Link | None = None
         self._restoring: set[str] | None = None
         self._down_announced = False
@@ -162,9 +114,8 @@ class Subscriber:
             await self._write("SUBSCRIBE", new)
         if not wait:
             return
-        pending = [confirmation(self._confirmations, name) for name in names if name not in self.confirmed]
-        await wait_confirmed(
-            pending,
+        await self._confirmations.wait(
+            [name for name in names if name not in self.confirmed],
             self.policy.retry_deadline,
             f"shard {self.index}: the server did not confirm SUBSCRIBE {names[:3]}",
             "restored when the shard answers",
@@ -179,7 +130,7 @@ class Subscriber:
             self.wanted.discard(name)
             self.confirmed.discard(name)
             # Whoever waits for it has nothing left to wait for.
-            settle(self._confirmations.pop(name, None))
+            self._confirmations.settle(name)
         if not self.wanted:
             # Sets keep the table of their largest size; after a burst of consumers, give it back.
             self.wanted, self.confirmed = set(), set()
@@ -203,10 +154,9 @@ class Subscriber:
         task, self._task = self._task, None
         if task is not None:
             await task.stop()
-        closed = valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
-        for waiting in self._confirmations.values():
-            settle(waiting, closed)
-        self._confirmations.clear()
+        self._confirmations.settle_all(
+            valkey_errors.ConnectionError(f"shard {self.index}: the layer's connections were closed")
+        )
 
     # Writing ------------------------------------------------------------------------------------------------
 
@@ -221,7 +171,7 @@ class Subscriber:
                 self._outstanding[name] = self._outstanding.get(name, 0) + 1
         command = self.COMMANDS[kind]
         for batch in self._batches(names):
-            link.sent.append(_Sent(kind, tuple(batch), max(1, len(batch))))
+            link.sent.wrote(kind, tuple(batch))
             try:
                 await link.connection.send_command(command, *batch, check_health=False)
             except (
@@ -347,7 +297,7 @@ class Subscriber:
                 continue
             if self._pings and interval and now - link.last_read >= interval:
                 link.ping_sent = now
-                link.sent.append(_Sent("PING", (), 1))
+                link.sent.wrote("PING")
                 await link.connection.send_command("PING", check_health=False)
 
     # Replies ------------------------------------------------------------------------------------------------
@@ -363,12 +313,12 @@ class Subscriber:
         if kind == self.MESSAGE and len(reply) == 3:
             self.sink.on_message(_text(reply[1]), reply[2])
         elif kind == self.SUBSCRIBED:
-            self._take_reply(link)
+            link.sent.take_reply()
             self._on_subscribed(_text(reply[1]))
         elif kind == self.UNSUBSCRIBED:
             name = _text(reply[1])
-            if _answers(link, "UNSUBSCRIBE", name):
-                self._take_reply(link)
+            if link.sent.answers("UNSUBSCRIBE", name):
+                link.sent.take_reply()
             else:
                 # Nobody asked: the server dropped the subscription (a cluster node whose slot moved away).
                 self._on_pushed_out(name)
@@ -379,17 +329,8 @@ class Subscriber:
         logger.warning("shard %d: the server ended the subscription of %s unasked", self.index, name)
 
     def _on_pong(self, link: _Link) -> None:
-        self._take_reply(link)
+        link.sent.take_reply()
         link.ping_sent = None
-
-    def _take_reply(self, link: _Link) -> _Sent | None:
-        if not link.sent:
-            return None
-        head = link.sent[0]
-        head.replies_left -= 1
-        if head.replies_left <= 0:
-            link.sent.popleft()
-        return head
 
     def _on_subscribed(self, name: str) -> None:
         left = self._outstanding.get(name, 0) - 1
@@ -402,13 +343,13 @@ class Subscriber:
         if name not in self.wanted:
             return
         self.confirmed.add(name)
-        settle(self._confirmations.pop(name, None))
+        self._confirmations.settle(name)
         if self._restoring is not None:
             self._restoring.discard(name)
             self._check_restored()
 
     def _on_error_reply(self, link: _Link, error: valkey_errors.ResponseError) -> None:
-        head = link.sent.popleft() if link.sent else None
+        head = link.sent.take_error()
         if head is None:
             logger.warning(
                 "shard %d: unexpected error reply on the Pub/Sub connection: %s", self.index, error
@@ -433,7 +374,7 @@ class Subscriber:
         logger.error("shard %d: SUBSCRIBE %s refused: %s", self.index, list(names[:3]), error)
         self.forget(names)
         for name in names:
-            settle(self._confirmations.pop(name, None), error)
+            self._confirmations.settle(name, error)
 
     def forget(self, names: Iterable[str]) -> None:
         """Stop wanting ``names`` without telling the server (it dropped or refused them itself)."""
@@ -467,65 +408,8 @@ class Subscriber:
 
     def _fail(self, error: BaseException) -> None:
         logger.error("shard %d: cannot subscribe: %s", self.index, error)
-        for waiting in self._confirmations.values():
-            settle(waiting, error)
-        self._confirmations.clear()
+        self._confirmations.settle_all(error)
         self.sink.on_failed(self, self.wanted, error)
-
-
-def settle(future: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
-    """Resolve a confirmation future (with ``error`` if given) unless it is resolved already."""
-    if future is None or future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-def confirmation(confirmations: dict[str, asyncio.Future[None]], name: str) -> asyncio.Future[None]:
-    """The future that the confirmation of ``name``'s subscription will settle (a new one if none is pending)."""
-    future = confirmations.get(name)
-    if future is None or future.done():
-        future = confirmations[name] = asyncio.get_running_loop().create_future()
-        # Read the outcome even when the waiter gave up first, so no failure is reported as unretrieved.
-        future.add_done_callback(retrieve_outcome)
-    return future
-
-
-async def wait_confirmed(
-    pending: list[asyncio.Future[None]], deadline: float, unconfirmed: str, kept: str
-) -> None:
-    """Wait for the confirmations ``pending``; after ``deadline`` seconds raise a TimeoutError saying
-    ``unconfirmed`` and that the subscriptions are kept and ``kept`` (shielded: the wait ends, they stay wanted)."""
-    if not pending:
-        return
-    try:
-        await asyncio.wait_for(asyncio.gather(*(asyncio.shield(f) for f in pending)), deadline)
-    except asyncio.TimeoutError:
-        raise valkey_errors.TimeoutError(
-            f"{unconfirmed} within {deadline:g}s; the subscription is kept and {kept}"
-        ) from None
-
-
-def retrieve_outcome(future: asyncio.Future[None]) -> None:
-    """Read a confirmation's outcome even when its waiter gave up first, so no failure goes unretrieved."""
-    if not future.cancelled():
-        future.exception()
-
-
-def _answers(link: _Link, kind: str, name: str) -> bool:
-    """Whether a reply about ``name`` is the one the oldest command written, of ``kind``, waits for next.
-
-    Replies come in the order of the names of the command; anything else about ``name`` is a message the server
-    pushed on its own.
-    """
-    if not link.sent:
-        return False
-    head = link.sent[0]
-    if head.kind != kind or not head.names:
-        return False
-    return head.names[len(head.names) - head.replies_left] == name
 
 
 def _text(value: object) -> str:
