@@ -32,11 +32,12 @@ from typing import ClassVar
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.pubsub.replies import Confirmations
-from channels_valkey.pubsub.subscriber import MAX_BACKOFF_STEP, Subscriber
+from channels_valkey.pubsub.subscriber import Subscriber
 from channels_valkey.pubsub.subscriptions import Sink, Subscriptions
 from channels_valkey.sentinel import (
     Failure,
     ResiliencePolicy,
+    Retries,
     Shard,
     ShardConnection,
     ShardUnavailable,
@@ -330,8 +331,10 @@ class ClusterSubscriber:
 
     async def _keep_homes(self) -> None:
         """Place homeless names, follow stranded and suspect nodes; ends when every name lives on a live node."""
-        backoff = self.policy.backoff()
-        failures = 0
+        # Unbounded, as the node listeners are: the names stay wanted until the cluster answers again.
+        retries = Retries(
+            self.policy, f"shard {self.index}: reading the slot map", logger=logger, bounded=False
+        )
         fruitless = 0
         while True:
             connecting = [node for node in self._nodes.values() if node.listening and not node.live]
@@ -346,13 +349,10 @@ class ClusterSubscriber:
                         cluster = await self._cluster()
                         self._give_up(ShardUnavailable(cluster.describe(), error))
                         return
-                    failures += 1
-                    logger.info(
-                        "shard %d: reading the slot map failed (%s); retry %d", self.index, error, failures
-                    )
-                    await asyncio.sleep(backoff.compute(min(failures, MAX_BACKOFF_STEP)))
+                    retries.failed()
+                    await retries.wait(error)
                     continue
-                failures = 0
+                retries.succeeded()
                 fruitless = 0 if moved else fruitless + 1
             await self._retire_idle()
             if self._homeless:

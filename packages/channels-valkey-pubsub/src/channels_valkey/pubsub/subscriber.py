@@ -35,6 +35,7 @@ from channels_valkey.sentinel import (
     BackgroundTask,
     Failure,
     ResiliencePolicy,
+    Retries,
     Shard,
     ShardUnavailable,
     cancel_and_wait,
@@ -49,8 +50,6 @@ logger = logging.getLogger("channels_valkey.pubsub")
 KEEPALIVE_TICK = 1.0
 #: Seconds a connection must have lasted for the next reconnection to start without backoff.
 HEALTHY_CONNECTION = 5.0
-#: Most backoff steps between reconnection attempts (the policy's cap bounds each wait anyway).
-MAX_BACKOFF_STEP = 10
 
 
 @dataclass(eq=False)
@@ -201,8 +200,10 @@ class Subscriber:
     async def _listen(self) -> None:
         shard = await self._shard()
         pool = shard.client.connection_pool
-        backoff = self.policy.backoff()
-        attempt = 0
+        # Unbounded: the listener comes back whenever the server does.
+        retries = Retries(
+            self.policy, f"{shard.describe()}: Pub/Sub connection", logger=logger, bounded=False
+        )
         while True:
             raise_if_cancelling()
             try:
@@ -212,10 +213,9 @@ class Subscriber:
                 if failure is Failure.FATAL or not self._ever_connected(shard):
                     self._fail(ShardUnavailable(shard.describe(), error))
                     return
-                attempt += 1
                 self.connect_failures += 1
-                logger.info("%s: Pub/Sub connection failed (%s); retry %d", shard.describe(), error, attempt)
-                await asyncio.sleep(backoff.compute(min(attempt, MAX_BACKOFF_STEP)))
+                retries.failed()
+                await retries.wait(error)
                 continue
             shard.ever_connected = True
             self.connect_failures = 0
@@ -240,10 +240,10 @@ class Subscriber:
             # After a connection that served well the first reconnection is immediate (a failover has moved the
             # pool already); a server that drops every new connection at once is retried with backoff.
             if time.monotonic() - started > HEALTHY_CONNECTION:
-                attempt = 0
+                retries.succeeded()
             else:
-                attempt += 1
-                await asyncio.sleep(backoff.compute(min(attempt, MAX_BACKOFF_STEP)))
+                retries.failed()
+                await asyncio.sleep(retries.delay())  # the loss is logged above
 
     def _ever_connected(self, shard: Shard) -> bool:
         """Whether a failed connection is worth retrying: the server was reachable once."""
