@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
@@ -26,16 +25,13 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.pubsub import scripts
 from channels_valkey.pubsub.handover import ShardedPublisher
 from channels_valkey.pubsub.local import Item, LocalChannel, LoopState
 from channels_valkey.pubsub.names import (
     group_channel,
     is_peer_process_channel,
-    worker_queue,
-    worker_queue_layout,
-    worker_queues,
 )
+from channels_valkey.pubsub.worker_queues import WorkerQueues
 from channels_valkey.sentinel import (
     ConnectionManager,
     DropCounters,
@@ -43,23 +39,18 @@ from channels_valkey.sentinel import (
     LayerOptions,
     MessageCodec,
     QueueReader,
-    QueueSource,
     ResiliencePolicy,
     ShardConnection,
-    ShardUnavailable,
     check_channel,
     check_group,
     check_message,
     close_before_loop,
-    delete_prefixed,
     raise_if_reply_lost,
 )
 from channels_valkey.serializers import registry
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
-#: Random bytes in front of a worker queue member, so that equal messages stay distinct in the sorted set.
-MEMBER_PREFIX = 12
 WORKER_MODES = ("queue", "pubsub")
 _OPTIONS = (
     "hosts", "prefix", "on_disconnect", "on_reconnect", "symmetric_encryption_keys", "serializer_format",
@@ -138,14 +129,15 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         self.client_prefix = uuid.uuid4().hex[:12]
-        #: What the worker queues' readers need of this layer.
-        self._queue_source = QueueSource(
+        #: Normal channels' queues (unless worker_channels="pubsub").
+        self._queues = WorkerQueues(
             self._connections,
-            self.brpop_timeout,
-            self.expiry,
-            self.counters,
-            self._decode_queued,
-            on_refused=self._queues_refused,
+            prefix=self.prefix,
+            cluster=self.cluster,
+            expiry=self.expiry,
+            block_seconds=self.brpop_timeout,
+            counters=self.counters,
+            decode=self.decode_payload,
         )
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
@@ -176,20 +168,17 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     @property
     def pubsub_shards(self) -> set[int]:
         """Shards where the ACL refuses the queue commands: their normal channels travel on Pub/Sub."""
-        return {index for index, facts in self._connections.known_facts().items() if facts.queues_refused}
-
-    def queue_enabled(self, shard: int) -> bool:
-        return not self._connections.facts(shard).queues_refused
+        return self._queues.refused_shards()
 
     def queue_key(self, channel: str) -> str:
         """The server key of the worker queue of the normal channel ``channel``."""
-        return worker_queue(self.prefix, channel, cluster=self.cluster)
+        return self._queues.key(channel)
 
     @property
     def queue_key_layout(self) -> tuple[str, str]:
         """``(head, tail)``: every key :meth:`queue_key` makes is ``head + channel + tail``, so tools can find worker
         queues by ``SCAN MATCH head*`` and read the channel back from a key."""
-        return worker_queue_layout(self.prefix, cluster=self.cluster)
+        return self._queues.layout
 
     def group_channel_name(self, group: str) -> str:
         """The Pub/Sub channel ``group``'s members subscribe to (0.3's name), for counting them with ``PUBSUB
@@ -217,10 +206,6 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         ``counters.undecodable`` and logged)."""
         return self._codec.decode(data, name)
 
-    def _decode_queued(self, member: bytes) -> dict[str, Any] | None:
-        """The message of a worker queue member (random bytes, then the payload), or None (counted)."""
-        return self.decode_payload("a worker queue", member[MEMBER_PREFIX:])
-
     # Sending ----------------------------------------------------------------------------------------------------
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -233,10 +218,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         payload = self.serialize(message)
         shard = (await self._connections.ring()).index(channel)
         try:
-            if self._is_worker(channel) and self.queue_enabled(shard):
-                if await self._enqueue(shard, channel, payload):
+            if self._is_worker(channel) and self._queues.enabled(shard):
+                if await self._queues.enqueue(shard, channel, payload, self.get_capacity(channel)):
                     return
-                if self.queue_enabled(shard):
+                if self._queues.enabled(shard):
                     capacity = self.get_capacity(channel)
                     raise ChannelFull(f"channel {channel!r} is at capacity ({capacity} messages queued)")
             await self._publish(shard, channel, payload)
@@ -251,46 +236,6 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         # Not idempotent: a retried PUBLISH whose reply was lost would deliver twice; only refused ones retry.
         # On the shard's command lane: publishes of all tasks share one pipelined connection.
         await self._connections.execute_command(shard, "PUBLISH", name, payload, idempotent=False)
-
-    async def _enqueue(self, shard: int, channel: str, payload: bytes) -> bool:
-        """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""
-        member = os.urandom(MEMBER_PREFIX) + payload
-        args = [repr(time.time()), self.expiry, self.get_capacity(channel), member]
-        try:
-            # Not idempotent: a receiver may pop the message before a lost reply is noticed, and a second call
-            # would then queue it again. Only calls refused before they ran are retried.
-            return bool(
-                await scripts.SEND_SCRIPT.run(
-                    self._connections, shard, [self.queue_key(channel)], args, idempotent=False
-                )
-            )
-        except ShardUnavailable as error:
-            if not isinstance(error.cause, valkey_errors.NoPermissionError):
-                raise
-            self.fall_back(shard, error.cause)
-            return False
-
-    def fall_back(self, shard: int, error: BaseException) -> None:
-        """Carry this shard's worker channels on Pub/Sub from now on (its ACL refuses the queue commands)."""
-        facts = self._connections.facts(shard)
-        if facts.queues_refused:
-            return
-        facts.queues_refused = True
-        logger.warning(
-            "shard %d refuses the worker queue commands (%s); its normal channels use Pub/Sub as in "
-            "channels-valkey 0.3 (every receiving process gets each message)",
-            shard,
-            error,
-        )
-
-    def _queues_refused(self, shard: int, error: BaseException) -> bool:
-        """A queue reader's error: True (after falling back) when it is the ACL refusing the queue commands."""
-        if isinstance(error, ShardUnavailable):
-            error = error.cause
-        if not isinstance(error, valkey_errors.NoPermissionError):
-            return False
-        self.fall_back(shard, error)
-        return True
 
     # Receiving --------------------------------------------------------------------------------------------------
 
@@ -337,10 +282,10 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _queue_reader(self, local: LocalChannel) -> QueueReader | None:
         """The reader of ``local``'s worker queue on this loop, or None when the channel travels on Pub/Sub."""
-        if not self._is_worker(local.name) or not self.queue_enabled(local.shard):
+        if not self._is_worker(local.name) or not self._queues.enabled(local.shard):
             return None
         if local.reader is None:
-            local.reader = QueueReader(self._queue_source, local.shard, self.queue_key(local.name))
+            local.reader = self._queues.reader(local.shard, local.name)
         return local.reader
 
     def _give_back(self, local: LocalChannel, item: Item) -> None:
@@ -435,25 +380,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         state = self._states.get(asyncio.get_running_loop())
         if state is not None:
             await state.flush()
-        queues = worker_queues(self.prefix)
-        for shard in range(len(await self._connections.shards())):
-            # Every primary of a cluster: queues are spread over its slots.
-            for server in await self._connections.primaries(shard):
-                try:
-                    await self._connections.execute_on(
-                        server,
-                        lambda client: delete_prefixed(client, queues, one_slot_per_call=self.cluster),
-                        idempotent=True,
-                    )
-                except ShardUnavailable as error:
-                    if not isinstance(error.cause, valkey_errors.NoPermissionError):
-                        raise
-                    # A user limited to Pub/Sub (as 0.3 needed) has no queues to delete.
-                    logger.info(
-                        "flush: %s refuses deleting keys (%s); no worker queues deleted",
-                        server.describe(),
-                        error,
-                    )
+        await self._queues.delete_all()
 
     async def close_pools(self) -> None:
         """Close this event loop's subscriptions, readers and connections (they reopen on next use)."""
@@ -496,8 +423,3 @@ async def _close_loop_state(layer: ValkeyPubSubChannelLayer) -> None:
         state = layer._states.pop(asyncio.get_running_loop(), None)
     if state is not None:
         await state.aclose()
-
-
-def _require_whole_number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
