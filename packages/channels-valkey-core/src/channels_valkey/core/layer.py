@@ -36,6 +36,7 @@ from channels_valkey.sentinel import (
     MessageCodec,
     QueueSource,
     ResiliencePolicy,
+    SerializerMethods,
     ShardRing,
     check_channel,
     check_group,
@@ -54,7 +55,11 @@ logger = logging.getLogger("channels_valkey.core")
 _Target = tuple[str, bytes, int]
 
 
-class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+#: Why a prefix on a Valkey Cluster may hold no brace (for the error saying so).
+_BRACES = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
+
+
+class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
 
     Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts
@@ -78,15 +83,7 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         policy: ResiliencePolicy | None = None,
     ) -> None:
         options = LayerOptions.check(
-            hosts=hosts,
-            prefix=prefix,
-            expiry=expiry,
-            group_expiry=group_expiry,
-            capacity=capacity,
-            channel_capacity=channel_capacity,
-            policy=policy,
-            braces="the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call "
-            "in one slot",
+            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, _BRACES
         )
         self.prefix = options.prefix
         self.expiry = options.expiry
@@ -179,14 +176,6 @@ class ValkeyChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         return (f"{self.prefix}:group:{{", "}") if self.cluster else (f"{self.prefix}:group:", "")
 
     # Serialization -----------------------------------------------------------------------------------------------
-
-    def serialize(self, message: dict[str, Any]) -> bytes:
-        data: bytes = self._serializer.serialize(message)
-        return data
-
-    def deserialize(self, message: bytes) -> dict[str, Any]:
-        data: dict[str, Any] = self._serializer.deserialize(message)
-        return data
 
     def decode(self, member: bytes) -> dict[str, Any] | None:
         """A popped message, or None (logged and counted) when it cannot be read."""

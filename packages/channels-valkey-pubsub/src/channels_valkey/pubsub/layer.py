@@ -40,6 +40,7 @@ from channels_valkey.sentinel import (
     MessageCodec,
     QueueReader,
     ResiliencePolicy,
+    SerializerMethods,
     ShardConnection,
     check_channel,
     check_group,
@@ -58,7 +59,14 @@ _OPTIONS = (
 )  # fmt: skip
 
 
-class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+#: Why a prefix on a Valkey Cluster may hold no brace (for the error saying so).
+_BRACES = (
+    "a brace would make it the hash tag of every name and queue, putting them all in one slot (the layer tags "
+    "queues by channel)"
+)
+
+
+class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey Pub/Sub channel layer: process channels and groups on Pub/Sub, worker channels on queues.
 
     ``hosts``, ``prefix``, ``on_disconnect``, ``on_reconnect``, ``symmetric_encryption_keys`` and
@@ -99,15 +107,7 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if worker_channels not in WORKER_MODES:
             raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
         options = LayerOptions.check(
-            hosts=hosts,
-            prefix=prefix,
-            expiry=expiry,
-            group_expiry=group_expiry,
-            capacity=capacity,
-            channel_capacity=channel_capacity,
-            policy=policy,
-            braces="a brace would make it the hash tag of every name and queue, putting them all in one slot (the "
-            "layer tags queues by channel)",
+            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, _BRACES
         )
         super().__init__(expiry=options.expiry, capacity=options.capacity)
         self.prefix = options.prefix
@@ -192,14 +192,6 @@ class ValkeyPubSubChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         return group_channel(self.prefix, ""), ""
 
     # Serialization ----------------------------------------------------------------------------------------------
-
-    def serialize(self, message: dict[str, Any]) -> bytes:
-        data: bytes = self._serializer.serialize(message)
-        return data
-
-    def deserialize(self, message: bytes) -> dict[str, Any]:
-        data: dict[str, Any] = self._serializer.deserialize(message)
-        return data
 
     def decode_payload(self, name: str, data: bytes) -> dict[str, Any] | None:
         """The message published or queued as ``data`` for ``name``, or None when it cannot be read (counted in

@@ -14,7 +14,7 @@ other: the checks of names and messages (``naming``), of constructor options (``
 from channels_valkey.sentinel.__about__ import __version__
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted, bzpopmin_entry
 from channels_valkey.sentinel.cluster import ClusterShard, slot_of
-from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer
+from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer, SerializerMethods
 from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
 from channels_valkey.sentinel.counters import DropCounters
 from channels_valkey.sentinel.decoding import decode_hosts
@@ -94,6 +94,7 @@ __all__ = [
     "SentinelDiscovery",
     "SentinelDiscoveryError",
     "SentinelHost",
+    "SerializerMethods",
     "ServerHost",
     "Shard",
     "ShardConnection",

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from channels_valkey.sentinel.counters import DropCounters
 
-__all__ = ["MessageCodec", "MessageSerializer"]
+__all__ = ["MessageCodec", "MessageSerializer", "SerializerMethods"]
 
 
 class MessageSerializer(Protocol):
@@ -55,3 +55,21 @@ class MessageCodec:
             else:
                 self.logger.warning("skipped a message for %s that cannot be read: %s", what, error)
             return None
+
+
+class SerializerMethods:
+    """A layer's public ``serialize`` / ``deserialize`` (channels-valkey 0.3's API), on its ``_serializer``.
+
+    Both layers mix this in and build their :class:`MessageCodec` on themselves, so a subclass that overrides either
+    method is used for every message sent and received.
+    """
+
+    _serializer: MessageSerializer
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        """The bytes stored or published for ``message``."""
+        return self._serializer.serialize(message)
+
+    def deserialize(self, message: bytes) -> dict[str, Any]:
+        """The message stored or published as ``message``; ``ValueError`` / ``TypeError`` when it cannot be read."""
+        return self._serializer.deserialize(message)

@@ -207,7 +207,7 @@ class ConnectionManager:
     async def _with_retries(
         self, shard: AnyShard, attempt_once: Callable[[], Awaitable[T]], *, idempotent: bool
     ) -> T:
-        retries = Retries(self.policy, shard.describe(), logger=logger)
+        retries: Retries | None = None  # made at the first failure: most commands never need it
         while True:
             try:
                 result = await attempt_once()
@@ -223,6 +223,8 @@ class ConnectionManager:
                 if failure is Failure.FATAL or not shard.ever_connected:
                     raise ShardUnavailable(shard.describe(), error) from error
                 retry = failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
+                if retries is None:
+                    retries = Retries(self.policy, shard.describe(), logger=logger)
                 if not retry or not retries.failed():
                     raise
                 await retries.wait(error)

@@ -87,7 +87,6 @@ class LayerOptions:
     @classmethod
     def check(
         cls,
-        *,
         hosts: Any,
         prefix: object,
         expiry: object,
@@ -96,8 +95,11 @@ class LayerOptions:
         channel_capacity: Mapping[Any, int] | None,
         policy: object,
         braces: str,
+        /,
     ) -> LayerOptions:
         """Check every shared setting, in the order a reader of the settings meets them, before anything connects.
+
+        The settings are positional, in the order of the layers' own arguments; each check names the setting.
 
         ``braces`` is the layer's own account of how it tags names on a cluster, for the error about a prefix
         holding a brace there.
