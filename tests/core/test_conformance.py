@@ -578,25 +578,3 @@ async def test_flush_prefix_with_glob_characters(
         with server.client() as client:
             assert client.get(bystander) == b"keep"
             client.delete(bystander)
-
-
-class _ReadBySubclass(ValkeyChannelLayer):
-    """Changes how messages are read, as channels-valkey 0.3 let a subclass do."""
-
-    def deserialize(self, message: bytes) -> dict[str, Any]:
-        return {**super().deserialize(message), "read_by": "subclass"}
-
-
-async def test_a_subclass_deserialize_reads_what_is_received(
-    hosts: list[Any], layer_prefix: str, receive: Receive
-) -> None:
-    layer = _ReadBySubclass(hosts=hosts, prefix=layer_prefix)
-    try:
-        await layer.send("conformance.subclass", {"type": "normal"})
-        assert await receive(layer, "conformance.subclass") == {"type": "normal", "read_by": "subclass"}
-        channel = await layer.new_channel()
-        await layer.send(channel, {"type": "process"})
-        assert await receive(layer, channel) == {"type": "process", "read_by": "subclass"}
-    finally:
-        await layer.flush()
-        await layer.close_pools()

@@ -362,25 +362,3 @@ async def test_encrypted_layers_share_messages(make_layer: MakeLayer, receive: R
     assert await receive(make_layer(symmetric_encryption_keys=["new-key"]), "jobs") == {
         "type": "queued.secret"
     }
-
-
-class _ReadBySubclass(ValkeyPubSubChannelLayer):
-    """Changes how messages are read, as channels-valkey 0.3 let a subclass do."""
-
-    def deserialize(self, message: bytes) -> dict[str, Any]:
-        return {**super().deserialize(message), "read_by": "subclass"}
-
-
-async def test_a_subclass_deserialize_reads_what_is_received(
-    hosts: list[Any], layer_prefix: str, receive: Receive
-) -> None:
-    layer = _ReadBySubclass(hosts=hosts, prefix=layer_prefix)
-    try:
-        await layer.send(f"{layer_prefix}worker", {"type": "worker"})
-        assert await receive(layer, f"{layer_prefix}worker") == {"type": "worker", "read_by": "subclass"}
-        channel = await layer.new_channel()
-        await layer.send(channel, {"type": "process"})
-        assert await receive(layer, channel) == {"type": "process", "read_by": "subclass"}
-    finally:
-        await layer.flush()
-        await layer.close_pools()
