@@ -111,7 +111,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         self._sends = itertools.count()
         #: What the queue readers need of this layer.
         self._queue_source = QueueSource(
-            self._connections, self.brpop_timeout, self.expiry, self.counters, self.decode
+            self._connections, self.brpop_timeout, self.expiry, self.counters, self.decode, logger
         )
         #: Process-channel messages that reached this process, for a receive on any event loop.
         self._inbox = ProcessInbox(self.expiry, self.get_capacity, self.counters)

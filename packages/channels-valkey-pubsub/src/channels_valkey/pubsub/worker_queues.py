@@ -54,7 +54,13 @@ class WorkerQueues:
         self.expiry = expiry
         self._decode = decode
         self._source = QueueSource(
-            connections, block_seconds, expiry, counters, self._decode_member, on_refused=self._refused
+            connections,
+            block_seconds,
+            expiry,
+            counters,
+            self._decode_member,
+            logger,
+            on_refused=self._refused,
         )
 
     # Keys -------------------------------------------------------------------------------------------------------

@@ -40,8 +40,6 @@ from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
 if TYPE_CHECKING:
     from channels_valkey.sentinel.connections import ConnectionManager
 
-logger = logging.getLogger("channels_valkey.sentinel")
-
 #: A message read from a queue, ready for a receive.
 Message = dict[str, Any]
 
@@ -61,10 +59,11 @@ def _no_way_out(shard: int, error: BaseException) -> bool:
 class QueueSource:
     """What a layer supplies to its queue readers.
 
-    ``decode`` turns a popped member into a message (``None`` when it cannot be read: the layer counts and logs
-    it). ``on_refused`` is told of an error while popping; it returns True when the layer has another way for that
-    shard (the Pub/Sub layer carries normal channels on Pub/Sub where the ACL refuses the queue commands): the
-    reader then stops and its receives keep waiting for what arrives that other way.
+    ``decode`` turns a popped member into a message (``None`` when it cannot be read: the layer counts and logs it).
+    ``logger`` is the layer's: drops and retries are logged where the layer's users look for them. ``on_refused`` is
+    told of an error while popping; it returns True when the layer has another way for that shard (the Pub/Sub layer
+    carries normal channels on Pub/Sub where the ACL refuses the queue commands): the reader then stops and its
+    receives keep waiting for what arrives that other way.
     """
 
     connections: ConnectionManager
@@ -72,6 +71,7 @@ class QueueSource:
     expiry: float
     counters: DropCounting
     decode: Callable[[bytes], Message | None]
+    logger: logging.Logger
     on_refused: Callable[[int, BaseException], bool] = _no_way_out
 
 
@@ -197,7 +197,7 @@ class QueueReader:
 
     async def _pop_while_wanted(self) -> None:
         source = self.source
-        retries = Retries(source.connections.policy, f"receiving from {self.key}", logger=logger)
+        retries = Retries(source.connections.policy, f"receiving from {self.key}", logger=source.logger)
         while True:
             raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
             try:
@@ -238,7 +238,7 @@ class QueueReader:
         for entry in entries:
             if now - entry[1] > source.expiry:
                 source.counters.expired += 1
-                logger.info("a message in %s expired before anyone received it", self.key)
+                source.logger.info("a message in %s expired before anyone received it", self.key)
                 continue
             message = source.decode(entry[0])
             if message is not None:
@@ -252,7 +252,7 @@ class QueueReader:
             if now - entry[1] <= self.source.expiry:
                 return entry, message
             self.source.counters.expired += 1
-            logger.info("a message held for %s expired before anyone received it", self.key)
+            self.source.logger.info("a message held for %s expired before anyone received it", self.key)
         return None
 
     def _settle_held(self) -> None:
