@@ -169,6 +169,7 @@ class InterruptibleCalls:
     ) -> None:
         """Unblock the command whose caller was cancelled, read its reply and hand it to ``on_interrupted``."""
         reading = asyncio.ensure_future(self._read(connection, args))
+        reading.add_done_callback(_retrieve)  # this finish may itself be cut short by a closing loop
         # The unblock can reach the server before the blocking command does (it travels on another connection),
         # and then unblocks nothing: repeat it until the command has ended.
         while client_id and not reading.done():
