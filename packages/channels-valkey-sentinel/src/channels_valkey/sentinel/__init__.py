@@ -1,14 +1,17 @@
-"""Connections to Valkey for the channel layers (``channels_valkey.sentinel``).
+"""Connections to Valkey for the channel layers (``channels_valkey.sentinel``), and what both layers share.
 
 Host decoding, per-event-loop clients, the shard ring, retries, Sentinel failover and Valkey Cluster routing live
 here, once, for both layers. The layers use four things: :func:`decode_hosts` (``CONFIG["hosts"]`` to shard specs),
 :class:`ShardRing` / :func:`consistent_hash` (which shard holds a name), :class:`ConnectionManager` (a client for a
 shard on the running event loop, commands with retries, closing) and :class:`ResiliencePolicy` (timeouts and retries).
-A shard of either kind, one server or a whole Valkey Cluster, is a :class:`ShardConnection`.
+A shard of either kind, one server or a whole Valkey Cluster, is a :class:`ShardConnection`; what was learned about
+it (refused commands) is its :class:`ShardFacts`; every retrying loop counts with :class:`Retries`.
 
 What the two layers share beyond connections lives here too, so that it exists once and neither layer imports the
-other: the checks of names and messages (``naming``), of constructor options (``options``), the drop counters
-(``counters``) and the codec that counts unreadable messages (``codec``).
+other: the reader of sorted-set queues (:class:`QueueReader`, with :func:`blocking_pop` and :func:`requeue`), the
+script runner (:class:`Script`), the checks of names and messages (``naming``) and of constructor options
+(:class:`LayerOptions`), the drop counters (``counters``) and the codec that counts unreadable messages (``codec``).
+None of it knows Channels or Django: the checks raise plain ``TypeError`` / ``ValueError``.
 """
 
 from channels_valkey.sentinel.__about__ import __version__
