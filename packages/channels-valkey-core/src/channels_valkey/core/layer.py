@@ -32,6 +32,7 @@ from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.sentinel import (
     ConnectionManager,
     DropCounters,
+    HealthReport,
     LayerOptions,
     MessageCodec,
     QueueSource,
@@ -40,6 +41,7 @@ from channels_valkey.sentinel import (
     ShardRing,
     check_channel,
     check_group,
+    check_health,
     check_message,
     delete_prefixed,
     is_process_channel,
@@ -335,6 +337,11 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
                     lambda client: delete_prefixed(client, self.prefix, one_slot_per_call=self.cluster),
                     idempotent=True,
                 )
+
+    async def health(self, timeout: float = 1.0) -> HealthReport:
+        """Whether every primary of the layer is reachable and answering as a primary, asked at once and answered
+        within ``timeout`` seconds; never raises for a server that is down (see ``channels_valkey.sentinel.health``)."""
+        return await check_health(self._connections, timeout=timeout)
 
     async def close_pools(self) -> None:
         """Close this event loop's readers and connections (they reopen on next use)."""

@@ -36,6 +36,7 @@ from channels_valkey.sentinel import (
     ConnectionManager,
     DropCounters,
     Handover,
+    HealthReport,
     LayerOptions,
     MessageCodec,
     QueueReader,
@@ -44,6 +45,7 @@ from channels_valkey.sentinel import (
     ShardConnection,
     check_channel,
     check_group,
+    check_health,
     check_message,
     close_before_loop,
     raise_if_reply_lost,
@@ -373,6 +375,11 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         if state is not None:
             await state.flush()
         await self._queues.delete_all()
+
+    async def health(self, timeout: float = 1.0) -> HealthReport:
+        """Whether every primary of the layer is reachable and answering as a primary, asked at once and answered
+        within ``timeout`` seconds; never raises for a server that is down (see ``channels_valkey.sentinel.health``)."""
+        return await check_health(self._connections, timeout=timeout)
 
     async def close_pools(self) -> None:
         """Close this event loop's subscriptions, readers and connections (they reopen on next use)."""

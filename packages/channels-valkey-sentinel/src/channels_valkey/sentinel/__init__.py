@@ -31,6 +31,7 @@ from channels_valkey.sentinel.exceptions import (
 )
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, raise_if_reply_lost, refuses_health_check
+from channels_valkey.sentinel.health import HealthReport, ServerHealth, check_health
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.loops import close_before_loop
@@ -81,6 +82,7 @@ __all__ = [
     "Entry",
     "Failure",
     "Handover",
+    "HealthReport",
     "HostConfigError",
     "HostSpec",
     "InterruptibleCalls",
@@ -98,6 +100,7 @@ __all__ = [
     "SentinelDiscoveryError",
     "SentinelHost",
     "SerializerMethods",
+    "ServerHealth",
     "ServerHost",
     "Shard",
     "ShardConnection",
@@ -111,6 +114,7 @@ __all__ = [
     "check_channel",
     "check_channel_capacity",
     "check_group",
+    "check_health",
     "check_message",
     "check_policy",
     "check_prefix",
