@@ -21,7 +21,7 @@ from channels_valkey.sentinel import HealthReport
 
 from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess, free_port
-from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, Shards
+from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, Shards, add_acl_user
 
 LAYERS = [ValkeyChannelLayer, ValkeyPubSubChannelLayer]
 
@@ -122,3 +122,17 @@ async def test_every_primary_of_a_cluster(valkey_cluster: ValkeyCluster) -> None
     assert report.ok
     assert len(report.servers) == len(valkey_cluster.primaries())
     assert {server.role for server in report.servers} == {"master"}
+
+
+async def test_a_user_without_ping_or_role_is_still_reported_healthy(
+    secured_valkey: ValkeyProcess, key_prefix: str
+) -> None:
+    # Given only what channels-valkey 0.3 documented for the Pub/Sub layer: the refusals are answers.
+    user = f"{key_prefix}limited"
+    add_acl_user(secured_valkey, user, "pw", ["&*", "+publish", "+subscribe", "+unsubscribe"])
+    host, port = secured_valkey.address
+    report, _ = await _health(ValkeyPubSubChannelLayer, [f"valkey://{user}:pw@{host}:{port}"])
+    assert report.ok
+    [server] = report.servers
+    assert server.reachable
+    assert server.role is None

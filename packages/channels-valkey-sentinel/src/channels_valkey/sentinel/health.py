@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from valkey import exceptions as valkey_errors
+
 from channels_valkey.sentinel.redaction import redact_url
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ class ServerHealth:
 
     #: The shard and its host entry (passwords masked), with the node's address on a cluster.
     address: str
-    #: Whether it answered ``PING``.
+    #: Whether it answered ``PING`` (a refusal by the ACL is an answer).
     reachable: bool
     #: Its ``ROLE`` (``"master"``, ``"slave"``, ...), None when it did not say (unreachable, or ``ROLE`` refused).
     role: str | None
@@ -106,6 +108,8 @@ async def _probe(name: str, server: Shard) -> ServerHealth:
     started = time.perf_counter()
     try:
         await server.execute_command("PING")
+    except valkey_errors.ResponseError:
+        pass  # an ACL refusing PING: the server answered all the same
     except Exception as error:
         return ServerHealth(name, False, None, None, _describe_error(error))
     round_trip = time.perf_counter() - started
