@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import valkey
 import valkey.asyncio
+from valkey._parsers import _AsyncRESP2Parser
 
 from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts, lane
 
@@ -115,6 +116,41 @@ async def test_a_silent_server_fails_the_waiting_command_and_the_lane_recovers(
         assert await manager.execute_command(0, "ECHO", "after", idempotent=False) == b"after"
     finally:
         await manager.close()
+
+
+@pytest.mark.parametrize("parser", ["libvalkey", "python"])
+async def test_replies_are_parsed_as_they_arrive_or_by_a_reader_task_with_valkey_pys_own_parser(
+    server_factory: Callable[..., ValkeyProcess], parser: str
+) -> None:
+    """With libvalkey the transport's callback parses the replies (no reader task); with valkey-py's pure-Python
+    parser a reader task does. Either way: replies in order, error replies to their caller, cancelled callers
+    skipped, and a server that went away while the lane was idle is found before the next write."""
+    server = server_factory()
+    options = {} if parser == "libvalkey" else {"parser_class": _AsyncRESP2Parser}
+    pool = valkey.asyncio.ConnectionPool.from_url(server.url(), **options)
+    command_lane = lane.CommandLane(pool)
+    try:
+        calls = [asyncio.create_task(command_lane.execute_command("ECHO", str(n))) for n in range(50)]
+        wrong = asyncio.create_task(command_lane.execute_command("NOT-A-COMMAND"))
+        await asyncio.sleep(0)
+        for n in range(0, 50, 3):
+            calls[n].cancel()
+        results = await asyncio.gather(*calls, wrong, return_exceptions=True)
+        for n in range(50):
+            expected = asyncio.CancelledError if n % 3 == 0 else None
+            assert isinstance(results[n], expected) if expected else results[n] == str(n).encode()
+        assert isinstance(results[50], valkey.ResponseError)
+        link = command_lane._link
+        assert link is not None
+        assert (link.reader is None) == (parser == "libvalkey")
+        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(server.start)
+        # The lane saw its connection end while it was idle: the command goes on a new connection, not lost.
+        assert await command_lane.execute_command("INCR", "counter") == 1
+        assert command_lane._link is not link
+    finally:
+        await command_lane.aclose()
+        await pool.aclose()
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from channels_valkey.sentinel import (
     ShardUnavailable,
     cancel_and_wait,
     classify,
+    feed_replies,
     raise_if_cancelling,
     read_reply,
 )
@@ -251,6 +252,15 @@ class Subscriber:
 
     async def _serve(self, connection: AbstractConnection) -> None:
         link = self._link = _Link(connection)
+        # Messages are handled where their bytes arrive (feed_replies), one event-loop step sooner than a read
+        # here would see them; this task then only waits for the connection's end.
+        lost: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        def on_lost(error: BaseException) -> None:
+            if not lost.done():
+                lost.set_result(error)
+
+        feeding = feed_replies(connection, lambda reply: self._on_any_reply(link, reply), on_lost)
         names = list(self.wanted)
         if self._down_announced:
             self._restoring = set(names)
@@ -263,16 +273,14 @@ class Subscriber:
         try:
             while True:
                 try:
+                    if feeding:
+                        raise await lost
                     reply = await read_reply(connection)
                 except (valkey_errors.ConnectionError, OSError) as error:
                     if link.failure is not None:
                         raise link.failure from error
                     raise
-                link.last_read = time.monotonic()
-                if isinstance(reply, valkey_errors.ResponseError):
-                    self._on_error_reply(link, reply)
-                else:
-                    self._on_reply(link, reply)
+                self._on_any_reply(link, reply)
         finally:
             await cancel_and_wait(watchdog)
 
@@ -301,6 +309,13 @@ class Subscriber:
                 await link.connection.send_command("PING", check_health=False)
 
     # Replies ------------------------------------------------------------------------------------------------
+
+    def _on_any_reply(self, link: _Link, reply: object) -> None:
+        link.last_read = time.monotonic()
+        if isinstance(reply, valkey_errors.ResponseError):
+            self._on_error_reply(link, reply)
+        else:
+            self._on_reply(link, reply)
 
     def _on_reply(self, link: _Link, reply: object) -> None:
         if reply == b"PONG" or reply == "PONG":  # a connection with no subscription answers PING plainly

@@ -53,6 +53,7 @@ from channels_valkey.sentinel.options import (
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
 from channels_valkey.sentinel.queue_reader import Handover, QueueReader, QueueSource
+from channels_valkey.sentinel.reply_feed import feed_replies
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.scripts import Script, refuses_evalsha
@@ -125,6 +126,7 @@ __all__ = [
     "decode_hosts",
     "delete_prefixed",
     "discover_services",
+    "feed_replies",
     "glob_escape",
     "is_process_channel",
     "non_local_name",

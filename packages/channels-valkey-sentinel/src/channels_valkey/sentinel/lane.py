@@ -3,14 +3,16 @@
 valkey-py spends most of a command's client time around it: taking a connection from the pool and polling it,
 timeouts wrapped around the write and the read, giving the connection back. A layer's hot commands (a send is one
 script call) are short and independent, so the lane skips all of that: each command is written the moment it is
-issued, on one connection per shard and event loop, and one reader task, alive as long as the connection, hands
-the replies back in the order they come (Valkey answers a connection's commands in order). Concurrent commands are
-pipelined without waiting for each other, and a cancelled caller only stops waiting: its reply is still read, so
-the connection never goes out of step.
+issued, on one connection per shard and event loop, and the replies are handed back in the order they come
+(Valkey answers a connection's commands in order). They are parsed where their bytes arrive, in the transport's
+callback (:func:`~channels_valkey.sentinel.reply_feed.feed_replies`), so a caller resumes one event-loop step after
+its reply arrived; with a parser other than libvalkey's a reader task, alive as long as the connection, reads them
+instead. Concurrent commands are pipelined without waiting for each other, and a cancelled caller only stops
+waiting: its reply is still read, so the connection never goes out of step.
 
 No timeout wraps a read; a watchdog task fails the connection when the oldest unanswered command has waited longer
-than the pool's ``socket_timeout``. Because the reader is always reading, a server that closes the connection
-while the lane is idle is noticed at once, and the next command connects again before it writes anything.
+than the pool's ``socket_timeout``. Because the connection is read all the time, a server that closes it while the
+lane is idle is noticed at once, and the next command connects again before it writes anything.
 
 A lost connection fails every command still waiting with a ``ConnectionError`` (the command may have run); the
 next command connects again through the pool, which re-asks Sentinel where there is one.
@@ -28,6 +30,7 @@ from valkey.asyncio.connection import AbstractConnection, ConnectionPool
 from valkey.utils import LIBVALKEY_AVAILABLE
 
 from channels_valkey.sentinel.exceptions import CommandNotSent
+from channels_valkey.sentinel.reply_feed import feed_replies
 from channels_valkey.sentinel.tasks import cancel_and_wait
 
 try:  # valkey-py's libvalkey extra, a dependency of this package: its C packer is four times as fast.
@@ -89,10 +92,16 @@ def pack(connection: AbstractConnection, args: tuple[Any, ...]) -> list[bytes]:
 class _Link:
     """The lane's connection and the tasks that live as long as it does."""
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: AbstractConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.connection = connection
+        self.loop = loop
+        #: The task reading replies, where the parser is not libvalkey's (else the transport's callback parses).
         self.reader: asyncio.Task[None] | None = None
         self.watchdog: asyncio.Task[None] | None = None
+        #: The task giving the connection back after it was lost.
+        self.closer: asyncio.Task[None] | None = None
+        #: The connection failed or was let go of: no command is written on it any more.
+        self.lost = False
         #: Loop time of the last reply, or of the write that made the lane busy again.
         self.progress = 0.0
         #: Why the watchdog closed the connection, reported instead of the read's error it causes.
@@ -101,9 +110,9 @@ class _Link:
 
     @property
     def usable(self) -> bool:
-        if self.reader is None or self.reader.done() or not self.connection.is_connected:
+        if self.lost or not self.connection.is_connected:
             return False
-        # Reset under the lane a moment ago, before its reader saw it: a new connection is needed.
+        # Reset under the lane a moment ago, before the lane read that: a new connection is needed.
         writer = self.connection._writer
         return writer is not None and not writer.transport.is_closing()
 
@@ -165,39 +174,56 @@ class CommandLane:
                 return link
             if link is not None:
                 await self._drop(link)
-            link = self._link = _Link(await self._pool.get_connection("_"))
             loop = asyncio.get_running_loop()
-            link.reader = loop.create_task(self._read(link), name="channels-valkey lane reader")
+            link = self._link = _Link(await self._pool.get_connection("_"), loop)
             link.watchdog = loop.create_task(self._watch(link), name="channels-valkey lane watchdog")
+
+            def on_reply(reply: Any) -> None:
+                self._answer(link, reply)
+
+            def on_lost(error: BaseException) -> None:
+                self._lost(link, error)
+
+            if not feed_replies(link.connection, on_reply, on_lost):
+                link.reader = loop.create_task(self._read(link), name="channels-valkey lane reader")
             return link
 
+    def _answer(self, link: _Link, reply: Any) -> None:
+        """Hand ``reply`` to the oldest waiting command."""
+        if self._link is not link:
+            return  # the lane let go of this connection; whoever waited was failed then
+        if not self._pending:
+            raise valkey_errors.ConnectionError(f"the server sent {reply!r}, which no command asked for")
+        link.progress = link.loop.time()
+        waiting = self._pending.popleft()
+        if waiting.done():
+            return  # its caller was cancelled; the reply was still read
+        if isinstance(reply, valkey_errors.ResponseError):
+            waiting.set_exception(reply)
+        else:
+            waiting.set_result(reply)
+
+    def _lost(self, link: _Link, error: BaseException) -> None:
+        """``link``'s connection failed: what waits on it fails, and the connection goes back to the pool."""
+        if link.lost:
+            return
+        link.lost = True
+        if link.failure is not None:  # the watchdog closed it: report why
+            link.failure.__cause__ = error
+            error = link.failure
+        if self._link is link:
+            self._link = None
+            self._fail_pending(error)
+        if not link.released:
+            link.closer = link.loop.create_task(self._release(link), name="channels-valkey lane release")
+
     async def _read(self, link: _Link) -> None:
-        loop = asyncio.get_running_loop()
+        """Read replies with valkey-py's parser, where :func:`feed_replies` cannot parse them as they arrive."""
         try:
             while True:
-                try:
-                    reply = await read_reply(link.connection)
-                except valkey_errors.ConnectionError as error:
-                    if link.failure is not None:
-                        raise link.failure from error
-                    raise
-                if not self._pending:
-                    raise valkey_errors.ConnectionError(
-                        f"the server sent {reply!r}, which no command asked for"
-                    )
-                link.progress = loop.time()
-                waiting = self._pending.popleft()
-                if waiting.done():
-                    continue  # its caller was cancelled; the reply was still read
-                if isinstance(reply, valkey_errors.ResponseError):
-                    waiting.set_exception(reply)
-                else:
-                    waiting.set_result(reply)
+                self._answer(link, await read_reply(link.connection))
         except BaseException as error:
-            if self._link is link:
-                self._link = None
-                self._fail_pending(error)
-            await self._release(link)
+            self._lost(link, error)
             if isinstance(error, asyncio.CancelledError):
                 raise
 
@@ -223,12 +249,15 @@ class CommandLane:
 
     async def _drop(self, link: _Link) -> None:
         """Stop ``link``'s tasks and give its connection back; what still waits on it fails."""
+        link.lost = True
         if self._link is link:
             self._link = None
             self._fail_pending(valkey_errors.ConnectionError("the lane's connection was dropped"))
         for task in (link.watchdog, link.reader):
             if task is not None:
                 await cancel_and_wait(task)
+        if link.closer is not None:
+            await asyncio.wait([link.closer])  # not cancelled with this call: the connection goes back anyway
         await self._release(link)
 
     async def _release(self, link: _Link) -> None:
