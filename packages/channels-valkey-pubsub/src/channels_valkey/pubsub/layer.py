@@ -26,7 +26,7 @@ from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.pubsub.handover import ShardedPublisher
-from channels_valkey.pubsub.local import Item, LocalChannel, LoopState
+from channels_valkey.pubsub.loop_state import Item, LocalChannel, LoopState
 from channels_valkey.pubsub.names import (
     group_channel,
     is_peer_process_channel,

@@ -1,6 +1,6 @@
 """What the loop state and the subscriptions of one shard expect of each other.
 
-The loop state (``local.py``) holds one :class:`Subscriptions` per shard: a plain
+The loop state (``loop_state.py``) holds one :class:`Subscriptions` per shard: a plain
 :class:`~channels_valkey.pubsub.subscriber.Subscriber`, or on a Valkey Cluster a
 :class:`~channels_valkey.pubsub.cluster_subscriber.ClusterSubscriber` that spreads the names over the nodes. Each
 reports to a :class:`Sink`: the loop state, or for the node subscribers of a cluster, their cluster subscriber.
