@@ -99,6 +99,11 @@ class ProcessInbox:
                 if not kept:
                     del self._messages[channel]
 
+    def held(self) -> int:
+        """How many messages are kept now, for every channel."""
+        with self._lock:
+            return sum(len(kept) for kept in self._messages.values())
+
     def clear(self) -> None:
         """Forget every message kept (``flush``); waiting receives keep waiting."""
         with self._lock:

@@ -35,6 +35,7 @@ from channels_valkey.sentinel import (
     HealthReport,
     LayerOptions,
     MessageCodec,
+    MessageCounts,
     QueueSource,
     ResiliencePolicy,
     SerializerMethods,
@@ -45,6 +46,7 @@ from channels_valkey.sentinel import (
     check_message,
     delete_prefixed,
     is_process_channel,
+    layer_stats,
     non_local_name,
     raise_if_reply_lost,
     slot_of,
@@ -107,6 +109,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()
+        self._counts = MessageCounts()
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         #: Normal channels' sends take the shards in turn.
@@ -208,6 +211,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
             raise
         if not added:
             raise ChannelFull(f"channel {channel!r} is at capacity ({self.get_capacity(channel)})")
+        self._counts.sent["process" if is_process_channel(channel) else "normal"] += 1
 
     # Receiving ---------------------------------------------------------------------------------------------------
 
@@ -225,8 +229,12 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         receiver = self._receiver()
         key = self.queue_key(channel)
         if is_process_channel(channel):
-            return await receiver.receive_process(channel, self._shard_of_channel(ring, channel), key)
-        return await receiver.receive_normal([receiver.reader(shard, key) for shard in range(ring.size)])
+            message = await receiver.receive_process(channel, self._shard_of_channel(ring, channel), key)
+            self._counts.received["process"] += 1
+            return message
+        message = await receiver.receive_normal([receiver.reader(shard, key) for shard in range(ring.size)])
+        self._counts.received["normal"] += 1
+        return message
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process channel name, received by this process only."""
@@ -307,6 +315,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
+        self._counts.sent["group"] += 1
         if dropped:
             self.counters.group_over_capacity += dropped
             # Worded as channels-valkey 0.3 words it: log-based alerts keep matching after an upgrade.
@@ -337,6 +346,15 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
                     lambda client: delete_prefixed(client, self.prefix, one_slot_per_call=self.cluster),
                     idempotent=True,
                 )
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of this instance's counts: messages sent and received by kind, dropped by
+        reason (``counters``), and held in this process now, not yet received (see ``channels_valkey.sentinel.
+        layer_stats``)."""
+        with self._lock:
+            receivers = list(self._receivers.values())
+        held = {"normal": sum(receiver.held() for receiver in receivers), "process": self._inbox.held()}
+        return layer_stats("core", self._counts, self.counters, held)
 
     async def health(self, timeout: float = 1.0) -> HealthReport:
         """Whether every primary of the layer is reachable and answering as a primary, asked at once and answered

@@ -175,6 +175,10 @@ class LoopReceiver:
 
     # Housekeeping ---------------------------------------------------------------------------------------------
 
+    def held(self) -> int:
+        """Normal channels' messages popped on this loop and not handed over yet."""
+        return sum(len(reader.held) for reader in list(self._readers.values()))
+
     def drop_messages(self) -> None:
         """Forget every message held on this loop (``flush``); waiting receives keep waiting for new ones."""
         for reader in self._readers.values():

@@ -39,6 +39,7 @@ from channels_valkey.sentinel import (
     HealthReport,
     LayerOptions,
     MessageCodec,
+    MessageCounts,
     QueueReader,
     ResiliencePolicy,
     SerializerMethods,
@@ -48,6 +49,7 @@ from channels_valkey.sentinel import (
     check_health,
     check_message,
     close_before_loop,
+    layer_stats,
     raise_if_reply_lost,
 )
 from channels_valkey.serializers import registry
@@ -128,6 +130,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         self.policy = options.policy
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
+        self._counts = MessageCounts()
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         self.client_prefix = uuid.uuid4().hex[:12]
@@ -159,6 +162,10 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
 
     def pubsub_shard(self, name: str) -> int:
         return self.consistent_hash(name)
+
+    def _kind(self, channel: str) -> str:
+        """``"process"`` for a channel of one process (ours or a peer's), ``"normal"`` otherwise (for counting)."""
+        return "process" if "!" in channel or is_peer_process_channel(self.prefix, channel) else "normal"
 
     def _is_worker(self, channel: str) -> bool:
         return (
@@ -212,16 +219,18 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         payload = self.serialize(message)
         shard = (await self._connections.ring()).index(channel)
         try:
+            queued = False
             if self._is_worker(channel) and self._queues.enabled(shard):
-                if await self._queues.enqueue(shard, channel, payload, self.get_capacity(channel)):
-                    return
-                if self._queues.enabled(shard):
+                queued = await self._queues.enqueue(shard, channel, payload, self.get_capacity(channel))
+                if not queued and self._queues.enabled(shard):
                     capacity = self.get_capacity(channel)
                     raise ChannelFull(f"channel {channel!r} is at capacity ({capacity} messages queued)")
-            await self._publish(shard, channel, payload)
+            if not queued:
+                await self._publish(shard, channel, payload)
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"send to {channel!r}")
             raise
+        self._counts.sent[self._kind(channel)] += 1
 
     async def _publish(self, shard: int, name: str, payload: bytes) -> None:
         if self.cluster:
@@ -250,6 +259,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
                 item = await self._wait(local)
             message = self._open(channel, item)
             if message is not None:
+                self._counts.received[self._kind(channel)] += 1
                 return message
 
     async def _wait(self, local: LocalChannel) -> Item:
@@ -363,6 +373,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
+        self._counts.sent["group"] += 1
 
     # Flush and close --------------------------------------------------------------------------------------------
 
@@ -375,6 +386,18 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         if state is not None:
             await state.flush()
         await self._queues.delete_all()
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of this instance's counts: messages sent and received by kind, dropped by
+        reason (``counters``), and held in this process now, not yet received (local buffers of every event loop,
+        and worker-queue messages popped but not handed over); see ``channels_valkey.sentinel.layer_stats``."""
+        with self._lock:
+            states = list(self._states.values())
+        held = {"normal": 0, "process": 0}
+        for state in states:
+            for name, local in list(state.channels.items()):
+                held[self._kind(name)] += len(local.items) + (len(local.reader.held) if local.reader else 0)
+        return layer_stats("pubsub", self._counts, self.counters, held)
 
     async def health(self, timeout: float = 1.0) -> HealthReport:
         """Whether every primary of the layer is reachable and answering as a primary, asked at once and answered

@@ -19,7 +19,7 @@ from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted,
 from channels_valkey.sentinel.cluster import ClusterShard, slot_of
 from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer, SerializerMethods
 from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
-from channels_valkey.sentinel.counters import DropCounters
+from channels_valkey.sentinel.counters import DropCounters, MessageCounts, layer_stats
 from channels_valkey.sentinel.decoding import decode_hosts
 from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import (
@@ -89,6 +89,7 @@ __all__ = [
     "InterruptibleCalls",
     "LayerOptions",
     "MessageCodec",
+    "MessageCounts",
     "MessageSerializer",
     "OnInterrupted",
     "QueueReader",
@@ -129,6 +130,7 @@ __all__ = [
     "feed_replies",
     "glob_escape",
     "is_process_channel",
+    "layer_stats",
     "non_local_name",
     "raise_if_cancelling",
     "raise_if_reply_lost",
