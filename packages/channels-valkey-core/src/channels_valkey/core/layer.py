@@ -48,6 +48,7 @@ from channels_valkey.sentinel import (
     is_process_channel,
     layer_stats,
     non_local_name,
+    observe,
     raise_if_reply_lost,
     slot_of,
 )
@@ -110,6 +111,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()
         self._counts = MessageCounts()
+        observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         #: Normal channels' sends take the shards in turn.

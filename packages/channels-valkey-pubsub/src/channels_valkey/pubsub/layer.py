@@ -50,6 +50,7 @@ from channels_valkey.sentinel import (
     check_message,
     close_before_loop,
     layer_stats,
+    observe,
     raise_if_reply_lost,
 )
 from channels_valkey.serializers import registry
@@ -131,6 +132,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
         self._counts = MessageCounts()
+        observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         self.client_prefix = uuid.uuid4().hex[:12]

@@ -35,6 +35,7 @@ from channels_valkey.sentinel.health import HealthReport, ServerHealth, check_he
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.loops import close_before_loop
+from channels_valkey.sentinel.metrics import METER_NAME, observe
 from channels_valkey.sentinel.naming import (
     MAX_NAME_LENGTH,
     check_channel,
@@ -73,6 +74,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_URL",
     "MAX_NAME_LENGTH",
+    "METER_NAME",
     "AnyShard",
     "BackgroundTask",
     "ClusterHost",
@@ -132,6 +134,7 @@ __all__ = [
     "is_process_channel",
     "layer_stats",
     "non_local_name",
+    "observe",
     "raise_if_cancelling",
     "raise_if_reply_lost",
     "read_reply",

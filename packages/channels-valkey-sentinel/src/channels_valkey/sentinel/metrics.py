@@ -1,0 +1,122 @@
+"""OpenTelemetry metrics of the channel layers, read from their counts when a metric reader collects.
+
+The instruments are observable: nothing is recorded on the paths messages take. A layer keeps its counts as plain
+integers (its ``stats()``), and the callbacks here read every live layer's counts when the application's
+OpenTelemetry SDK collects. So the layers pay nothing for metrics when ``opentelemetry-api`` is not installed, and
+nothing measurable when it is but no SDK is configured (the API's no-op provider never calls back).
+
+Names follow the OpenTelemetry messaging semantic conventions where they fit (``messaging.client.sent.messages``,
+``messaging.client.consumed.messages``, with ``messaging.system`` and ``messaging.operation.name``); the rest are
+``channels_valkey.*``. Attributes are the layer (``core`` / ``pubsub``), the channel kind (``normal``,
+``process``, ``group``) and the drop reason, never a channel or group name (their number is unbounded).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+__all__ = ["METER_NAME", "observe"]
+
+#: The meter the instruments are created on (``MeterProvider.get_meter``).
+METER_NAME = "channels_valkey"
+#: ``messaging.system`` of every data point.
+SYSTEM = "valkey"
+
+
+class Observed(Protocol):
+    """A layer as the metrics read it: its ``stats()`` snapshot."""
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+_layers: weakref.WeakSet[Any] = weakref.WeakSet()
+_lock = threading.Lock()
+_instruments: list[Any] = []
+
+
+def observe(layer: Observed) -> None:
+    """Report ``layer``'s counts in the metrics for as long as it lives; nothing when OpenTelemetry is absent."""
+    try:
+        from opentelemetry import metrics
+    except ImportError:
+        return
+    with _lock:
+        _layers.add(layer)
+        if _instruments:
+            return
+        meter = metrics.get_meter(METER_NAME)
+        _instruments.extend(
+            [
+                meter.create_observable_counter(
+                    "messaging.client.sent.messages",
+                    callbacks=[_reading(_sent)],
+                    unit="{message}",
+                    description="Messages sent: send() calls that succeeded, and group_send() calls (kind group).",
+                ),
+                meter.create_observable_counter(
+                    "messaging.client.consumed.messages",
+                    callbacks=[_reading(_received)],
+                    unit="{message}",
+                    description="Messages handed to a receive().",
+                ),
+                meter.create_observable_counter(
+                    "channels_valkey.messages.dropped",
+                    callbacks=[_reading(_dropped)],
+                    unit="{message}",
+                    description="Messages the layer dropped on purpose, by reason (each also logged).",
+                ),
+                meter.create_observable_up_down_counter(
+                    "channels_valkey.messages.held",
+                    callbacks=[_reading(_held)],
+                    unit="{message}",
+                    description="Messages in this process waiting for a receive() now.",
+                ),
+            ]
+        )
+
+
+Points = Iterator[tuple[int, dict[str, str]]]
+
+
+def _sent(stats: dict[str, Any]) -> Points:
+    for kind, count in stats["sent"].items():
+        operation = "group_send" if kind == "group" else "send"
+        yield count, {"messaging.operation.name": operation, "channels_valkey.channel_kind": kind}
+
+
+def _received(stats: dict[str, Any]) -> Points:
+    for kind, count in stats["received"].items():
+        yield count, {"messaging.operation.name": "receive", "channels_valkey.channel_kind": kind}
+
+
+def _dropped(stats: dict[str, Any]) -> Points:
+    for reason, count in stats["dropped"].items():
+        yield count, {"channels_valkey.reason": reason}
+
+
+def _held(stats: dict[str, Any]) -> Points:
+    for kind, count in stats["held"].items():
+        yield count, {"channels_valkey.channel_kind": kind}
+
+
+def _reading(points: Callable[[dict[str, Any]], Points]) -> Callable[[Any], Iterable[Any]]:
+    """An instrument's callback: the points of every live layer, summed over layers with the same attributes."""
+
+    def callback(options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        totals: Counter[tuple[tuple[str, str], ...]] = Counter()
+        with _lock:
+            layers = list(_layers)
+        for layer in layers:
+            stats = layer.stats()
+            for value, attributes in points(stats):
+                labelled = {"messaging.system": SYSTEM, "channels_valkey.layer": stats["layer"], **attributes}
+                totals[tuple(sorted(labelled.items()))] += value
+        return [Observation(value, dict(attributes)) for attributes, value in totals.items()]
+
+    return callback
