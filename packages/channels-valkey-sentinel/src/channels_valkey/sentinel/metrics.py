@@ -49,33 +49,19 @@ def observe(layer: Observed) -> None:
         if _instruments:
             return
         meter = metrics.get_meter(METER_NAME)
-        _instruments.extend(
-            [
+        for name, points, description in _COUNTERS:
+            _instruments.append(
                 meter.create_observable_counter(
-                    "messaging.client.sent.messages",
-                    callbacks=[_reading(_sent)],
-                    unit="{message}",
-                    description="Messages sent: send() calls that succeeded, and group_send() calls (kind group).",
-                ),
-                meter.create_observable_counter(
-                    "messaging.client.consumed.messages",
-                    callbacks=[_reading(_received)],
-                    unit="{message}",
-                    description="Messages handed to a receive().",
-                ),
-                meter.create_observable_counter(
-                    "channels_valkey.messages.dropped",
-                    callbacks=[_reading(_dropped)],
-                    unit="{message}",
-                    description="Messages the layer dropped on purpose, by reason (each also logged).",
-                ),
-                meter.create_observable_up_down_counter(
-                    "channels_valkey.messages.held",
-                    callbacks=[_reading(_held)],
-                    unit="{message}",
-                    description="Messages in this process waiting for a receive() now.",
-                ),
-            ]
+                    name, callbacks=[_reading(points)], unit="{message}", description=description
+                )
+            )
+        _instruments.append(
+            meter.create_observable_up_down_counter(
+                "channels_valkey.messages.held",
+                callbacks=[_reading(_held)],
+                unit="{message}",
+                description="Messages in this process waiting for a receive() now.",
+            )
         )
 
 
@@ -101,6 +87,22 @@ def _dropped(stats: dict[str, Any]) -> Points:
 def _held(stats: dict[str, Any]) -> Points:
     for kind, count in stats["held"].items():
         yield count, {"channels_valkey.channel_kind": kind}
+
+
+#: The counters: name, how a layer's stats give their points, description.
+_COUNTERS: tuple[tuple[str, Callable[[dict[str, Any]], Points], str], ...] = (
+    (
+        "messaging.client.sent.messages",
+        _sent,
+        "Messages sent: send() calls that succeeded, and group_send() calls (kind group).",
+    ),
+    ("messaging.client.consumed.messages", _received, "Messages handed to a receive()."),
+    (
+        "channels_valkey.messages.dropped",
+        _dropped,
+        "Messages the layer dropped on purpose, by reason (each also logged).",
+    ),
+)
 
 
 def _reading(points: Callable[[dict[str, Any]], Points]) -> Callable[[Any], Iterable[Any]]:
