@@ -112,6 +112,30 @@ async def produce_and_consume(stream: Stream, count: int) -> int:
     return stream.check(arrived)
 
 
+async def windowed(stream: Stream, sender: Any, count: int, window: int) -> int:
+    """``sender`` (another layer instance, as another process would be) sends ``count`` messages to the stream's
+    channel, never more than ``window`` ahead of what the stream's layer received; how many came as sent, in order.
+    """
+    layer, channel = stream.layer, stream.channel
+    numbers = stream.to_send(count)
+    room = asyncio.Semaphore(window)
+
+    async def produce() -> None:
+        for number in numbers:
+            await room.acquire()
+            await sender.send(channel, numbered(number))
+
+    async def consume() -> list[dict[str, Any]]:
+        arrived = []
+        for _ in numbers:
+            arrived.append(await receive_within(layer, channel))
+            room.release()
+        return arrived
+
+    _, arrived = await asyncio.gather(produce(), consume())
+    return stream.check(arrived)
+
+
 async def drain(stream: Stream, count: int) -> int:
     """Receive ``count`` messages queued beforehand (numbered with ``stream.to_send``); how many came in order."""
     return stream.check([await receive_within(stream.layer, stream.channel) for _ in range(count)])

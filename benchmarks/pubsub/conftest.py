@@ -17,6 +17,8 @@ TARGETS: dict[str, dict[str, Any]] = {
     "1c send+receive normal sequential": {"unit": "messages/s", "higher_is_better": True},
     "1d send+receive normal concurrent": {"unit": "messages/s", "higher_is_better": True},
     "1e send+receive normal sequential, both on Pub/Sub": {"unit": "messages/s", "higher_is_better": True},
+    "1f normal, two instances, window of 50": {"unit": "messages/s", "higher_is_better": True},
+    "1g process, two instances, window of 50": {"unit": "messages/s", "higher_is_better": True},
     "2 process round trip p50": {"unit": "us", "higher_is_better": False, "ratio": 2 / 3},
     "2 process round trip p99": {"unit": "us", "higher_is_better": False},
     "3 group_send to 10 process channels": {"unit": "deliveries/s", "higher_is_better": True, "ratio": 1.0},

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from checked_flows import GROUP, Fan, fan_out, produce_and_consume, send_receive_pairs
+from checked_flows import GROUP, Fan, Stream, fan_out, produce_and_consume, send_receive_pairs, windowed
 from servers.process import ValkeyProcess
 
 #: The normal channel of the throughput tests; each side adds a digit of its own (open_channels).
@@ -181,6 +181,36 @@ def test_send_receive_normal_like_for_like(
     )
     if turns.timed:
         record("1e send+receive normal sequential, both on Pub/Sub", turns.rate(SEQUENTIAL_PAIRS))
+
+
+# 1f, 1g: another process's shape: one layer instance sends, another receives, at most a window of messages in flight.
+WINDOW = 50
+WINDOWED_MESSAGES = 1000
+
+
+@pytest.mark.benchmark(group="1 send+receive concurrent")
+@pytest.mark.parametrize("kind", ["normal", "process"])
+def test_send_receive_between_two_instances(
+    take_turns: TakeTurns,
+    run: Run,
+    layers: Layers,
+    build_layer: Callable[..., Any],
+    record: Record,
+    kind: str,
+) -> None:
+    senders = {side: build_layer(side) for side in layers}
+    channels = open_channels(run, layers, kind)
+    streams = {side: Stream(layer, channels[side]) for side, layer in layers.items()}
+    turns = take_turns(
+        layers,
+        lambda side: run(windowed(streams[side], senders[side], WINDOWED_MESSAGES, WINDOW)),
+        rounds=THROUGHPUT_ROUNDS,
+        warmup=1,
+    )
+    turns.check(WINDOWED_MESSAGES)
+    if turns.timed:
+        row = {"normal": "1f normal", "process": "1g process"}[kind] + ", two instances, window of 50"
+        record(row, turns.rate(WINDOWED_MESSAGES))
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------
