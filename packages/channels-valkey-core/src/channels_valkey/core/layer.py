@@ -111,7 +111,6 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()
         self._counts = MessageCounts()
-        observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         #: Normal channels' sends take the shards in turn.
@@ -126,6 +125,8 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # Last: a metrics collection on another thread may call stats() from now on.
+        observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
 
     def __str__(self) -> str:
         return f"{type(self).__name__}(hosts={self.hosts}, prefix={self.prefix!r})"

@@ -132,7 +132,6 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
         self._counts = MessageCounts()
-        observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         self.client_prefix = uuid.uuid4().hex[:12]
@@ -152,6 +151,8 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         #: SPUBLISH through slot handovers on a Valkey Cluster.
         self._sharded = ShardedPublisher(self._connections)
         self._lock = threading.Lock()
+        # Last: a metrics collection on another thread may call stats() from now on.
+        observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
 
     def __str__(self) -> str:
         return f"{type(self).__name__}(hosts={self.hosts}, prefix={self.prefix!r})"
