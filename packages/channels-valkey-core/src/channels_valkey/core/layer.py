@@ -196,7 +196,8 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         check_channel(channel)
         check_message(message)
         ring = await self.shard_ring()
-        if is_process_channel(channel):
+        process = is_process_channel(channel)
+        if process:
             message = {**message, "__asgi_channel__": channel}
             shard = self._shard_of_channel(ring, channel)
         else:
@@ -214,7 +215,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
             raise
         if not added:
             raise ChannelFull(f"channel {channel!r} is at capacity ({self.get_capacity(channel)})")
-        self._counts.sent["process" if is_process_channel(channel) else "normal"] += 1
+        self._counts.sent["process" if process else "normal"] += 1
 
     # Receiving ---------------------------------------------------------------------------------------------------
 
@@ -226,12 +227,13 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         channels-valkey 0.3 raised) before anything is read.
         """
         check_channel(channel)
-        if is_process_channel(channel) and not non_local_name(channel).endswith(self.client_prefix + "!"):
+        process = is_process_channel(channel)
+        if process and not non_local_name(channel).endswith(self.client_prefix + "!"):
             raise ForeignChannelError(channel, self.client_prefix)
         ring = await self.shard_ring()
         receiver = self._receiver()
         key = self.queue_key(channel)
-        if is_process_channel(channel):
+        if process:
             message = await receiver.receive_process(channel, self._shard_of_channel(ring, channel), key)
             self._counts.received["process"] += 1
             return message
