@@ -170,12 +170,9 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         """``"process"`` for a channel of one process (ours or a peer's), ``"normal"`` otherwise (for counting)."""
         return "process" if "!" in channel or is_peer_process_channel(self.prefix, channel) else "normal"
 
-    def _is_worker(self, channel: str) -> bool:
-        return (
-            self.worker_channels == "queue"
-            and "!" not in channel
-            and not is_peer_process_channel(self.prefix, channel)
-        )
+    def _is_worker(self, channel: str, kind: str | None = None) -> bool:
+        """Whether ``channel`` (of ``kind``, when known already) travels on a worker queue."""
+        return self.worker_channels == "queue" and (kind or self._kind(channel)) == "normal"
 
     @property
     def pubsub_shards(self) -> set[int]:
@@ -221,9 +218,10 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         check_message(message)
         payload = self.serialize(message)
         shard = (await self._connections.ring()).index(channel)
+        kind = self._kind(channel)
         try:
             queued = False
-            if self._is_worker(channel) and self._queues.enabled(shard):
+            if self._is_worker(channel, kind) and self._queues.enabled(shard):
                 queued = await self._queues.enqueue(shard, channel, payload, self.get_capacity(channel))
                 if not queued and self._queues.enabled(shard):
                     capacity = self.get_capacity(channel)
@@ -233,7 +231,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"send to {channel!r}")
             raise
-        self._counts.sent[self._kind(channel)] += 1
+        self._counts.sent[kind] += 1
 
     async def _publish(self, shard: int, name: str, payload: bytes) -> None:
         if self.cluster:
@@ -409,10 +407,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
 
     async def close_pools(self) -> None:
         """Close this event loop's subscriptions, readers and connections (they reopen on next use)."""
-        with self._lock:
-            state = self._states.pop(asyncio.get_running_loop(), None)
-        if state is not None:
-            await state.aclose()
+        await _close_loop_state(self)
         await self._connections.close()
 
     # What the loop state and readers call -------------------------------------------------------------------------
@@ -443,7 +438,8 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
 
 
 async def _close_loop_state(layer: ValkeyPubSubChannelLayer) -> None:
-    """Stop the layer's tasks on the running event loop, which is closing (``async_to_sync``, ``asyncio.run``)."""
+    """Stop the layer's tasks on the running event loop: for ``close_pools()``, or because the loop is closing
+    (``async_to_sync``, ``asyncio.run``)."""
     with layer._lock:
         state = layer._states.pop(asyncio.get_running_loop(), None)
     if state is not None:
