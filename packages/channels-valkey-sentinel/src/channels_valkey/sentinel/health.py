@@ -69,14 +69,15 @@ async def check_health(connections: ConnectionManager, *, timeout: float = 1.0) 
     servers = await _within(found, deadline)
     if servers is None:
         return HealthReport(False, (_failed("the layer's shards", "no answer within the timeout", timeout),))
-    probes: list[tuple[str, asyncio.Future[ServerHealth]]] = [
-        (name, asyncio.ensure_future(_probe(name, server)))
-        if server is not None
-        else (name, _failure(name, error))
+    probes = [
+        (name, None if server is None else asyncio.ensure_future(_probe(name, server)), error)
         for name, server, error in servers
     ]
     results: list[ServerHealth] = []
-    for name, probe in probes:
+    for name, probe, error in probes:
+        if probe is None:  # its primaries could not even be found
+            results.append(ServerHealth(name, False, None, None, error))
+            continue
         result = await _within(probe, deadline)
         results.append(
             result if result is not None else _failed(name, "no answer within the timeout", timeout)
@@ -136,12 +137,6 @@ async def _within(work: asyncio.Future[Any], deadline: float) -> Any:
 def _collect(work: asyncio.Future[Any]) -> None:
     with contextlib.suppress(BaseException):
         work.exception()
-
-
-def _failure(name: str, error: str | None) -> asyncio.Future[ServerHealth]:
-    done: asyncio.Future[ServerHealth] = asyncio.get_running_loop().create_future()
-    done.set_result(ServerHealth(name, False, None, None, error))
-    return done
 
 
 def _failed(name: str, why: str, timeout: float) -> ServerHealth:
