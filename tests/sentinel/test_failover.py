@@ -79,6 +79,10 @@ async def _write_through(
             timeout=10,
             message="writes to resume",
         )
+        # The move is counted once for the process (stats() and the failovers metric read this).
+        assert manager.shard_counts(0).failovers == 1
+        if fault == "kill":
+            assert manager.shard_counts(0).reconnects >= 1
     finally:
         stop.set()
         await writer

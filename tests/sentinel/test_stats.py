@@ -90,3 +90,74 @@ async def test_a_fresh_layer_has_all_keys_at_zero(layer_class: type[Any], valkey
     assert stats["received"] == {"normal": 0, "process": 0}
     assert stats["held"] == {"normal": 0, "process": 0}
     assert set(stats["dropped"]) == {"expired", "undecodable", "group_over_capacity", "buffer_overflow"}
+
+
+@pytest.mark.parametrize("layer_class", LAYERS)
+async def test_wait_times_and_group_fanout_are_recorded(
+    layer_class: type[Any], valkey_url: str, key_prefix: str, receive: Receive
+) -> None:
+    layer = layer_class(hosts=[valkey_url], prefix=key_prefix)
+    try:
+        normal = f"{key_prefix}jobs"
+        members = [await layer.new_channel() for _ in range(3)]
+        for channel in members:
+            await layer.group_add("room", channel)
+        await layer.send(normal, {"type": "job", "n": 0})
+        await layer.send(normal, {"type": "job", "n": 1})
+        await layer.send(members[0], {"type": "direct"})
+        await asyncio.sleep(0.2)  # the messages wait this long on purpose: the recorded waits must show it
+        await receive(layer, normal)
+        await receive(layer, normal)
+        await receive(layer, members[0])
+        await layer.group_send("room", {"type": "grouped"})
+        await layer.group_send("room", {"type": "grouped"})
+        for channel in members:
+            for _ in range(2):
+                await receive(layer, channel)
+
+        stats = layer.stats()
+        normal_waits = stats["waited"]["normal"]
+        assert normal_waits["count"] == 2
+        assert 0.4 <= normal_waits["sum"] < 2 * layer.expiry
+        process_waits = stats["waited"]["process"]
+        if layer_class is ValkeyChannelLayer:
+            # Process channels travel in the process's queue too: the direct message and the group's six.
+            assert process_waits["count"] == 7
+            assert process_waits["sum"] >= 0.2
+        else:
+            assert process_waits == {"count": 0, "sum": 0.0}  # published, not queued: no send time to read
+        # Two group messages, each reaching the three members (counted where they arrive, on the Pub/Sub layer).
+        assert stats["fanout"] == {"count": 2, "sum": 6.0}
+        assert json.loads(json.dumps(stats)) == stats
+    finally:
+        await layer.flush()
+        await layer.close_pools()
+
+
+@pytest.mark.parametrize("layer_class", LAYERS)
+async def test_open_connections_and_reconnects_are_counted_per_shard(
+    layer_class: type[Any], fault_proxy: Any, key_prefix: str, receive: Receive, eventually: Eventually
+) -> None:
+    layer = layer_class(hosts=[fault_proxy.url()], prefix=key_prefix)
+    try:
+        # A normal channel: it travels in a queue on both layers, so what is sent after the cut waits there while
+        # the Pub/Sub layer's subscriber reconnects (a published message would be lost meanwhile, by design).
+        channel = f"{key_prefix}jobs"
+        await layer.send(channel, {"type": "before"})
+        assert await receive(layer, channel) == {"type": "before"}
+        shard = layer.stats()["shards"]["0"]
+        assert shard["open_connections"] >= 1
+        assert shard["reconnects"] == 0
+        assert shard["failovers"] == 0
+
+        waiting = asyncio.create_task(receive(layer, channel))
+        await eventually(lambda: fault_proxy.connection_count >= 2, "the receive to block on the server")
+        assert fault_proxy.cut() >= 1
+        await eventually(lambda: layer.stats()["shards"]["0"]["reconnects"] >= 1, "the reconnection count")
+        await layer.send(channel, {"type": "after"})
+        assert await waiting == {"type": "after"}
+        await layer.close_pools()
+        assert layer.stats()["shards"]["0"]["open_connections"] == 0
+    finally:
+        await layer.flush()
+        await layer.close_pools()

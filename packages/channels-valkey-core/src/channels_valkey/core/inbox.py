@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from channels_valkey.sentinel import DropCounters
+from channels_valkey.sentinel import Distribution, DropCounters
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -39,8 +39,15 @@ class ProcessInbox:
     what is older than ``expiry`` (counted as ``expired``): the limits a message has on the server.
     """
 
-    def __init__(self, expiry: float, capacity_of: Callable[[str], int], counters: DropCounters) -> None:
+    def __init__(
+        self,
+        expiry: float,
+        capacity_of: Callable[[str], int],
+        counters: DropCounters,
+        waited: Distribution | None = None,
+    ) -> None:
         self._expiry = expiry
+        self._waited = waited
         self._capacity_of = capacity_of
         self._counters = counters
         self._lock = threading.Lock()
@@ -82,7 +89,9 @@ class ProcessInbox:
                     message = None
             if not kept:
                 del self._messages[channel]
-            return message
+        if message is not None and self._waited is not None:
+            self._waited.record(max(time.time() - score, 0.0))  # the sender's clock may be ahead of ours
+        return message
 
     def sweep_if_due(self) -> None:
         """Drop expired messages of every channel, including channels nobody receives from any more, at most once

@@ -110,17 +110,25 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.client_prefix = uuid.uuid4().hex
         self.counters = DropCounters()
-        self._counts = MessageCounts()
+        self._counts = MessageCounts("core")
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         #: Normal channels' sends take the shards in turn.
         self._sends = itertools.count()
         #: What the queue readers need of this layer.
         self._queue_source = QueueSource(
-            self._connections, self.brpop_timeout, self.expiry, self.counters, self.decode, logger
+            self._connections,
+            self.brpop_timeout,
+            self.expiry,
+            self.counters,
+            self.decode,
+            logger,
+            waited=self._counts.waited["normal"],
         )
         #: Process-channel messages that reached this process, for a receive on any event loop.
-        self._inbox = ProcessInbox(self.expiry, self.get_capacity, self.counters)
+        self._inbox = ProcessInbox(
+            self.expiry, self.get_capacity, self.counters, self._counts.waited["process"]
+        )
         self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
             weakref.WeakKeyDictionary()
         )
@@ -321,6 +329,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
         self._counts.sent["group"] += 1
+        self._counts.fanout.record(len(channels))
         if dropped:
             self.counters.group_over_capacity += dropped
             # Worded as channels-valkey 0.3 words it: log-based alerts keep matching after an upgrade.
@@ -359,7 +368,7 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
         with self._lock:
             receivers = list(self._receivers.values())
         held = {"normal": sum(receiver.held() for receiver in receivers), "process": self._inbox.held()}
-        return layer_stats("core", self._counts, self.counters, held)
+        return layer_stats(self._counts, self.counters, held, self._connections.connection_figures())
 
     async def health(self, timeout: float = 1.0) -> HealthReport:
         """Whether every primary of the layer is reachable and answering as a primary, asked at once and answered

@@ -131,7 +131,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         self.policy = options.policy
         self._connections = ConnectionManager(self.hosts, self.policy, block_seconds=self.brpop_timeout)
         self.counters = DropCounters()
-        self._counts = MessageCounts()
+        self._counts = MessageCounts("pubsub")
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
         self.client_prefix = uuid.uuid4().hex[:12]
@@ -144,6 +144,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
             block_seconds=self.brpop_timeout,
             counters=self.counters,
             decode=self.decode_payload,
+            waited=self._counts.waited["normal"],
         )
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
             weakref.WeakKeyDictionary()
@@ -398,7 +399,7 @@ class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ig
         for state in states:
             for name, local in list(state.channels.items()):
                 held[self._kind(name)] += len(local.items) + (len(local.reader.held) if local.reader else 0)
-        return layer_stats("pubsub", self._counts, self.counters, held)
+        return layer_stats(self._counts, self.counters, held, self._connections.connection_figures())
 
     async def health(self, timeout: float = 1.0) -> HealthReport:
         """Whether every primary of the layer is reachable and answering as a primary, asked at once and answered

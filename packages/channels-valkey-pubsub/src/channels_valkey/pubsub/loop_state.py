@@ -23,6 +23,7 @@ from channels_valkey.sentinel import (
     BackgroundTask,
     DropCounters,
     Handover,
+    MessageCounts,
     QueueReader,
     ResiliencePolicy,
     Shard,
@@ -48,6 +49,8 @@ class Owner(Protocol):
     on_reconnect: str | None
     #: Whether the layer runs on a Valkey Cluster (sharded Pub/Sub, see cluster_subscriber.py).
     cluster: bool
+    #: The layer's message counts (group fan-out is recorded where a group's message arrives).
+    _counts: MessageCounts
 
     def get_capacity(self, channel: str) -> int: ...
 
@@ -238,6 +241,7 @@ class LoopState:
             return  # counted and logged once, not once per member
         targets = [target for member in members if (target := self.channels.get(member)) is not None]
         last = len(targets) - 1
+        self.owner._counts.fanout.record(len(targets))
         for index, target in enumerate(targets):
             target.deliver(message if index == last else message.copy())
 

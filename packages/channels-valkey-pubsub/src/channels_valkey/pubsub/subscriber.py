@@ -203,7 +203,11 @@ class Subscriber:
         pool = shard.client.connection_pool
         # Unbounded: the listener comes back whenever the server does.
         retries = Retries(
-            self.policy, f"{shard.describe()}: Pub/Sub connection", logger=logger, bounded=False
+            self.policy,
+            f"{shard.describe()}: Pub/Sub connection",
+            logger=logger,
+            bounded=False,
+            on_retry=shard.counts.reconnected,
         )
         while True:
             raise_if_cancelling()
@@ -226,6 +230,7 @@ class Subscriber:
                 await self._serve(connection)
             except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as error:
                 logger.warning("%s: Pub/Sub connection lost (%s); reconnecting", shard.describe(), error)
+                shard.counts.reconnected()
             finally:
                 self._link = None
                 self.confirmed.clear()

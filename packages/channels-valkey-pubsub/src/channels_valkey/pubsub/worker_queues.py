@@ -21,6 +21,7 @@ from channels_valkey.pubsub import scripts
 from channels_valkey.pubsub.names import worker_queue, worker_queue_layout, worker_queues
 from channels_valkey.sentinel import (
     ConnectionManager,
+    Distribution,
     DropCounters,
     QueueReader,
     QueueSource,
@@ -47,6 +48,7 @@ class WorkerQueues:
         block_seconds: float,
         counters: DropCounters,
         decode: Callable[[str, bytes], dict[str, Any] | None],
+        waited: Distribution | None = None,
     ) -> None:
         self._connections = connections
         self.prefix = prefix
@@ -61,6 +63,7 @@ class WorkerQueues:
             self._decode_member,
             logger,
             on_refused=self._refused,
+            waited=waited,
         )
 
     # Keys -------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted,
 from channels_valkey.sentinel.cluster import ClusterShard, slot_of
 from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer, SerializerMethods
 from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
-from channels_valkey.sentinel.counters import DropCounters, MessageCounts, layer_stats
+from channels_valkey.sentinel.counters import DropCounters, MessageCounts, ShardCounts, layer_stats
 from channels_valkey.sentinel.decoding import decode_hosts
 from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import (
@@ -32,6 +32,7 @@ from channels_valkey.sentinel.exceptions import (
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, raise_if_reply_lost, refuses_health_check
 from channels_valkey.sentinel.health import HealthReport, ServerHealth, check_health
+from channels_valkey.sentinel.histograms import Distribution
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
 from channels_valkey.sentinel.loops import close_before_loop
@@ -81,6 +82,7 @@ __all__ = [
     "ClusterShard",
     "CommandNotSent",
     "ConnectionManager",
+    "Distribution",
     "DropCounters",
     "Entry",
     "Failure",
@@ -108,6 +110,7 @@ __all__ = [
     "ServerHost",
     "Shard",
     "ShardConnection",
+    "ShardCounts",
     "ShardFacts",
     "ShardRing",
     "ShardUnavailable",

@@ -24,6 +24,7 @@ from valkey.asyncio.cluster import ClusterParser
 from valkey.crc import VALKEY_CLUSTER_HASH_SLOTS, key_slot
 
 from channels_valkey.sentinel.blocking import OnInterrupted
+from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.exceptions import CommandNotSent
 from channels_valkey.sentinel.failures import Failure, classify
 from channels_valkey.sentinel.policy import ResiliencePolicy
@@ -68,13 +69,23 @@ class ClusterShard:
     A :class:`~channels_valkey.sentinel.ShardConnection`: to the layers the whole cluster is one shard.
     """
 
-    def __init__(self, index: int, spec: ClusterHost, policy: ResiliencePolicy, block_seconds: float) -> None:
+    def __init__(
+        self,
+        index: int,
+        spec: ClusterHost,
+        policy: ResiliencePolicy,
+        block_seconds: float,
+        *,
+        counts: ShardCounts | None = None,
+    ) -> None:
         self.index = index
         self.spec = spec
         self.policy = policy
         self.block_seconds = block_seconds
         #: True once any command on the cluster has succeeded: until then failures are configuration errors.
         self.ever_connected = False
+        #: The cluster's reconnections and failovers, shared with the other loops' views of it.
+        self.counts = counts if counts is not None else ShardCounts()
         self._nodes: dict[Address, Shard] = {}
         self._owners: list[Address | None] = [None] * VALKEY_CLUSTER_HASH_SLOTS
         self._primaries: list[Address] = []
@@ -85,6 +96,10 @@ class ClusterShard:
     def describe(self) -> str:
         return f"shard {self.index} ({self.spec.describe()})"
 
+    def open_connections(self) -> int:
+        """Connections open now to every node of the cluster known on this loop."""
+        return sum(node.open_connections() for node in list(self._nodes.values()))
+
     # Nodes and slots --------------------------------------------------------------------------------------------
 
     def node(self, address: Address) -> Shard:
@@ -93,7 +108,9 @@ class ClusterShard:
         if found is None:
             host, port = address
             spec = ServerHost({"parser_class": ClusterParser, **self.spec.node(host, port).options})
-            found = self._nodes[address] = Shard(self.index, spec, self.policy, self.block_seconds)
+            found = self._nodes[address] = Shard(
+                self.index, spec, self.policy, self.block_seconds, counts=self.counts
+            )
             if not self._health_checks:
                 found.stop_health_checks(quietly=True)
         return found
@@ -167,6 +184,7 @@ class ClusterShard:
         self._owners = owners
         self._primaries = list(dict.fromkeys(owner for owner in owners if owner is not None))
         self._stale = False
+        self.counts.primaries_are(self._primaries)
 
     # Commands ---------------------------------------------------------------------------------------------------
 

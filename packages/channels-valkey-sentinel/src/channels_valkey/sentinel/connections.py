@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 import valkey.asyncio as avalkey
 
 from channels_valkey.sentinel.cluster import ClusterShard
+from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.facts import ShardFacts
@@ -75,6 +76,7 @@ class ConnectionManager:
             weakref.WeakKeyDictionary()
         )
         self._facts: dict[int, ShardFacts] = {}
+        self._counts: dict[int, ShardCounts] = {}
 
     # Shards ----------------------------------------------------------------------------------------------------
 
@@ -130,6 +132,28 @@ class ConnectionManager:
         """The facts learned so far, by shard index (shards nothing was learned about are absent)."""
         with self._lock:
             return dict(self._facts)
+
+    def shard_counts(self, index: int) -> ShardCounts:
+        """Reconnections and failovers of shard ``index`` in this process, over every event loop."""
+        found = self._counts.get(index)
+        if found is None:
+            with self._lock:
+                found = self._counts.setdefault(index, ShardCounts())
+        return found
+
+    def connection_figures(self) -> dict[int, tuple[int, ShardCounts]]:
+        """Per shard index: the connections open to it now (every event loop's), and its counts.
+
+        Safe to call from any thread (a metrics reader's): it only reads how many connections each pool holds.
+        """
+        with self._lock:
+            states = list(self._loops.values())
+            indexes = set(self._counts) | set(range(len(self._resolved.specs) if self._resolved else 0))
+        open_now = dict.fromkeys(indexes, 0)
+        for state in states:
+            for shard in state.shards or []:
+                open_now[shard.index] = open_now.get(shard.index, 0) + shard.open_connections()
+        return {index: (count, self.shard_counts(index)) for index, count in open_now.items()}
 
     async def shards(self) -> list[AnyShard]:
         """This event loop's shards, connecting lazily (and discovering Sentinel services on first use)."""
@@ -224,7 +248,12 @@ class ConnectionManager:
                     raise ShardUnavailable(shard.describe(), error) from error
                 retry = failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
                 if retries is None:
-                    retries = Retries(self.policy, shard.describe(), logger=logger)
+                    retries = Retries(
+                        self.policy,
+                        shard.describe(),
+                        logger=logger,
+                        on_retry=self.shard_counts(shard.index).reconnected,
+                    )
                 if not retry or not retries.failed():
                     raise
                 await retries.wait(error)
@@ -271,12 +300,14 @@ class _LoopShards:
     async def _build(self) -> list[AnyShard]:
         manager = self.manager
         resolved = (await manager._resolve()).specs
-        return [
-            ClusterShard(index, spec, manager.policy, manager.block_seconds)
-            if isinstance(spec, ClusterHost)
-            else Shard(index, spec, manager.policy, manager.block_seconds)
-            for index, spec in enumerate(resolved)
-        ]
+        shards: list[AnyShard] = []
+        for index, spec in enumerate(resolved):
+            counts = manager.shard_counts(index)
+            if isinstance(spec, ClusterHost):
+                shards.append(ClusterShard(index, spec, manager.policy, manager.block_seconds, counts=counts))
+            else:
+                shards.append(Shard(index, spec, manager.policy, manager.block_seconds, counts=counts))
+        return shards
 
     async def aclose(self) -> None:
         shards, self.shards = self.shards or [], None

@@ -7,10 +7,14 @@ counts, so the layers pay nothing measurable for it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["DropCounters", "MessageCounts", "layer_stats"]
+from channels_valkey.sentinel.histograms import Distribution
+
+__all__ = ["DropCounters", "MessageCounts", "ShardCounts", "layer_stats"]
 
 #: The kinds of channel messages are counted by: a normal (worker) channel, a process channel (``name!suffix``),
 #: or a group (one ``group_send``, however many members it reached).
@@ -37,27 +41,86 @@ class DropCounters:
         return asdict(self)
 
 
-@dataclass
 class MessageCounts:
-    """Messages a layer instance sent and received since it was made, by kind of channel."""
+    """Messages a layer instance sent and received since it was made, by kind of channel, and how long the queued
+    ones waited and how far group messages fanned out (see :mod:`~channels_valkey.sentinel.histograms`)."""
 
-    #: Sends that succeeded (a ``group_send`` counts once, under ``group``).
-    sent: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    #: Messages handed to a ``receive()`` (a group's message counts under the kind of the member channel).
-    received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS[:2], 0))
+    def __init__(self, layer: str) -> None:
+        self.layer = layer
+        #: Sends that succeeded (a ``group_send`` counts once, under ``group``).
+        self.sent: dict[str, int] = dict.fromkeys(KINDS, 0)
+        #: Messages handed to a ``receive()`` (a group's message counts under the kind of the member channel).
+        self.received: dict[str, int] = dict.fromkeys(KINDS[:2], 0)
+        #: Seconds from send to receive of the messages that travelled in a queue, by channel kind.
+        self.waited = {
+            kind: Distribution(
+                "channels_valkey.message.wait",
+                {"channels_valkey.layer": layer, "channels_valkey.channel_kind": kind},
+            )
+            for kind in KINDS[:2]
+        }
+        #: Member channels reached per group message.
+        self.fanout = Distribution("channels_valkey.group.fanout", {"channels_valkey.layer": layer})
+
+
+class ShardCounts:
+    """What one shard's connections went through in this process, over every event loop."""
+
+    def __init__(self) -> None:
+        #: Connection failures after which the layer connected again (commands, queue readers, Pub/Sub listeners).
+        self.reconnects = 0
+        #: Times the shard's primary moved and the layer followed: a Sentinel ``+switch-master``, or a cluster slot
+        #: map naming other primaries. Each move counts once, however many event loops follow it.
+        self.failovers = 0
+        self._lock = threading.Lock()
+        self._switched_to: object = None
+        self._primaries: frozenset[object] | None = None
+
+    def reconnected(self) -> None:
+        """Count one reconnection (a retry after a connection failure, or a lost Pub/Sub connection)."""
+        self.reconnects += 1
+
+    def switched_to(self, address: object) -> None:
+        """Sentinels announced ``address`` as the new primary (every loop's watcher reports the same switch)."""
+        with self._lock:
+            if address != self._switched_to:
+                self._switched_to = address
+                self.failovers += 1
+
+    def primaries_are(self, addresses: Iterable[object]) -> None:
+        """A slot map was read: a set of primaries other than the last one seen is a failover followed."""
+        seen = frozenset(addresses)
+        with self._lock:
+            if self._primaries is not None and seen != self._primaries:
+                self.failovers += 1
+            self._primaries = seen
 
 
 def layer_stats(
-    layer: str, counts: MessageCounts, drops: DropCounters, held: dict[str, int]
+    counts: MessageCounts,
+    drops: DropCounters,
+    held: dict[str, int],
+    shards: dict[int, tuple[int, ShardCounts]],
 ) -> dict[str, Any]:
     """The snapshot a layer's ``stats()`` returns: plain, JSON-serialisable, the same keys for both layers.
 
-    ``held`` is what the layer keeps in this process now, by kind, not yet received.
+    ``held`` is what the layer keeps in this process now, by kind, not yet received; ``shards`` the open
+    connections and the counts of each shard, by index.
     """
     return {
-        "layer": layer,
+        "layer": counts.layer,
         "sent": dict(counts.sent),
         "received": dict(counts.received),
         "dropped": drops.as_dict(),
         "held": dict(held),
+        "waited": {kind: distribution.snapshot() for kind, distribution in counts.waited.items()},
+        "fanout": counts.fanout.snapshot(),
+        "shards": {
+            str(index): {
+                "open_connections": open_now,
+                "reconnects": count.reconnects,
+                "failovers": count.failovers,
+            }
+            for index, (open_now, count) in sorted(shards.items())
+        },
     }

@@ -8,7 +8,8 @@ nothing measurable when it is but no SDK is configured (the API's no-op provider
 Names follow the OpenTelemetry messaging semantic conventions where they fit (``messaging.client.sent.messages``,
 ``messaging.client.consumed.messages``, with ``messaging.system`` and ``messaging.operation.name``); the rest are
 ``channels_valkey.*``. Attributes are the layer (``core`` / ``pubsub``), the channel kind (``normal``,
-``process``, ``group``) and the drop reason, never a channel or group name (their number is unbounded).
+``process``, ``group``), the drop reason and the shard index, never a channel or group name (their number is
+unbounded). The distributions (wait time, group fan-out) are recorded as messages pass: see ``histograms.py``.
 """
 
 from __future__ import annotations
@@ -49,20 +50,18 @@ def observe(layer: Observed) -> None:
         if _instruments:
             return
         meter = metrics.get_meter(METER_NAME)
-        for name, points, description in _COUNTERS:
+        for name, points, unit, description in _COUNTERS:
             _instruments.append(
                 meter.create_observable_counter(
-                    name, callbacks=[_reading(points)], unit="{message}", description=description
+                    name, callbacks=[_reading(points)], unit=unit, description=description
                 )
             )
-        _instruments.append(
-            meter.create_observable_up_down_counter(
-                "channels_valkey.messages.held",
-                callbacks=[_reading(_held)],
-                unit="{message}",
-                description="Messages in this process waiting for a receive() now.",
+        for name, points, unit, description in _GAUGES:
+            _instruments.append(
+                meter.create_observable_up_down_counter(
+                    name, callbacks=[_reading(points)], unit=unit, description=description
+                )
             )
-        )
 
 
 Points = Iterator[tuple[int, dict[str, str]]]
@@ -89,18 +88,57 @@ def _held(stats: dict[str, Any]) -> Points:
         yield count, {"channels_valkey.channel_kind": kind}
 
 
-#: The counters: name, how a layer's stats give their points, description.
-_COUNTERS: tuple[tuple[str, Callable[[dict[str, Any]], Points], str], ...] = (
+def _shard_figure(figure: str) -> Callable[[dict[str, Any]], Points]:
+    def points(stats: dict[str, Any]) -> Points:
+        for index, figures in stats["shards"].items():
+            yield figures[figure], {"channels_valkey.shard": index}
+
+    return points
+
+
+#: An instrument: name, how a layer's stats give its points, unit, description.
+Instrument = tuple[str, Callable[[dict[str, Any]], Points], str, str]
+
+_COUNTERS: tuple[Instrument, ...] = (
     (
         "messaging.client.sent.messages",
         _sent,
+        "{message}",
         "Messages sent: send() calls that succeeded, and group_send() calls (kind group).",
     ),
-    ("messaging.client.consumed.messages", _received, "Messages handed to a receive()."),
+    ("messaging.client.consumed.messages", _received, "{message}", "Messages handed to a receive()."),
     (
         "channels_valkey.messages.dropped",
         _dropped,
+        "{message}",
         "Messages the layer dropped on purpose, by reason (each also logged).",
+    ),
+    (
+        "channels_valkey.connections.reconnects",
+        _shard_figure("reconnects"),
+        "{reconnect}",
+        "Connection failures after which the layer connected to the shard again.",
+    ),
+    (
+        "channels_valkey.failovers",
+        _shard_figure("failovers"),
+        "{failover}",
+        "Moves of a shard's primary that the layer followed (Sentinel switch, cluster slot map).",
+    ),
+)
+
+_GAUGES: tuple[Instrument, ...] = (
+    (
+        "channels_valkey.messages.held",
+        _held,
+        "{message}",
+        "Messages in this process waiting for a receive() now.",
+    ),
+    (
+        "channels_valkey.connections.open",
+        _shard_figure("open_connections"),
+        "{connection}",
+        "Connections open to the shard now, over every event loop of this process.",
     ),
 )
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel.exceptions import ShardUnavailable
+from channels_valkey.sentinel.histograms import Distribution
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
@@ -73,6 +74,8 @@ class QueueSource:
     decode: Callable[[bytes], Message | None]
     logger: logging.Logger
     on_refused: Callable[[int, BaseException], bool] = _no_way_out
+    #: Where the time each message waited between its send and the receive that takes it is recorded.
+    waited: Distribution | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,7 +200,12 @@ class QueueReader:
 
     async def _pop_while_wanted(self) -> None:
         source = self.source
-        retries = Retries(source.connections.policy, f"receiving from {self.key}", logger=source.logger)
+        retries = Retries(
+            source.connections.policy,
+            f"receiving from {self.key}",
+            logger=source.logger,
+            on_retry=source.connections.shard_counts(self.shard).reconnected,
+        )
         while True:
             raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
             try:
@@ -249,7 +257,10 @@ class QueueReader:
         now = time.time()
         while self.held:
             entry, message = self.held.popleft()
-            if now - entry[1] <= self.source.expiry:
+            waited = now - entry[1]
+            if waited <= self.source.expiry:
+                if self.source.waited is not None:
+                    self.source.waited.record(max(waited, 0.0))  # the sender's clock may be ahead of ours
                 return entry, message
             self.source.counters.expired += 1
             self.source.logger.info("a message held for %s expired before anyone received it", self.key)

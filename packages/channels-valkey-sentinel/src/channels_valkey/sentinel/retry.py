@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from channels_valkey.sentinel.policy import ResiliencePolicy
 
@@ -26,7 +27,7 @@ class Retries:
     the policy's attempts or deadline are spent; unbounded ones retry for as long as they run.
     """
 
-    __slots__ = ("_backoff", "_failing_since", "bounded", "failures", "logger", "policy", "what")
+    __slots__ = ("_backoff", "_failing_since", "bounded", "failures", "logger", "on_retry", "policy", "what")
 
     def __init__(
         self,
@@ -35,8 +36,11 @@ class Retries:
         *,
         logger: logging.Logger,
         bounded: bool = True,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
         self.policy = policy
+        #: Told of every retry (a shard's reconnection count, see ``ShardCounts``).
+        self.on_retry = on_retry
         self.what = what
         self.logger = logger
         self.bounded = bounded
@@ -64,6 +68,8 @@ class Retries:
         """Log the failure and sleep the back-off for it; call after :meth:`failed` allowed a retry."""
         delay = self.delay()
         self.logger.log(level, "%s failed (%s); retry %d in %.2fs", self.what, error, self.failures, delay)
+        if self.on_retry is not None:
+            self.on_retry()
         await asyncio.sleep(delay)
 
     def succeeded(self) -> None:

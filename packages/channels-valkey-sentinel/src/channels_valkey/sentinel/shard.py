@@ -16,6 +16,7 @@ from valkey.asyncio.connection import UnixDomainSocketConnection
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
+from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.failures import refuses_health_check
 from channels_valkey.sentinel.lane import CommandLane
 from channels_valkey.sentinel.policy import ResiliencePolicy
@@ -31,7 +32,15 @@ class Shard:
     A :class:`~channels_valkey.sentinel.ShardConnection`; a cluster's nodes are shards of this kind too.
     """
 
-    def __init__(self, index: int, spec: HostSpec, policy: ResiliencePolicy, block_seconds: float) -> None:
+    def __init__(
+        self,
+        index: int,
+        spec: HostSpec,
+        policy: ResiliencePolicy,
+        block_seconds: float,
+        *,
+        counts: ShardCounts | None = None,
+    ) -> None:
         if not isinstance(spec, ServerHost | SentinelHost):
             raise TypeError(f"shard {index} needs a resolved host, not {spec!r}")
         self.index = index
@@ -40,6 +49,8 @@ class Shard:
         self.block_seconds = block_seconds
         #: True once any command on this shard has succeeded: until then failures are configuration errors.
         self.ever_connected = False
+        #: The shard's reconnections and failovers, shared with the other loops' shards of the same index.
+        self.counts = counts if counts is not None else ShardCounts()
         self._sentinel: Sentinel | None = None
         self._watcher: SwitchWatcher | None = None
         self.client = self._make_client(policy.connection_options())
@@ -56,6 +67,15 @@ class Shard:
 
     def describe(self) -> str:
         return f"shard {self.index} ({self.spec.describe()})"
+
+    def open_connections(self) -> int:
+        """Connections of this shard's pools that are open now (any thread may ask: it only reads the pools)."""
+        total = 0
+        for client in (self.client, self.blocking_client):
+            pool = client.connection_pool
+            held = list(pool._available_connections) + list(pool._in_use_connections)
+            total += sum(1 for connection in held if connection.is_connected)
+        return total
 
     # What a cluster shard answers with its nodes: here, this one server (see ShardConnection).
 
@@ -148,6 +168,7 @@ class Shard:
         already_there = all(pool.pinned == address for pool in self._pools())
         for pool in self._pools():
             pool.unpin()
+        self.counts.switched_to(address)  # counted once per move, however many loops' watchers report it
         if not already_there:
             logger.warning(
                 "%s: Sentinels switched the primary to %s:%s; reconnecting", self.describe(), *address

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from channels_valkey.sentinel.blocking import OnInterrupted
 
 if TYPE_CHECKING:
+    from channels_valkey.sentinel.counters import ShardCounts
     from channels_valkey.sentinel.shard import Shard
 
 
@@ -32,9 +33,14 @@ class ShardConnection(Protocol):
     index: int
     #: True once any command on this shard has succeeded: until then failures are configuration errors, not outages.
     ever_connected: bool
+    #: Reconnections and failovers followed, shared by the shards of this index on every event loop.
+    counts: ShardCounts
 
     def describe(self) -> str:
         """The shard for log and error messages: its index and its host entry, passwords masked."""
+
+    def open_connections(self) -> int:
+        """Connections open to the shard's server(s) on this loop now; safe to call from another thread."""
 
     def execute_command(self, *args: Any) -> Awaitable[Any]:
         """Send one command on a pipelined command lane and return its raw reply (no valkey-py callbacks).
