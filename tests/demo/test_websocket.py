@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -185,3 +186,34 @@ async def test_a_page_of_another_site_cannot_open_a_socket(demo: Any) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await connect(demo.ws_url("lobby"), origin="http://evil.example", open_timeout=RECEIVE_TIMEOUT)
     assert refused.value.response.status_code == 403
+
+
+async def test_the_metrics_page_shows_the_layer_at_work(demo: Any, clients: Clients) -> None:
+    """After a chat between two workers, ``/metrics`` (whichever worker answers: both relayed a group message)
+    shows the layer's OpenTelemetry metrics in Prometheus's text format."""
+    room = unique("room")
+    (first, _), (second, _) = await clients.on_two_workers(room)
+    await say(first, "ada", "counted")
+    for client in (first, second):
+        assert (await receive(client))["text"] == "counted"
+
+    def fetch() -> tuple[str, str, str]:
+        with urllib.request.urlopen(demo.url + "metrics", timeout=RECEIVE_TIMEOUT) as response:
+            return (
+                response.headers["Content-Type"],
+                response.headers["X-Chat-Worker"],
+                response.read().decode(),
+            )
+
+    content_type, worker, page = await asyncio.to_thread(fetch)
+    assert content_type.startswith("text/plain")
+    assert worker.isdigit()
+    layer = f'channels_valkey_layer="{demo.layer}"'
+    sent = [
+        line
+        for line in page.splitlines()
+        if line.startswith("messaging_client_sent_messages_total{") and layer in line and "group_send" in line
+    ]
+    assert sent, page
+    assert all(float(line.rsplit(" ", 1)[1]) >= 1 for line in sent), sent
+    assert "channels_valkey_connections_open" in page

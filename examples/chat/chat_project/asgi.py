@@ -6,6 +6,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from chat_project import telemetry
+
+# Before anything makes the channel layer: its metrics then reach the /metrics page (see telemetry.py).
+telemetry.start()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chat_project.settings")
 # Django must be set up before the routing and consumer modules, which read its settings, are imported.
 django_application = get_asgi_application()

@@ -1,4 +1,4 @@
-"""HTTP routes: the room picker and the room pages."""
+"""HTTP routes: the room picker, the room pages and the metrics page."""
 
 from __future__ import annotations
 
@@ -8,4 +8,5 @@ from rooms import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("room/<str:name>/", views.room, name="room"),
+    path("metrics", views.metrics_page, name="metrics"),
 ]

@@ -1,4 +1,4 @@
-"""The two pages: pick a room, and the room itself (whose script then opens the WebSocket)."""
+"""The pages: pick a room, the room itself (whose script then opens the WebSocket), and the metrics."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def room(request: HttpRequest, name: str) -> HttpResponse:
         return _picker(request, error=str(exc), wanted=name, status=400)
     config = {"room": name, "maxAuthor": MAX_AUTHOR_LENGTH, "maxText": MAX_TEXT_LENGTH}
     return render(request, "rooms/room.html", {"room": name, "config": config, **_about()})
+
+
+def metrics_page(request: HttpRequest) -> HttpResponse:
+    """``/metrics``: the channel layer's OpenTelemetry metrics in this worker process, for Prometheus."""
+    from chat_project import telemetry
+
+    response = HttpResponse(telemetry.exposition(), content_type=telemetry.CONTENT_TYPE_LATEST)
+    response["X-Chat-Worker"] = str(os.getpid())
+    return response
 
 
 def _picker(request: HttpRequest, *, error: str = "", wanted: str = "", status: int = 200) -> HttpResponse:
