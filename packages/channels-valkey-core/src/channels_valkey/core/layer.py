@@ -315,16 +315,14 @@ class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[m
             place = (self._shard_of_channel(ring, first), slot_of(key) if self.cluster else 0)
             batches[place].append((key, self.serialize(payload), self.get_capacity(first)))
         now = repr(time.time())
+        calls = [
+            self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
+            for (shard, _), targets in batches.items()
+            for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
+        ]
         try:
-            dropped = sum(
-                await asyncio.gather(
-                    *(
-                        self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
-                        for (shard, _), targets in batches.items()
-                        for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
-                    )
-                )
-            )
+            # One call (a group on one server) is awaited as it is: gather would add a task for nothing.
+            dropped = await calls[0] if len(calls) == 1 else sum(await asyncio.gather(*calls))
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
