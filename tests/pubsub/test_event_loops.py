@@ -27,7 +27,11 @@ from sync_patterns import (
 )
 
 
-def _wait_for_no_clients(server: ValkeyProcess) -> None:
+def _wait_for_no_clients(server: ValkeyProcess, layer: ValkeyPubSubChannelLayer) -> None:
+    """Nothing left open by the loops that came and went but the sockets parked for the next one (parking.py),
+    and nothing at all once ``close_pools()`` closed those too."""
+    assert server.connected_clients() == layer.stats()["shards"]["0"]["parked_connections"]
+    async_to_sync(layer.close_pools)()
     wait_until(
         lambda: server.connected_clients() == 0 and not server.client().pubsub_channels(),
         timeout=5,
@@ -75,7 +79,7 @@ def test_async_to_sync_calls_in_threads_share_one_layer(
         assert messages == [{"type": "direct", "n": number}, {"type": "grouped", "n": number}]
     got = [async_to_sync(layer.receive)("shared.jobs")["n"] for _ in range(20)]
     assert sorted(got) == sorted([n for n in range(4) for _ in range(5)])
-    _wait_for_no_clients(server)
+    _wait_for_no_clients(server, layer)
 
 
 def test_worker_channel_delivers_once_across_two_event_loops(
@@ -115,7 +119,7 @@ def test_worker_channel_delivers_once_across_two_event_loops(
     assert sorted(got[0] + got[1]) == list(range(count))
     assert got[0], "both event loops should have received some"
     assert got[1], "both event loops should have received some"
-    _wait_for_no_clients(server)
+    _wait_for_no_clients(server, layer)
 
 
 @pytest.mark.parametrize("topology", ["single", "sentinel"], indirect=True)

@@ -40,15 +40,22 @@ def _wait_for_no_clients(server: ValkeyProcess) -> None:
     )
 
 
-def test_repeated_async_to_sync_calls_leave_no_connection_behind(
+def test_repeated_async_to_sync_calls_reuse_one_connection_and_close_leaves_none(
     server_factory: Callable[..., ValkeyProcess], key_prefix: str
 ) -> None:
     server = server_factory()
     manager = _manager(server)
+    before = int(server.info("stats")["total_connections_received"])
     for index in range(25):
         assert async_to_sync(_roundtrip)(manager, f"{key_prefix}{index}", str(index)) == str(index).encode()
+    # Each closing loop parked its connection's socket and the next loop took it (see parking.py): one connection
+    # for the 25 calls, and one for asking.
+    assert int(server.info("stats")["total_connections_received"]) - before == 2
+    assert manager.parked_connections() == 1
+    assert server.connected_clients() == 1
+    async_to_sync(manager.close)()  # closes the parked sockets too
+    assert manager.parked_connections() == 0
     _wait_for_no_clients(server)
-    assert int(server.info("stats")["total_connections_received"]) >= 25  # every call really connected
 
 
 def test_threads_with_their_own_loops_share_one_manager(
@@ -78,6 +85,10 @@ def test_threads_with_their_own_loops_share_one_manager(
     assert not errors
     for number in range(4):
         assert results[number] == [f"{number}-{i}".encode() for i in range(30)]
+    assert (
+        server.connected_clients() == manager.parked_connections()
+    )  # nothing open but what waits in the park
+    asyncio.run(manager.close())
     _wait_for_no_clients(server)
 
 

@@ -79,8 +79,14 @@ async def _write_through(
             timeout=10,
             message="writes to resume",
         )
-        # The move is counted once for the process (stats() and the failovers metric read this).
-        assert manager.shard_counts(0).failovers == 1
+        # The move is counted once for the process (stats() and the failovers metric read this), when the
+        # Sentinels announce it, which may come after the writes resumed on the replica being promoted.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: manager.shard_counts(0).failovers == 1,
+            timeout=10,
+            message="the failover count",
+        )
         if fault == "kill":
             assert manager.shard_counts(0).reconnects >= 1
     finally:

@@ -52,6 +52,7 @@ from channels_valkey.sentinel.options import (
     check_prefix,
     check_whole_number,
 )
+from channels_valkey.sentinel.parking import PARK_IDLE_SECONDS, PARK_LIMIT
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
 from channels_valkey.sentinel.queue_reader import Handover, QueueReader, QueueSource
@@ -76,6 +77,8 @@ __all__ = [
     "DEFAULT_URL",
     "MAX_NAME_LENGTH",
     "METER_NAME",
+    "PARK_IDLE_SECONDS",
+    "PARK_LIMIT",
     "AnyShard",
     "BackgroundTask",
     "ClusterHost",

@@ -112,11 +112,15 @@ class InterruptibleCalls:
             await connection.disconnect(nowait=True)
         await self._pool.release(connection)
 
-    async def aclose(self) -> None:
-        """Give every kept connection back to the pool, closed."""
+    async def aclose(self, *, keep_connections: bool = False) -> None:
+        """Give every kept connection back to the pool, closed (``keep_connections``: open, for the pool to park
+        them; each is clean, its last reply read)."""
         idle, self._idle = self._idle, []
         for connection in idle:
-            await self._discard(connection)
+            if keep_connections and connection.is_connected:
+                await self._pool.release(connection)
+            else:
+                await self._discard(connection)
 
     async def _write(self, connection: AbstractConnection, args: Sequence[Any]) -> None:
         if (

@@ -27,6 +27,7 @@ from channels_valkey.sentinel.blocking import OnInterrupted
 from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.exceptions import CommandNotSent
 from channels_valkey.sentinel.failures import Failure, classify
+from channels_valkey.sentinel.parking import ConnectionParks
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.specs import ClusterHost, ServerHost
@@ -77,6 +78,7 @@ class ClusterShard:
         block_seconds: float,
         *,
         counts: ShardCounts | None = None,
+        parks: ConnectionParks | None = None,
     ) -> None:
         self.index = index
         self.spec = spec
@@ -86,6 +88,8 @@ class ClusterShard:
         self.ever_connected = False
         #: The cluster's reconnections and failovers, shared with the other loops' views of it.
         self.counts = counts if counts is not None else ShardCounts()
+        #: Where each node's command connections wait between event loops (see parking.py).
+        self._parks = parks
         self._nodes: dict[Address, Shard] = {}
         self._owners: list[Address | None] = [None] * VALKEY_CLUSTER_HASH_SLOTS
         self._primaries: list[Address] = []
@@ -109,7 +113,13 @@ class ClusterShard:
             host, port = address
             spec = ServerHost({"parser_class": ClusterParser, **self.spec.node(host, port).options})
             found = self._nodes[address] = Shard(
-                self.index, spec, self.policy, self.block_seconds, counts=self.counts
+                self.index,
+                spec,
+                self.policy,
+                self.block_seconds,
+                counts=self.counts,
+                parks=self._parks,
+                park_key=(self.index, address),
             )
             if not self._health_checks:
                 found.stop_health_checks(quietly=True)
@@ -261,9 +271,9 @@ class ClusterShard:
         """A node said it is no primary: read the slot map again before the next command."""
         self.suspect_map()
 
-    async def aclose(self) -> None:
-        """Close every node's connections."""
+    async def aclose(self, *, park: bool = False) -> None:
+        """Close every node's connections (``park``: the loop is closing, see :meth:`Shard.aclose`)."""
         nodes, self._nodes = list(self._nodes.values()), {}
         for node in nodes:
-            await node.aclose()
+            await node.aclose(park=park)
         self._stale = True

@@ -23,6 +23,7 @@ from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.loops import close_before_loop
+from channels_valkey.sentinel.parking import ConnectionParks
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
@@ -37,6 +38,16 @@ Operation = Callable[[avalkey.Valkey], Awaitable[T]]
 #: A shard as the layers see it: one server (or Sentinel-managed primary), or a whole Valkey Cluster. The older
 #: name of :class:`ShardConnection`, kept for callers that use it.
 AnyShard: TypeAlias = ShardConnection
+
+
+class ConnectionFigures(NamedTuple):
+    """One shard's connections now, for ``stats()``."""
+
+    #: Open in some event loop's pools.
+    open: int
+    #: Sockets of closed loops' connections, waiting for the next loop (parking.py).
+    parked: int
+    counts: ShardCounts
 
 
 class _Resolved(NamedTuple):
@@ -77,6 +88,9 @@ class ConnectionManager:
         )
         self._facts: dict[int, ShardFacts] = {}
         self._counts: dict[int, ShardCounts] = {}
+        #: Sockets of closed loops' idle connections, for the next loop (see parking.py); closed with the manager.
+        self._parks = ConnectionParks()
+        weakref.finalize(self, self._parks.close)
 
     # Shards ----------------------------------------------------------------------------------------------------
 
@@ -141,8 +155,9 @@ class ConnectionManager:
                 found = self._counts.setdefault(index, ShardCounts())
         return found
 
-    def connection_figures(self) -> dict[int, tuple[int, ShardCounts]]:
-        """Per shard index: the connections open to it now (every event loop's), and its counts.
+    def connection_figures(self) -> dict[int, ConnectionFigures]:
+        """Per shard index: the connections open to it now (every event loop's), those parked between loops, and its
+        counts.
 
         Safe to call from any thread (a metrics reader's): it only reads how many connections each pool holds.
         """
@@ -153,7 +168,11 @@ class ConnectionManager:
         for state in states:
             for shard in state.shards or []:
                 open_now[shard.index] = open_now.get(shard.index, 0) + shard.open_connections()
-        return {index: (count, self.shard_counts(index)) for index, count in open_now.items()}
+        parked = self._parks.parked_by_shard()
+        return {
+            index: ConnectionFigures(count, parked.get(index, 0), self.shard_counts(index))
+            for index, count in open_now.items()
+        }
 
     async def shards(self) -> list[AnyShard]:
         """This event loop's shards, connecting lazily (and discovering Sentinel services on first use)."""
@@ -264,12 +283,25 @@ class ConnectionManager:
     # Closing ---------------------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close this event loop's connections; the manager stays usable and reconnects on the next command."""
+        """Close this event loop's connections, and the sockets parked by closed loops; the manager stays usable
+        and reconnects on the next command."""
+        await self._close_loop(park=False)
+        self._parks.close()
+
+    def parked_connections(self) -> int:
+        """Sockets of closed event loops' connections waiting for the next loop now (see parking.py)."""
+        return self._parks.parked()
+
+    async def _close_loop(self, *, park: bool) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
             state = self._loops.pop(loop, None)
         if state is not None:
-            await state.aclose()
+            await state.aclose(park=park)
+
+    async def _loop_closing(self) -> None:
+        """The loop closes (its close hook): its idle connections' sockets are parked for the next loop."""
+        await self._close_loop(park=True)
 
     def _loop_shards(self) -> _LoopShards:
         loop = asyncio.get_running_loop()
@@ -277,7 +309,7 @@ class ConnectionManager:
             state = self._loops.get(loop)
             if state is None:
                 state = self._loops[loop] = _LoopShards(self)
-                close_before_loop(loop, self, ConnectionManager.close)
+                close_before_loop(loop, self, ConnectionManager._loop_closing)
         return state
 
 
@@ -304,12 +336,31 @@ class _LoopShards:
         for index, spec in enumerate(resolved):
             counts = manager.shard_counts(index)
             if isinstance(spec, ClusterHost):
-                shards.append(ClusterShard(index, spec, manager.policy, manager.block_seconds, counts=counts))
+                shards.append(
+                    ClusterShard(
+                        index,
+                        spec,
+                        manager.policy,
+                        manager.block_seconds,
+                        counts=counts,
+                        parks=manager._parks,
+                    )
+                )
             else:
-                shards.append(Shard(index, spec, manager.policy, manager.block_seconds, counts=counts))
+                shards.append(
+                    Shard(
+                        index,
+                        spec,
+                        manager.policy,
+                        manager.block_seconds,
+                        counts=counts,
+                        parks=manager._parks,
+                        park_key=(index,),
+                    )
+                )
         return shards
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, park: bool = False) -> None:
         shards, self.shards = self.shards or [], None
         for shard in shards:
-            await shard.aclose()
+            await shard.aclose(park=park)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels_valkey.sentinel.histograms import Distribution
+
+if TYPE_CHECKING:
+    from channels_valkey.sentinel.connections import ConnectionFigures
 
 __all__ = ["DropCounters", "MessageCounts", "ShardCounts", "layer_stats"]
 
@@ -100,12 +103,12 @@ def layer_stats(
     counts: MessageCounts,
     drops: DropCounters,
     held: dict[str, int],
-    shards: dict[int, tuple[int, ShardCounts]],
+    shards: dict[int, ConnectionFigures],
 ) -> dict[str, Any]:
     """The snapshot a layer's ``stats()`` returns: plain, JSON-serialisable, the same keys for both layers.
 
-    ``held`` is what the layer keeps in this process now, by kind, not yet received; ``shards`` the open
-    connections and the counts of each shard, by index.
+    ``held`` is what the layer keeps in this process now, by kind, not yet received; ``shards`` the connections and
+    the counts of each shard, by index (``ConnectionManager.connection_figures()``).
     """
     return {
         "layer": counts.layer,
@@ -117,10 +120,11 @@ def layer_stats(
         "fanout": counts.fanout.snapshot(),
         "shards": {
             str(index): {
-                "open_connections": open_now,
-                "reconnects": count.reconnects,
-                "failovers": count.failovers,
+                "open_connections": figures.open,
+                "parked_connections": figures.parked,
+                "reconnects": figures.counts.reconnects,
+                "failovers": figures.counts.failovers,
             }
-            for index, (open_now, count) in sorted(shards.items())
+            for index, figures in sorted(shards.items())
         },
     }

@@ -247,8 +247,13 @@ class CommandLane:
             if not waiting.done():
                 waiting.set_exception(error)
 
-    async def _drop(self, link: _Link) -> None:
-        """Stop ``link``'s tasks and give its connection back; what still waits on it fails."""
+    async def _drop(self, link: _Link, *, keep_connection: bool = False) -> None:
+        """Stop ``link``'s tasks and give its connection back; what still waits on it fails.
+
+        With ``keep_connection``, a connection that is still usable and owes no reply goes back open (for the
+        pool to park it, see parking.py); any other is closed as usual.
+        """
+        keep = keep_connection and link.usable and not self._pending
         link.lost = True
         if self._link is link:
             self._link = None
@@ -258,22 +263,26 @@ class CommandLane:
                 await cancel_and_wait(task)
         if link.closer is not None:
             await asyncio.wait([link.closer])  # not cancelled with this call: the connection goes back anyway
-        await self._release(link)
+        await self._release(link, disconnect=not keep)
 
-    async def _release(self, link: _Link) -> None:
+    async def _release(self, link: _Link, *, disconnect: bool = True) -> None:
         if link.released:
             return
         link.released = True
         if link.watchdog is not None and link.watchdog is not asyncio.current_task():
             link.watchdog.cancel()
-        with contextlib.suppress(Exception):
-            await link.connection.disconnect(nowait=True)
+        if disconnect:
+            with contextlib.suppress(Exception):
+                await link.connection.disconnect(nowait=True)
         with contextlib.suppress(Exception):
             await self._pool.release(link.connection)
 
-    async def aclose(self) -> None:
-        """Stop reading and give the connection back; commands still waiting fail with ``ConnectionError``."""
+    async def aclose(self, *, keep_connection: bool = False) -> None:
+        """Stop reading and give the connection back; commands still waiting fail with ``ConnectionError``.
+
+        ``keep_connection``: give a clean connection back open, for its pool to park (the loop is closing).
+        """
         link = self._link
         if link is not None:
-            await self._drop(link)
+            await self._drop(link, keep_connection=keep_connection)
         self._fail_pending(valkey_errors.ConnectionError("the lane was closed"))

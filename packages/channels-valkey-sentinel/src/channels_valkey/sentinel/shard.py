@@ -5,20 +5,22 @@ Sentinel-managed shard the Sentinel connections and the watcher that follows ``+
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
-from valkey.asyncio.connection import UnixDomainSocketConnection
+from valkey.asyncio.connection import ConnectionPool, SSLConnection, UnixDomainSocketConnection
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
 from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.failures import refuses_health_check
 from channels_valkey.sentinel.lane import CommandLane
+from channels_valkey.sentinel.parking import ConnectionParks, ParkingPool
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.specs import HostSpec, SentinelHost, ServerHost
 from channels_valkey.sentinel.watcher import SwitchWatcher
@@ -40,6 +42,8 @@ class Shard:
         block_seconds: float,
         *,
         counts: ShardCounts | None = None,
+        parks: ConnectionParks | None = None,
+        park_key: Hashable = None,
     ) -> None:
         if not isinstance(spec, ServerHost | SentinelHost):
             raise TypeError(f"shard {index} needs a resolved host, not {spec!r}")
@@ -53,11 +57,19 @@ class Shard:
         self.counts = counts if counts is not None else ShardCounts()
         self._sentinel: Sentinel | None = None
         self._watcher: SwitchWatcher | None = None
-        self.client = self._make_client(policy.connection_options())
-        self.blocking_client = self._make_client(policy.connection_options(block_seconds=block_seconds))
-        self._blocking_calls = InterruptibleCalls(self.blocking_client.connection_pool, self.client)
+        #: Where the sockets of this server's connections wait between event loops (plain servers only, see
+        #: parking.py), under ``park_key`` and the kind of connection.
+        self._parks = parks
+        self._park_key = park_key
+        self._health_checks = True
+        if isinstance(spec, ServerHost):
+            # The lane needs only the pool; the client around it is made when someone asks (see ``client``).
+            self._command_pool = self._server_pool(policy.connection_options(), "commands")
+        else:
+            self.client = self._make_client(policy.connection_options(), "commands")
+            self._command_pool = self.client.connection_pool
         #: Pipelined hot commands (see lane.py); its connection comes from the command client's pool.
-        self.lane = CommandLane(self.client.connection_pool)
+        self.lane = CommandLane(self._command_pool)
         #: Send one command on the lane (no retries; see ``ConnectionManager.execute_command``). The lane's own
         #: method, not a wrapper: it is the hot path of every send.
         self.execute_command: Callable[..., Awaitable[Any]] = self.lane.execute_command
@@ -68,11 +80,45 @@ class Shard:
     def describe(self) -> str:
         return f"shard {self.index} ({self.spec.describe()})"
 
+    @functools.cached_property
+    def client(self) -> avalkey.Valkey:
+        """The valkey-py client on the command connections' pool (the lane's), made on first use: most loops
+        only ever send on the lane."""
+        return avalkey.Valkey.from_pool(self._command_pool)
+
+    @functools.cached_property
+    def blocking_client(self) -> avalkey.Valkey:
+        """The client for blocking commands (longer read timeout), made on first use: a loop that only sends
+        (each ``async_to_sync`` call of a view) never needs it."""
+        client = self._make_client(
+            self.policy.connection_options(block_seconds=self.block_seconds), "blocking"
+        )
+        if not self._health_checks:
+            _stop_health_checks(client.connection_pool)
+        pool, leader = client.connection_pool, self._command_pool
+        if (
+            isinstance(pool, FollowingPool)
+            and isinstance(leader, FollowingPool)
+            and leader.pinned is not None
+        ):
+            pool.pin(leader.pinned, max(leader.pinned_until - time.monotonic(), 0.0))
+        return client
+
+    @functools.cached_property
+    def _blocking_calls(self) -> InterruptibleCalls:
+        return InterruptibleCalls(self.blocking_client.connection_pool, self.client)
+
+    def _pools(self) -> list[ConnectionPool]:
+        """The connection pools made so far: the command pool, and the blocking one once used."""
+        made = [self._command_pool]
+        if "blocking_client" in self.__dict__:
+            made.append(self.blocking_client.connection_pool)
+        return made
+
     def open_connections(self) -> int:
         """Connections of this shard's pools that are open now (any thread may ask: it only reads the pools)."""
         total = 0
-        for client in (self.client, self.blocking_client):
-            pool = client.connection_pool
+        for pool in self._pools():
             held = list(pool._available_connections) + list(pool._in_use_connections)
             total += sum(1 for connection in held if connection.is_connected)
         return total
@@ -91,12 +137,20 @@ class Shard:
     def suspect_map(self) -> None:
         """No slot map to read again: the Sentinel watcher, if any, follows the primary."""
 
-    def _make_client(self, defaults: dict[str, Any]) -> avalkey.Valkey:
+    def _server_pool(self, defaults: dict[str, Any], kind: str) -> ConnectionPool:
+        """A pool of ``kind`` connections to this plain server, parking their sockets between loops where the shard
+        has parks and the connections are not TLS."""
         options = {**defaults, **self.spec.options}
+        connection_class = options["connection_class"]
+        if issubclass(connection_class, UnixDomainSocketConnection):
+            options.pop("socket_keepalive")  # a TCP option
+        if self._parks is not None and not issubclass(connection_class, SSLConnection):
+            return ParkingPool(park=self._parks.park((self._park_key, kind)), **options)
+        return ConnectionPool(**options)
+
+    def _make_client(self, defaults: dict[str, Any], kind: str) -> avalkey.Valkey:
         if isinstance(self.spec, ServerHost):
-            if issubclass(options["connection_class"], UnixDomainSocketConnection):
-                options.pop("socket_keepalive")  # a TCP option
-            return avalkey.Valkey.from_pool(avalkey.ConnectionPool(**options))
+            return avalkey.Valkey.from_pool(self._server_pool(defaults, kind))
         if self._sentinel is None:
             sentinel_options = {
                 "socket_connect_timeout": self.policy.connect_timeout,
@@ -105,7 +159,7 @@ class Shard:
             }
             self._sentinel = Sentinel(list(self.spec.sentinels), sentinel_kwargs=sentinel_options)
         client: avalkey.Valkey = self._sentinel.master_for(
-            self.spec.service_name, connection_pool_class=FollowingPool, **options
+            self.spec.service_name, connection_pool_class=FollowingPool, **defaults, **self.spec.options
         )
         return client
 
@@ -124,12 +178,8 @@ class Shard:
             self.stop_health_checks()  # the PING came before the command: nothing ran
             return await self._blocking_calls.call(args, on_interrupted)
 
-    def _pools(self) -> list[FollowingPool]:
-        return [
-            client.connection_pool
-            for client in (self.client, self.blocking_client)
-            if isinstance(client.connection_pool, FollowingPool)
-        ]
+    def _following_pools(self) -> list[FollowingPool]:
+        return [pool for pool in self._pools() if isinstance(pool, FollowingPool)]
 
     def stop_health_checks(self, *, quietly: bool = False) -> None:
         """Turn off PING health checks on every connection of this shard (for users whose ACL refuses PING).
@@ -141,32 +191,26 @@ class Shard:
             logger.warning(
                 "%s: the ACL refuses PING; idle connections are no longer health-checked", self.describe()
             )
-        for client in (self.client, self.blocking_client):
-            pool = client.connection_pool
-            pool.connection_kwargs["health_check_interval"] = 0
-            held = [*pool._available_connections, *pool._in_use_connections]
-            if client.connection is not None:
-                held.append(client.connection)
-            for connection in held:
-                connection.health_check_interval = 0
+        self._health_checks = False
+        for pool in self._pools():
+            _stop_health_checks(pool)
 
     async def reset(self) -> None:
         """Drop every connection, in use or idle, so that the next command connects afresh (re-asking Sentinels)."""
-        for client in (self.client, self.blocking_client):
-            pool = client.connection_pool
+        for pool in self._pools():
             await pool.disconnect(inuse_connections=True)
 
     async def _on_promoting(self, address: tuple[str, int]) -> None:
         logger.warning(
             "%s: Sentinels are promoting %s:%s; moving connections there", self.describe(), *address
         )
-        for pool in self._pools():
+        for pool in self._following_pools():
             pool.pin(address, self.policy.retry_deadline)
         await self.reset()
 
     async def _on_switch(self, address: tuple[str, int]) -> None:
-        already_there = all(pool.pinned == address for pool in self._pools())
-        for pool in self._pools():
+        already_there = all(pool.pinned == address for pool in self._following_pools())
+        for pool in self._following_pools():
             pool.unpin()
         self.counts.switched_to(address)  # counted once per move, however many loops' watchers report it
         if not already_there:
@@ -175,14 +219,23 @@ class Shard:
             )
             await self.reset()
 
-    async def aclose(self) -> None:
-        """Stop the watcher and close every connection of this shard."""
+    async def aclose(self, *, park: bool = False) -> None:
+        """Stop the watcher and close every connection of this shard.
+
+        ``park``: the loop is closing; the idle command connections' sockets go to the park for the next loop
+        instead (plain servers only, see parking.py).
+        """
         if self._watcher is not None:
             await self._watcher.stop()
-        await self.lane.aclose()
-        await self._blocking_calls.aclose()
-        for client in (self.client, self.blocking_client):
-            await client.aclose()
+        await self.lane.aclose(keep_connection=park)
+        if "_blocking_calls" in self.__dict__:
+            await self._blocking_calls.aclose(keep_connections=park)
+        if park:
+            for pool in self._pools():
+                if isinstance(pool, ParkingPool):
+                    await pool.park_idle()
+        for pool in self._pools():
+            await pool.disconnect()
         if self._sentinel is not None:
             for sentinel_client in self._sentinel.sentinels:
                 with contextlib.suppress(Exception):
@@ -198,19 +251,26 @@ class FollowingPool(SentinelConnectionPool):
     def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
         self.pinned: tuple[str, int] | None = None
-        self._pinned_until = 0.0
+        self.pinned_until = 0.0
 
     def pin(self, address: tuple[str, int], seconds: float) -> None:
         self.pinned = address
-        self._pinned_until = time.monotonic() + seconds
+        self.pinned_until = time.monotonic() + seconds
 
     def unpin(self) -> None:
         self.pinned = None
 
     async def get_master_address(self) -> tuple[str, int]:
-        if self.pinned is not None and time.monotonic() < self._pinned_until:
+        if self.pinned is not None and time.monotonic() < self.pinned_until:
             self.master_address = self.pinned
             return self.pinned
         self.pinned = None
         address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
         return address
+
+
+def _stop_health_checks(pool: ConnectionPool) -> None:
+    """No PING health checks on ``pool``'s connections, those it holds and those it makes from now on."""
+    pool.connection_kwargs["health_check_interval"] = 0
+    for connection in [*pool._available_connections, *pool._in_use_connections]:
+        connection.health_check_interval = 0

@@ -82,5 +82,6 @@ class ShardConnection(Protocol):
         """A server said it is no primary: a server shard drops its connections (a Sentinel shard asks the
         Sentinels again on reconnecting); a cluster reads its slot map again."""
 
-    async def aclose(self) -> None:
-        """Close every connection of the shard (and a Sentinel shard's watcher)."""
+    async def aclose(self, *, park: bool = False) -> None:
+        """Close every connection of the shard (and a Sentinel shard's watcher); ``park``: its loop is closing,
+        and the sockets of idle command connections to plain servers are kept for the next loop (parking.py)."""
