@@ -40,6 +40,7 @@ from channels_valkey.sentinel import (
     ResiliencePolicy,
     SerializerMethods,
     ShardRing,
+    SyncLayerAccess,
     check_channel,
     check_group,
     check_health,
@@ -64,7 +65,7 @@ _Target = tuple[str, bytes, int]
 _BRACES = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
 
 
-class ValkeyChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyChannelLayer(SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
 
     Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts

@@ -44,6 +44,7 @@ from channels_valkey.sentinel import (
     ResiliencePolicy,
     SerializerMethods,
     ShardConnection,
+    SyncLayerAccess,
     check_channel,
     check_group,
     check_health,
@@ -71,7 +72,7 @@ _BRACES = (
 )
 
 
-class ValkeyPubSubChannelLayer(SerializerMethods, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyPubSubChannelLayer(SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey Pub/Sub channel layer: process channels and groups on Pub/Sub, worker channels on queues.
 
     ``hosts``, ``prefix``, ``on_disconnect``, ``on_reconnect``, ``symmetric_encryption_keys`` and

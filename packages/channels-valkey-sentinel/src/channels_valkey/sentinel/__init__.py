@@ -35,6 +35,7 @@ from channels_valkey.sentinel.health import HealthReport, ServerHealth, check_he
 from channels_valkey.sentinel.histograms import Distribution
 from channels_valkey.sentinel.keys import delete_prefixed, glob_escape
 from channels_valkey.sentinel.lane import read_reply
+from channels_valkey.sentinel.loop_thread import LoopThread
 from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.metrics import METER_NAME, observe
 from channels_valkey.sentinel.naming import (
@@ -70,6 +71,7 @@ from channels_valkey.sentinel.specs import (
     SentinelHost,
     ServerHost,
 )
+from channels_valkey.sentinel.sync_layer import SyncLayer, SyncLayerAccess
 from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
 
 __all__ = [
@@ -95,6 +97,7 @@ __all__ = [
     "HostSpec",
     "InterruptibleCalls",
     "LayerOptions",
+    "LoopThread",
     "MessageCodec",
     "MessageCounts",
     "MessageSerializer",
@@ -117,6 +120,8 @@ __all__ = [
     "ShardFacts",
     "ShardRing",
     "ShardUnavailable",
+    "SyncLayer",
+    "SyncLayerAccess",
     "__version__",
     "blocking_pop",
     "bzpopmin_entry",

@@ -1,0 +1,96 @@
+"""An event loop in a thread of its own, for code that has none (a Django view, a Celery task, a script).
+
+``async_to_sync`` makes an event loop per call; the layers' synchronous API (:mod:`~channels_valkey.sentinel.
+sync_layer`) runs its calls on one long-lived loop instead, so their connections, Sentinel watchers and cluster
+slot maps are made once and shared by every thread. Calls from many threads at once are coroutines on that one
+loop: their commands pipeline on each shard's lane.
+
+The thread is a daemon, started at the first call, and started again in a child process after ``fork`` (a thread
+does not survive a fork; the child never touches its parent's loop or connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["LoopThread"]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """Runs coroutines on a private event loop, in a daemon thread named ``name``, for callers in other threads."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and return its result (or raise its exception) in the calling thread.
+
+        Raises RuntimeError, without running it, when called from a thread whose event loop is running: blocking
+        that loop until the call ends would stall everything else on it (``await`` the coroutine there instead).
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coroutine.close()
+            raise RuntimeError(
+                "the synchronous API of a channel layer was called from a running event loop, which it would "
+                "block until the call ends: await the layer's coroutine method instead"
+            )
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise asyncio.CancelledError from None
+
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop, while its thread runs (None before the first call and after :meth:`stop`)."""
+        with self._lock:
+            return self._loop if self._pid == os.getpid() else None
+
+    def stop(self, last: Coroutine[Any, Any, object] | None = None) -> None:
+        """Run ``last`` on the loop (closing what lives there), then stop the thread and close the loop."""
+        with self._lock:
+            loop, thread = (self._loop, self._thread) if self._pid == os.getpid() else (None, None)
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            if last is not None:
+                last.close()
+            return
+        try:
+            if last is not None:
+                asyncio.run_coroutine_threadsafe(last, loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                # First call, or the first in a child process: its parent's thread did not come along.
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                thread = threading.Thread(target=_serve, args=(loop, ready), name=self.name, daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread, self._pid = loop, thread, os.getpid()
+            return self._loop
+
+
+def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    loop.run_forever()

@@ -1,0 +1,394 @@
+"""Sync callers: ``async_to_sync`` reusing connections across its short-lived loops (parking.py), and the layers'
+synchronous API ``layer.sync`` (sync_layer.py). Both layers, against real servers; connections are counted on the
+server (``total_connections_received``, ``connected_clients``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+
+from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+from channels_valkey.sentinel import PARK_LIMIT
+
+from servers.cluster import ValkeyCluster
+from servers.process import ValkeyProcess
+from servers.tls_proxy import TLSProxy
+from servers.topologies import SentinelGroup
+
+LAYERS = pytest.mark.parametrize(
+    "layer_class", [ValkeyChannelLayer, ValkeyPubSubChannelLayer], ids=["core", "pubsub"]
+)
+#: Calls per measurement of new connections.
+CALLS = 200
+
+
+class NewConnections:
+    """Counts the connections ``servers`` accept from now on (each count asks over a connection of its own, which
+    is not counted)."""
+
+    def __init__(self, *servers: ValkeyProcess) -> None:
+        self._servers = servers
+        self._start = self._received()
+
+    def __call__(self) -> int:
+        return self._received() - self._start - len(self._servers)
+
+    def _received(self) -> int:
+        return sum(int(server.info("stats")["total_connections_received"]) for server in self._servers)
+
+
+@pytest.fixture
+def layers() -> Iterator[list[Any]]:
+    """Layers made by a test: their sync loop is stopped and their connections closed afterwards."""
+    made: list[Any] = []
+    yield made
+    for layer in made:
+        layer.sync.flush()
+        layer.sync.close()
+        async_to_sync(layer.close_pools)()
+
+
+def _make(layers: list[Any], layer_class: type[Any], hosts: list[Any], prefix: str, **options: Any) -> Any:
+    layer = layer_class(hosts=hosts, prefix=prefix, **options)
+    layers.append(layer)
+    return layer
+
+
+# async_to_sync: connections parked between loops ---------------------------------------------------------------
+
+
+@LAYERS
+@pytest.mark.parametrize("topology", ["tcp", "unix"])
+def test_async_to_sync_sends_reuse_connections(
+    layer_class: type[Any],
+    topology: str,
+    valkey_server: ValkeyProcess,
+    unix_valkey: ValkeyProcess,
+    key_prefix: str,
+    layers: list[Any],
+) -> None:
+    server = valkey_server if topology == "tcp" else unix_valkey
+    url = server.url() if topology == "tcp" else f"unix://{server.unix_socket}?db=0"
+    layer = _make(layers, layer_class, [url], key_prefix, capacity=2 * CALLS)
+    channel = f"{key_prefix}jobs"
+    send = async_to_sync(layer.send)
+    send(channel, {"type": "warm-up"})
+    opened_since = NewConnections(server)
+    for n in range(CALLS):
+        send(channel, {"type": "job", "n": n})
+    opened = opened_since()
+    print(
+        f"\n{layer_class.__name__} over {topology}: {opened} new connections for {CALLS} async_to_sync sends"
+    )
+    assert opened <= 0.05 * CALLS
+    assert layer.sync.receive(channel, timeout=5) == {"type": "warm-up"}
+    assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(CALLS)] == list(range(CALLS))
+
+
+@LAYERS
+def test_async_to_sync_on_a_cluster_reuses_each_nodes_connections(
+    layer_class: type[Any], valkey_cluster: ValkeyCluster, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, layer_class, [{"cluster": [valkey_cluster.url()]}], key_prefix)
+    channels = [f"{key_prefix}jobs{n}" for n in range(8)]  # on several primaries
+    send = async_to_sync(layer.send)
+    for channel in channels:
+        send(channel, {"type": "warm-up"})
+    nodes = valkey_cluster.primaries()
+    opened_since = NewConnections(*nodes)
+    for n in range(CALLS):
+        send(channels[n % len(channels)], {"type": "job", "n": n})
+    opened = opened_since()
+    print(f"\n{layer_class.__name__} on a cluster: {opened} new connections for {CALLS} async_to_sync sends")
+    assert opened <= 0.05 * CALLS
+    for index, channel in enumerate(channels):
+        assert layer.sync.receive(channel, timeout=5) == {"type": "warm-up"}
+        got = [layer.sync.receive(channel, timeout=5)["n"] for _ in range(index, CALLS, len(channels))]
+        assert got == list(range(index, CALLS, len(channels)))
+
+
+def test_tls_connections_are_not_parked_and_not_leaked(
+    tls_valkey: TLSProxy, valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    hosts = [{"address": tls_valkey.url(), "ssl_ca_certs": str(tls_valkey.ca_file)}]
+    layer = _make(layers, ValkeyChannelLayer, hosts, key_prefix)
+    baseline = valkey_server.connected_clients()
+    send = async_to_sync(layer.send)
+    for n in range(20):
+        send(f"{key_prefix}jobs", {"type": "job", "n": n})
+    assert layer.stats()["shards"]["0"]["open_connections"] == 0
+    assert valkey_server.connected_clients() <= baseline  # each loop closed its TLS connection
+    assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(20)] == list(range(20))
+
+
+def test_a_parked_socket_the_server_closed_is_replaced(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str, layers: list[Any]
+) -> None:
+    server = server_factory()
+    layer = _make(layers, ValkeyChannelLayer, [server.url()], key_prefix)
+    send = async_to_sync(layer.send)
+    send(f"{key_prefix}jobs", {"type": "before"})
+    with server.client() as admin:
+        admin.client_kill_filter(_type="normal", skipme=True)  # the parked connection's server side ends
+    send(f"{key_prefix}jobs", {"type": "after"})
+    assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "before"}
+    assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "after"}
+
+
+def _send_in_child(layer: Any, channel: str) -> None:
+    async_to_sync(layer.send)(channel, {"type": "from-child"})
+
+
+def test_a_forked_child_never_uses_its_parents_parked_sockets(
+    valkey_url: str, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, ValkeyChannelLayer, [valkey_url], key_prefix)
+    channel = f"{key_prefix}jobs"
+    send = async_to_sync(layer.send)
+    send(channel, {"type": "parent-1"})  # leaves a parked socket, copied into the child by fork
+    child = multiprocessing.get_context("fork").Process(target=_send_in_child, args=(layer, channel))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    send(channel, {"type": "parent-2"})  # on the parent's parked socket, which the child left alone
+    received = [layer.sync.receive(channel, timeout=5)["type"] for _ in range(3)]
+    assert sorted(received) == ["from-child", "parent-1", "parent-2"]
+    assert received.index("parent-1") < received.index("parent-2")
+
+
+# layer.sync ----------------------------------------------------------------------------------------------------
+
+
+@LAYERS
+def test_the_sync_api_does_what_the_coroutines_do(
+    layer_class: type[Any], valkey_url: str, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, layer_class, [valkey_url], key_prefix)
+    sync = layer.sync
+    channel = sync.new_channel()
+    assert "!" in channel
+    sync.group_add("room", channel)
+    sync.group_send("room", {"type": "grouped"})
+    sync.send(channel, {"type": "direct"})
+    assert sync.receive(channel, timeout=5) == {"type": "grouped"}
+    assert sync.receive(channel, timeout=5) == {"type": "direct"}
+    sync.group_discard("room", channel)
+    sync.send(f"{key_prefix}jobs", {"type": "job"})
+    assert sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "job"}
+    assert sync.health(timeout=1.0).ok
+    assert layer.stats()["sent"] == {"normal": 1, "process": 1, "group": 1}
+
+
+@LAYERS
+def test_sync_checks_raise_before_anything_is_written(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, layer_class, [valkey_server.url()], key_prefix, capacity=2)
+    with pytest.raises(TypeError, match="not-a-dict"):
+        layer.sync.send(f"{key_prefix}jobs", "not-a-dict")
+    with pytest.raises((TypeError, ValueError), match="bad name"):
+        layer.sync.send("bad name", {"type": "x"})
+    with valkey_server.client() as client:
+        assert client.keys(f"{key_prefix}*") == []
+    layer.sync.send(f"{key_prefix}jobs", {"type": "1"})
+    layer.sync.send(f"{key_prefix}jobs", {"type": "2"})
+    with pytest.raises(ChannelFull):
+        layer.sync.send(f"{key_prefix}jobs", {"type": "3"})
+
+
+def test_sync_receive_times_out_and_loses_nothing(
+    valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, ValkeyChannelLayer, [valkey_server.url()], key_prefix)
+    channel = f"{key_prefix}jobs"
+    for _ in range(20):
+        with pytest.raises(TimeoutError):
+            layer.sync.receive(channel, timeout=0.01)
+    layer.sync.send(channel, {"type": "later"})
+    assert layer.sync.receive(channel, timeout=5) == {"type": "later"}
+    with valkey_server.client() as client:
+        assert client.zcard(layer.queue_key(channel)) == 0
+
+
+async def test_the_sync_api_refuses_to_block_a_running_loop(
+    valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
+    with pytest.raises(RuntimeError, match="await the layer's coroutine method"):
+        layer.sync.send(f"{key_prefix}jobs", {"type": "x"})
+    with valkey_server.client() as client:
+        assert client.keys(f"{key_prefix}*") == []  # refused before it ran
+    assert not any(thread.name.startswith("channels-valkey sync") for thread in threading.enumerate())
+
+
+@LAYERS
+def test_many_threads_share_the_sync_loop_and_its_connections(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, layer_class, [valkey_server.url()], key_prefix, capacity=10_000)
+    channel = f"{key_prefix}jobs"
+    layer.sync.send(channel, {"type": "warm-up", "thread": -1, "n": 0})
+    opened_since = NewConnections(valkey_server)
+    errors: list[BaseException] = []
+
+    def sender(thread: int) -> None:
+        try:
+            for n in range(300):
+                layer.sync.send(channel, {"type": "job", "thread": thread, "n": n})
+        except BaseException as error:  # reported in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=sender, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    opened = opened_since()
+    print(f"\n8 threads x 300 sync sends: {opened} new connections")
+    assert opened <= 2  # the sync loop's connections are made once, whatever the number of threads
+    got: dict[int, list[int]] = {}
+    for _ in range(8 * 300 + 1):
+        message = layer.sync.receive(channel, timeout=5)
+        got.setdefault(message["thread"], []).append(message["n"])
+    assert got.pop(-1) == [0]
+    assert got == {thread: list(range(300)) for thread in range(8)}  # each thread's sends in its order
+
+
+@pytest.mark.slow
+def test_100_000_sync_calls_from_8_threads_keep_the_connection_count_flat(
+    valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    """The issue's figure: ``layer.sync`` and ``async_to_sync`` calls mixed, 100,000 in all, from 8 threads."""
+    layer = _make(layers, ValkeyChannelLayer, [valkey_server.url()], key_prefix)
+    layer.sync.group_add("room", f"{key_prefix}member")
+    async_to_sync(layer.group_add)("room", f"{key_prefix}member")
+    baseline = valkey_server.connected_clients()
+    opened_since = NewConnections(valkey_server)
+    most = [baseline]
+    done = threading.Event()
+
+    def watch() -> None:
+        with valkey_server.client() as admin:  # one connection of its own, counted below
+            while not done.wait(0.2):
+                most.append(int(admin.info("clients")["connected_clients"]) - 1)
+
+    def caller(thread: int) -> None:
+        via_async_to_sync = async_to_sync(layer.group_send)
+        for n in range(12_500):
+            if n % 25 == 0:
+                via_async_to_sync("room", {"type": "a2s", "n": n})
+            else:
+                layer.sync.group_send("room", {"type": "sync", "n": n})
+            if n % 100 == 0:
+                layer.sync.flush()  # keeps the member's queue under its capacity
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=caller, args=(number,)) for number in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
+    finally:
+        done.set()
+        watcher.join()
+    assert layer.stats()["sent"]["group"] == 100_000  # every call went through
+    opened = opened_since() - 1  # the watcher's
+    print(f"\n100,000 sync calls from 8 threads: {opened} new connections, at most {max(most)} clients")
+    # The sync loop's few (its lane, the connection flush scans on), and one per thread's async_to_sync loop,
+    # parked between its calls.
+    assert max(most) <= baseline + 3 + min(8, PARK_LIMIT)
+    assert opened <= 3 + min(8, PARK_LIMIT)
+
+
+def test_the_sync_api_needs_no_django_settings(valkey_url: str, key_prefix: str) -> None:
+    script = (
+        "import os, sys\n"
+        "assert 'DJANGO_SETTINGS_MODULE' not in os.environ\n"
+        "from channels_valkey.core import ValkeyChannelLayer\n"
+        f"layer = ValkeyChannelLayer(hosts=[{valkey_url!r}], prefix={key_prefix!r})\n"
+        f"layer.sync.send({key_prefix + 'jobs'!r}, {{'type': 'plain'}})\n"
+        f"print(layer.sync.receive({key_prefix + 'jobs'!r}, timeout=5)['type'])\n"
+        "layer.sync.close()\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "plain"
+
+
+def test_sync_close_stops_the_loop_and_the_next_call_starts_it_again(
+    valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, ValkeyChannelLayer, [valkey_server.url()], key_prefix)
+    layer.sync.send(f"{key_prefix}jobs", {"type": "1"})
+    names = {thread.name for thread in threading.enumerate()}
+    assert any(name.startswith("channels-valkey sync calls") for name in names)
+    layer.sync.close()
+    assert not any(thread.name.startswith("channels-valkey sync calls") for thread in threading.enumerate())
+    assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "1"}
+
+
+@LAYERS
+def test_the_sync_api_follows_sentinel_and_cluster_hosts(
+    layer_class: type[Any],
+    sentinel_group: SentinelGroup,
+    valkey_cluster: ValkeyCluster,
+    key_prefix: str,
+    layers: list[Any],
+) -> None:
+    for hosts in ([sentinel_group.host_entry()], [{"cluster": [valkey_cluster.url()]}]):
+        layer = _make(layers, layer_class, hosts, key_prefix)
+        channel = layer.sync.new_channel()
+        layer.sync.group_add("room", channel)
+        for n in range(50):
+            layer.sync.group_send("room", {"type": "g", "n": n})
+            layer.sync.send(f"{key_prefix}jobs", {"type": "j", "n": n})
+        assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(50)] == list(range(50))
+        assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(50)] == list(range(50))
+
+
+def test_async_to_sync_from_a_thread_pool_reuses_connections(
+    valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    """Celery's thread pool, or Django's sync views under ASGI: several threads, each call on a fresh loop."""
+    layer = _make(layers, ValkeyChannelLayer, [valkey_server.url()], key_prefix, capacity=10_000)
+    send = async_to_sync(layer.send)
+    send(f"{key_prefix}jobs", {"type": "warm-up", "n": -1})
+    opened_since = NewConnections(valkey_server)
+
+    def calls(thread: int) -> None:
+        for n in range(100):
+            send(f"{key_prefix}jobs", {"type": "job", "n": thread * 1000 + n})
+
+    threads = [threading.Thread(target=calls, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    opened = opened_since()
+    print(f"\n4 threads x 100 async_to_sync sends: {opened} new connections")
+    assert opened <= 4  # at most one per thread's concurrent loop, then parked and reused
+    received = {layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(401)}
+    assert received == {-1} | {thread * 1000 + n for thread in range(4) for n in range(100)}
+
+
+def test_sync_loop_thread_is_a_daemon(valkey_url: str, key_prefix: str, layers: list[Any]) -> None:
+    layer = _make(layers, ValkeyChannelLayer, [valkey_url], key_prefix)
+    layer.sync.send(f"{key_prefix}jobs", {"type": "x"})
+    [thread] = [thread for thread in threading.enumerate() if thread.name.startswith("channels-valkey sync")]
+    assert thread.daemon  # a process exits without closing the layer
