@@ -9,13 +9,22 @@ it (refused commands) is its :class:`ShardFacts`; every retrying loop counts wit
 
 What the two layers share beyond connections lives here too, so that it exists once and neither layer imports the
 other: the reader of sorted-set queues (:class:`QueueReader`, with :func:`blocking_pop` and :func:`requeue`), the
-script runner (:class:`Script`), the checks of names and messages (``naming``) and of constructor options
-(:class:`LayerOptions`), the drop counters (``counters``) and the codec that counts unreadable messages (``codec``).
+script runner (:class:`Script`), what bulk sends share (``bulk``: checked pairs, scores, batches, results), the
+checks of names and messages (``naming``) and of constructor options (:class:`LayerOptions`), the drop counters
+(``counters``) and the codec that counts unreadable messages (``codec``).
 None of it knows Channels or Django: the checks raise plain ``TypeError`` / ``ValueError``.
 """
 
 from channels_valkey.sentinel.__about__ import __version__
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted, bzpopmin_entry
+from channels_valkey.sentinel.bulk import (
+    GroupSendManyResult,
+    ScoreClock,
+    SendManyResult,
+    checked_pairs,
+    pipelined,
+    run_batches,
+)
 from channels_valkey.sentinel.cluster import ClusterShard, slot_of
 from channels_valkey.sentinel.codec import MessageCodec, MessageSerializer, SerializerMethods
 from channels_valkey.sentinel.connections import AnyShard, ConnectionManager
@@ -91,6 +100,7 @@ __all__ = [
     "DropCounters",
     "Entry",
     "Failure",
+    "GroupSendManyResult",
     "Handover",
     "HealthReport",
     "HostConfigError",
@@ -107,7 +117,9 @@ __all__ = [
     "ReplyLost",
     "ResiliencePolicy",
     "Retries",
+    "ScoreClock",
     "Script",
+    "SendManyResult",
     "SentinelDiscovery",
     "SentinelDiscoveryError",
     "SentinelHost",
@@ -134,6 +146,7 @@ __all__ = [
     "check_policy",
     "check_prefix",
     "check_whole_number",
+    "checked_pairs",
     "classify",
     "close_before_loop",
     "consistent_hash",
@@ -146,11 +159,13 @@ __all__ = [
     "layer_stats",
     "non_local_name",
     "observe",
+    "pipelined",
     "raise_if_cancelling",
     "raise_if_reply_lost",
     "read_reply",
     "refuses_evalsha",
     "refuses_health_check",
     "requeue",
+    "run_batches",
     "slot_of",
 ]
