@@ -5,7 +5,8 @@ by side on one server: a channel's queue is ``{prefix}{channel}``, every ``name!
 shares the queue ``{prefix}name!``, and a group is ``{prefix}:group:{group}`` (see ``queue_key`` and ``group_key``).
 What differs is how the work is done: ``send`` is one script call, receiving goes through readers that cannot lose
 a message to a cancelled receive (receiver.py), ``group_send`` makes one call per shard touched, shards in
-parallel, and ``flush`` never uses ``KEYS`` when ``SCAN`` is allowed.
+parallel, ``send_many`` / ``group_send_many`` send many messages in a few calls per shard (bulk.py), and ``flush``
+never uses ``KEYS`` when ``SCAN`` is allowed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import scripts
+from channels_valkey.core.bulk import BulkSends
 from channels_valkey.core.exceptions import ForeignChannelError
 from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import LoopReceiver
@@ -38,6 +40,7 @@ from channels_valkey.sentinel import (
     MessageCounts,
     QueueSource,
     ResiliencePolicy,
+    ScoreClock,
     SerializerMethods,
     ShardRing,
     SyncLayerAccess,
@@ -65,7 +68,7 @@ _Target = tuple[str, bytes, int]
 _BRACES = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
 
 
-class ValkeyChannelLayer(SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
 
     Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts
@@ -116,6 +119,8 @@ class ValkeyChannelLayer(SerializerMethods, SyncLayerAccess, BaseChannelLayer): 
         self._codec = MessageCodec(self, self.counters, logger)
         #: Normal channels' sends take the shards in turn.
         self._sends = itertools.count()
+        #: Queue scores: the send time, never at or below one given before (bulk sends give consecutive ones).
+        self._clock = ScoreClock()
         #: What the queue readers need of this layer.
         self._queue_source = QueueSource(
             self._connections,
@@ -212,7 +217,7 @@ class ValkeyChannelLayer(SerializerMethods, SyncLayerAccess, BaseChannelLayer): 
         else:
             shard = next(self._sends) % ring.size
         member = self.serialize(message)
-        args = [repr(time.time()), int(self.expiry), self.get_capacity(channel), member]
+        args = [repr(self._clock.take()), int(self.expiry), self.get_capacity(channel), member]
         try:
             # Not idempotent: a receiver may take the message before a lost reply is noticed, and a second call
             # would then queue it again. Only calls refused before they ran are retried.

@@ -12,6 +12,8 @@ from channels_valkey.sentinel import Script
 
 #: Most keys one script call may touch: larger groups are sent in several calls, so the server never blocks long.
 MAX_KEYS_PER_CALL = 500
+#: Most messages (or groups) one bulk script call handles: about a millisecond of the server's time.
+BULK_CHUNK = 250
 
 _SEND = """
 local queue = KEYS[1]
@@ -40,6 +42,28 @@ end
 return dropped
 """
 
+# send_many and group_send_many: entry i is KEYS[i] with its score, capacity and member in ARGV[3i .. 3i + 2]; a
+# key may come several times (its messages in order). One reply per entry: 1 queued, 0 the queue was full.
+_SEND_MANY = """
+local now, expiry = tonumber(ARGV[1]), ARGV[2]
+local trimmed, added = {}, {}
+for i = 1, #KEYS do
+    local queue, at = KEYS[i], 3 * i
+    if not trimmed[queue] then
+        redis.call('ZREMRANGEBYSCORE', queue, 0, now - expiry)
+        trimmed[queue] = true
+    end
+    if redis.call('ZCOUNT', queue, '-inf', '+inf') < tonumber(ARGV[at + 1]) then
+        redis.call('ZADD', queue, ARGV[at], ARGV[at + 2])
+        redis.call('EXPIRE', queue, expiry)
+        added[i] = 1
+    else
+        added[i] = 0
+    end
+end
+return added
+"""
+
 _GROUP_ADD = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -52,7 +76,20 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
 
+# group_send_many: the members of each group in KEYS, those older than ARGV[1] removed first.
+_MANY_GROUPS_MEMBERS = """
+local members = {}
+for i = 1, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[1])
+    members[i] = redis.call('ZRANGE', KEYS[i], 0, -1)
+end
+return members
+"""
+
+
 SEND_SCRIPT = Script(_SEND)
+SEND_MANY_SCRIPT = Script(_SEND_MANY)
+MANY_GROUPS_MEMBERS_SCRIPT = Script(_MANY_GROUPS_MEMBERS)
 GROUP_SEND_SCRIPT = Script(_GROUP_SEND)
 GROUP_ADD_SCRIPT = Script(_GROUP_ADD)
 GROUP_MEMBERS_SCRIPT = Script(_GROUP_MEMBERS)

@@ -1,0 +1,212 @@
+"""``send_many`` and ``group_send_many`` of the core layer: many messages in a few script calls per shard.
+
+Each message goes where its single call would put it, in the same bytes, with the same capacity and expiry. The
+messages are grouped by shard (and by slot on a cluster, where one script's keys must share a slot) and each group
+is sent :data:`~channels_valkey.core.scripts.BULK_CHUNK` at a time by one script call, which answers for each
+message whether it was queued; shards work at once (see ``channels_valkey.sentinel.bulk``). A group_send_many reads
+the members of all its groups the same way first, one script call per shard and chunk of groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from channels_valkey.core import scripts
+from channels_valkey.sentinel import (
+    GroupSendManyResult,
+    ScoreClock,
+    SendManyResult,
+    ShardRing,
+    check_channel,
+    check_group,
+    checked_pairs,
+    is_process_channel,
+    non_local_name,
+    raise_if_reply_lost,
+    run_batches,
+    slot_of,
+)
+
+if TYPE_CHECKING:
+    import itertools
+
+    from channels_valkey.sentinel import ConnectionManager, DropCounters, MessageCounts
+
+logger = logging.getLogger("channels_valkey.core")
+
+#: Where a script call goes: (shard, slot on a cluster, else 0).
+_Place = tuple[int, int]
+
+
+class _Queued:
+    """One message for one queue: where it goes, its bytes and capacity, and which pair of the call it came from."""
+
+    __slots__ = ("capacity", "key", "member", "names", "pair", "score")
+
+    def __init__(self, key: str, capacity: int, member: bytes, pair: int, names: list[str]) -> None:
+        self.key = key
+        self.capacity = capacity
+        self.member = member
+        self.pair = pair
+        #: The channels this copy is for (several process channels of one process share their queue).
+        self.names = names
+        self.score = 0.0
+
+
+class BulkSends:
+    """The layer's bulk sends, mixed into :class:`~channels_valkey.core.ValkeyChannelLayer`."""
+
+    if TYPE_CHECKING:
+        cluster: bool
+        expiry: int
+        group_expiry: int
+        counters: DropCounters
+        _connections: ConnectionManager
+        _counts: MessageCounts
+        _sends: itertools.count[int]
+        _clock: ScoreClock
+
+        def get_capacity(self, channel: str) -> int: ...
+        def serialize(self, message: dict[str, Any]) -> bytes: ...
+        def queue_key(self, channel: str) -> str: ...
+        def group_key(self, group: str) -> str: ...
+        async def shard_ring(self) -> ShardRing: ...
+
+    async def send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> SendManyResult:
+        """Send each ``(channel, message)`` as :meth:`send` would, in a few script calls per shard.
+
+        Every pair is checked first: a bad channel name or message anywhere raises, naming the pair, and nothing
+        is sent. A channel at capacity does not raise ``ChannelFull`` (the other messages went out): its pairs
+        come back in the result's ``full``. A channel's messages are queued in the order given (a normal channel's
+        on one shard per call). A connection lost after the messages were written raises ``ReplyLost``: they are
+        never sent twice.
+        """
+        checked = checked_pairs(pairs, check_channel, "send_many")
+        ring = await self.shard_ring()
+        batches: dict[_Place, list[_Queued]] = defaultdict(list)
+        normal_shards: dict[str, int] = {}
+        for index, (channel, message) in enumerate(checked):
+            if is_process_channel(channel):
+                message = {**message, "__asgi_channel__": channel}
+                shard = ring.index(non_local_name(channel))
+            else:
+                # All of one channel's messages on one shard, so they are received in order; channels in turns.
+                shard = normal_shards.get(channel, -1)
+                if shard < 0:
+                    shard = normal_shards[channel] = next(self._sends) % ring.size
+            key = self.queue_key(channel)
+            queued = _Queued(key, self.get_capacity(channel), self.serialize(message), index, [channel])
+            batches[shard, slot_of(key) if self.cluster else 0].append(queued)
+        done, error = await self._queue(batches)
+        full: list[int] = []
+        for queued, added in done:
+            if added:
+                self._counts.sent["process" if is_process_channel(queued.names[0]) else "normal"] += 1
+            else:
+                full.append(queued.pair)
+        if error is not None:
+            raise_if_reply_lost(
+                error, f"send_many ({len(done) - len(full)} of {len(checked)} messages queued)"
+            )
+            raise error
+        return SendManyResult(len(done) - len(full), tuple(checked[index] for index in sorted(full)))
+
+    async def group_send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> GroupSendManyResult:
+        """Send each ``(group, message)`` as :meth:`group_send` would, in a few script calls per shard.
+
+        Every pair is checked first, as in :meth:`send_many`. The members of every group are read first (one
+        script call per shard and chunk of groups), then the messages are queued; a member whose queue is full
+        misses the message, counted and logged as ``group_send`` does, and is listed by group in the result's
+        ``over_capacity``.
+        """
+        checked = checked_pairs(pairs, check_group, "group_send_many")
+        ring = await self.shard_ring()
+        members = await self._members(ring, list(dict.fromkeys(group for group, _ in checked)))
+        batches: dict[_Place, list[_Queued]] = defaultdict(list)
+        queues_per_pair: list[int] = []
+        for index, (group, message) in enumerate(checked):
+            by_key: dict[str, list[str]] = defaultdict(list)
+            for channel in members[group]:
+                by_key[self.queue_key(channel)].append(channel)
+            queues_per_pair.append(len(by_key))
+            for key, names in by_key.items():
+                first = names[0]
+                payload = {**message, "__asgi_channel__": names} if is_process_channel(first) else message
+                queued = _Queued(key, self.get_capacity(first), self.serialize(payload), index, names)
+                batches[ring.index(non_local_name(first)), slot_of(key) if self.cluster else 0].append(queued)
+        done, error = await self._queue(batches)
+        missed: dict[int, list[str]] = defaultdict(list)
+        dropped: Counter[int] = Counter()
+        answered: Counter[int] = Counter()
+        for queued, added in done:
+            answered[queued.pair] += 1
+            if not added:
+                missed[queued.pair].extend(queued.names)
+                dropped[queued.pair] += 1
+        self.counters.group_over_capacity += dropped.total()
+        sent = sum(1 for index, queues in enumerate(queues_per_pair) if answered[index] == queues)
+        self._counts.sent["group"] += sent
+        over_capacity: dict[str, list[str]] = defaultdict(list)
+        for index in sorted(missed):
+            group = checked[index][0]
+            # Worded as group_send words it (and channels-valkey 0.3): log-based alerts match bulk sends too.
+            logger.info(
+                "%d of %d channels over capacity in group %s", dropped[index], queues_per_pair[index], group
+            )
+            over_capacity[group].extend(missed[index])
+        if error is not None:
+            raise_if_reply_lost(error, f"group_send_many ({sent} of {len(checked)} group sends made)")
+            raise error
+        return GroupSendManyResult(sent, {group: tuple(names) for group, names in over_capacity.items()})
+
+    async def _members(self, ring: ShardRing, groups: list[str]) -> dict[str, list[str]]:
+        """The current members of each of ``groups``, read one script call per shard (slot) and chunk."""
+        batches: dict[_Place, list[str]] = defaultdict(list)
+        for group in groups:
+            key = self.group_key(group)
+            batches[ring.index(group), slot_of(key) if self.cluster else 0].append(group)
+        cutoff = repr(time.time() - self.group_expiry)
+
+        async def read(place: _Place, chunk: Sequence[str]) -> list[list[bytes]]:
+            keys = [self.group_key(group) for group in chunk]
+            return list(
+                await scripts.MANY_GROUPS_MEMBERS_SCRIPT.run(
+                    self._connections, place[0], keys, [cutoff], idempotent=True
+                )
+            )
+
+        done, error = await run_batches(batches, read, scripts.BULK_CHUNK)
+        if error is not None:
+            raise error
+        return {group: [member.decode() for member in found] for group, found in done}
+
+    async def _queue(
+        self, batches: dict[_Place, list[_Queued]]
+    ) -> tuple[list[tuple[_Queued, int]], BaseException | None]:
+        """Queue every batch's messages by script; each queued message with 1 (added) or 0 (its queue was full)."""
+        # Consecutive scores for the messages of one queue: equal scores would order them by their random bytes.
+        everything = [queued for entries in batches.values() for queued in entries]
+        for queued, score in zip(
+            everything, self._clock.spread([queued.key for queued in everything]), strict=True
+        ):
+            queued.score = score
+        first = min((queued.score for queued in everything), default=0.0)
+        now, expiry = repr(first), int(self.expiry)
+
+        async def send(place: _Place, chunk: Sequence[_Queued]) -> list[int]:
+            args: list[Any] = [now, expiry]
+            for queued in chunk:
+                args += (repr(queued.score), queued.capacity, queued.member)
+            # Not idempotent, as send: a receiver may take a message before a lost reply is noticed, and a
+            # second call would queue it again. Only calls refused before they ran are retried.
+            return list(
+                await scripts.SEND_MANY_SCRIPT.run(
+                    self._connections, place[0], [queued.key for queued in chunk], args, idempotent=False
+                )
+            )
+
+        return await run_batches(batches, send, scripts.BULK_CHUNK)

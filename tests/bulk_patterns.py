@@ -1,0 +1,132 @@
+"""Bulk sends (``send_many``, ``group_send_many``): scenarios the core and the Pub/Sub layer's tests both run.
+
+Each scenario checks what arrived against what was sent, in order per channel, and then sends one more message
+with the single call and receives it next: a copy delivered twice, or a message left behind, would come first.
+``receive`` is the bounded receive fixture; ``server_keys()`` lists the keys of the layer's prefix on every server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from channels_valkey.sentinel import GroupSendManyResult, SendManyResult
+
+Receive = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def numbered(channel: str, n: int) -> dict[str, Any]:
+    return {"type": "bulk.message", "to": channel, "n": n}
+
+
+async def receive_exactly(layer: Any, receive: Receive, expected: dict[str, list[dict[str, Any]]]) -> None:
+    """Each channel's messages are ``expected[channel]``, in that order, and nothing else is waiting for it."""
+    for channel, messages in expected.items():
+        got = [await receive(layer, channel) for _ in messages]
+        assert got == messages, f"{channel}: {got} != {messages}"
+        await layer.send(channel, {"type": "bulk.end"})
+        assert await receive(layer, channel) == {"type": "bulk.end"}, f"{channel} got more than was sent"
+
+
+async def every_message_arrives_once_in_order(layer: Any, receive: Receive, normal: list[str]) -> None:
+    """Messages to normal channels and to process channels, interleaved, arrive once each, in order per channel."""
+    channels = [*normal, *[await layer.new_channel() for _ in range(3)]]
+    pairs = [(channel, numbered(channel, n)) for n in range(20) for channel in channels]
+    result = await layer.send_many(iter(pairs))  # any iterable, read once
+    assert result == SendManyResult(sent=len(pairs), full=())
+    await receive_exactly(layer, receive, {channel: [numbered(channel, n) for n in range(20)] for channel in channels})
+    sent = layer.stats()["sent"]
+    assert (sent["normal"], sent["process"]) == (20 * len(normal) + len(normal), 20 * 3 + 3)
+
+
+async def full_channels_are_reported_not_written(make_layer: Callable[..., Any], receive: Receive) -> None:
+    """A channel at capacity refuses the rest of its messages, reported in order; the others all go out.
+
+    (One call: the core layer puts a normal channel's messages of one call on one shard, but each call, like each
+    send, on the next shard, and capacity counts the queue of a shard.)
+    """
+    layer = make_layer(capacity=3)
+    pairs = [("bulk.full", numbered("bulk.full", n)) for n in range(5)]
+    pairs[1:1] = [("bulk.other", numbered("bulk.other", n)) for n in range(3)]
+    result = await layer.send_many(pairs)
+    assert result.sent == 6
+    assert result.full == (("bulk.full", numbered("bulk.full", 3)), ("bulk.full", numbered("bulk.full", 4)))
+    assert result.full_channels == ("bulk.full",)
+    assert layer.stats()["sent"]["normal"] == 6
+    await receive_exactly(
+        layer,
+        receive,
+        {
+            "bulk.full": [numbered("bulk.full", n) for n in range(3)],
+            "bulk.other": [numbered("bulk.other", n) for n in range(3)],
+        },
+    )
+
+
+#: Bad pairs, each after a good one, and what the error must name.
+BAD_PAIRS: list[tuple[Any, type[Exception], str]] = [
+    (("bad name!!", {"type": "x"}), TypeError, r"pairs\[1\]: invalid channel name 'bad name!!'"),
+    (("bulk.ok", ["not", "a", "dict"]), TypeError, r"pairs\[1\]: message must be a dict, not list"),
+    (("bulk.ok", {"__asgi_channel__": "x"}), ValueError, r"pairs\[1\]: .*'__asgi_channel__'"),
+    (("bulk.ok",), TypeError, r"pairs\[1\] must be a \(name, message\) pair"),
+]
+
+
+async def bad_pairs_raise_before_anything_is_written(layer: Any, server_keys: Callable[[], list[bytes]]) -> None:
+    """A bad pair anywhere raises, naming it, and nothing of the call reaches the server: not even the good
+    pair before it, to a worker channel whose queue would show as a key."""
+    assert server_keys() == []
+    for bad, error, message in BAD_PAIRS:
+        with pytest.raises(error, match="send_many: " + message):
+            await layer.send_many([("bulk.good", {"type": "x"}), bad])
+    group_bad = [
+        (("bad group!", {"type": "x"}), TypeError, r"pairs\[1\]: invalid group name 'bad group!'"),
+        *[(pair, error, message) for pair, error, message in BAD_PAIRS[1:]],
+    ]
+    for bad, error, message in group_bad:
+        with pytest.raises(error, match="group_send_many: " + message):
+            await layer.group_send_many([("bulk-room", {"type": "x"}), bad])
+    with pytest.raises(TypeError, match="send_many takes an iterable of .* not dict"):
+        await layer.send_many({"bulk.good": {"type": "x"}})
+    assert server_keys() == []
+    assert layer.stats()["sent"] == {"normal": 0, "process": 0, "group": 0}
+    assert await layer.send_many([]) == SendManyResult(0, ())
+    assert await layer.group_send_many([]) == GroupSendManyResult(0, {})
+
+
+async def groups_of_process_channels(layer: Any, receive: Receive) -> None:
+    """Each member gets the messages of its groups in the order of the pairs; a group given twice gets both."""
+    channels = [await layer.new_channel() for _ in range(6)]
+    groups = {f"bulk-room{index}": channels[index : index + 3] for index in range(5)}
+    for group, members in groups.items():
+        for channel in members:
+            await layer.group_add(group, channel)
+    pairs = [(group, {"type": "bulk.group", "group": group, "n": n}) for n in range(3) for group in groups]
+    pairs.append(("bulk-empty-room", {"type": "bulk.group", "group": "nobody"}))
+    result = await layer.group_send_many(pairs)
+    assert result == GroupSendManyResult(sent=len(pairs), over_capacity={})
+    expected = {
+        channel: [message for group, message in pairs if channel in groups.get(group, [])] for channel in channels
+    }
+    await receive_exactly(layer, receive, expected)
+    assert layer.stats()["sent"]["group"] == len(pairs)
+
+
+async def encrypted(make_layer: Callable[..., Any], receive: Receive, normal: str) -> None:
+    """With encryption both bulk calls send what the layer's receive decrypts."""
+    layer = make_layer(symmetric_encryption_keys=["a long random secret for the bulk tests"])
+    process = await layer.new_channel()
+    await layer.group_add("bulk-secret-room", process)
+    result = await layer.send_many([(normal, {"type": "secret", "n": 1}), (process, {"type": "secret", "n": 2})])
+    assert result.sent == 2
+    assert (await layer.group_send_many([("bulk-secret-room", {"type": "secret", "n": 3})])).sent == 1
+    await receive_exactly(
+        layer,
+        receive,
+        {
+            normal: [{"type": "secret", "n": 1}],
+            process: [{"type": "secret", "n": 2}, {"type": "secret", "n": 3}],
+        },
+    )
