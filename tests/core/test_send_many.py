@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import bulk_patterns
 import pytest
 
-import bulk_patterns
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.sentinel import GroupSendManyResult, ReplyLost
 

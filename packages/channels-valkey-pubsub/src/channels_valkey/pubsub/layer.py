@@ -25,12 +25,10 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 from valkey import exceptions as valkey_errors
 
+from channels_valkey.pubsub.bulk import BulkSends
 from channels_valkey.pubsub.handover import ShardedPublisher
 from channels_valkey.pubsub.loop_state import Item, LocalChannel, LoopState
-from channels_valkey.pubsub.names import (
-    group_channel,
-    is_peer_process_channel,
-)
+from channels_valkey.pubsub.names import group_channel, is_peer_process_channel
 from channels_valkey.pubsub.worker_queues import WorkerQueues
 from channels_valkey.sentinel import (
     ConnectionManager,
@@ -72,7 +70,7 @@ _BRACES = (
 )
 
 
-class ValkeyPubSubChannelLayer(SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey Pub/Sub channel layer: process channels and groups on Pub/Sub, worker channels on queues.
 
     ``hosts``, ``prefix``, ``on_disconnect``, ``on_reconnect``, ``symmetric_encryption_keys`` and

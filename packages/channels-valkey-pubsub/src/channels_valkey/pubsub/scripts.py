@@ -1,5 +1,5 @@
-"""The Lua script of worker queues. It declares its one key in KEYS and calls only ``redis.call``, which Valkey and
-Redis both have; it runs through :class:`channels_valkey.sentinel.Script` (by SHA, loaded on NOSCRIPT, EVAL where
+"""The Lua scripts of worker queues. They declare their keys in KEYS and call only ``redis.call``, which Valkey and
+Redis both have; they run through :class:`channels_valkey.sentinel.Script` (by SHA, loaded on NOSCRIPT, EVAL where
 EVALSHA is refused)."""
 
 from __future__ import annotations
@@ -19,5 +19,33 @@ redis.call('EXPIRE', queue, math.ceil(expiry))
 return 1
 """
 
+# send_many: the send above for many messages, entry i being KEYS[i] with its score, capacity and member in
+# ARGV[3i .. 3i + 2] (a key may come several times, its messages in order); one reply per entry, as above.
+_SEND_MANY = """
+local now, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
+local trimmed, added = {}, {}
+for i = 1, #KEYS do
+    local queue, at = KEYS[i], 3 * i
+    local member = ARGV[at + 2]
+    added[i] = 1
+    if not redis.call('ZSCORE', queue, member) then
+        if not trimmed[queue] then
+            redis.call('ZREMRANGEBYSCORE', queue, '-inf', now - expiry)
+            trimmed[queue] = true
+        end
+        if redis.call('ZCARD', queue) >= tonumber(ARGV[at + 1]) then
+            added[i] = 0
+        else
+            redis.call('ZADD', queue, ARGV[at], member)
+            redis.call('EXPIRE', queue, math.ceil(expiry))
+        end
+    end
+end
+return added
+"""
+
+#: Most messages one send_many script call queues: about a millisecond of the server's time.
+BULK_CHUNK = 250
 
 SEND_SCRIPT = Script(_SEND)
+SEND_MANY_SCRIPT = Script(_SEND_MANY)

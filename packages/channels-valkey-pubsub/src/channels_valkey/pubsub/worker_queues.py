@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from valkey import exceptions as valkey_errors
@@ -25,6 +24,7 @@ from channels_valkey.sentinel import (
     DropCounters,
     QueueReader,
     QueueSource,
+    ScoreClock,
     ShardUnavailable,
     delete_prefixed,
 )
@@ -55,6 +55,8 @@ class WorkerQueues:
         self.cluster = cluster
         self.expiry = expiry
         self._decode = decode
+        #: Queue scores: the send time, never at or below one given before (send_many gives consecutive ones).
+        self.clock = ScoreClock()
         self._source = QueueSource(
             connections,
             block_seconds,
@@ -105,7 +107,7 @@ class WorkerQueues:
     async def enqueue(self, shard: int, channel: str, payload: bytes, capacity: int) -> bool:
         """Queue ``payload``; False when the queue is full or the ACL refuses queues here (then: fall back)."""
         member = os.urandom(MEMBER_PREFIX) + payload
-        args = [repr(time.time()), self.expiry, capacity, member]
+        args = [repr(self.clock.take()), self.expiry, capacity, member]
         try:
             # Not idempotent: a receiver may pop the message before a lost reply is noticed, and a second call
             # would then queue it again. Only calls refused before they ran are retried.
@@ -119,6 +121,32 @@ class WorkerQueues:
                 raise
             self.fall_back(shard, error.cause)
             return False
+
+    async def enqueue_many(
+        self,
+        shard: int,
+        channels: Sequence[str],
+        payloads: Sequence[bytes],
+        capacities: Sequence[int],
+        scores: Sequence[float],
+    ) -> list[int] | None:
+        """Queue each payload for its channel in one script call (one slot on a cluster), in order, with the
+        ``scores`` of :meth:`ScoreClock.spread`; 1 queued or 0 full for each, or None when the ACL refuses queues
+        here (then: fall back, as :meth:`enqueue`)."""
+        args: list[object] = [repr(min(scores)), self.expiry]
+        for payload, capacity, score in zip(payloads, capacities, scores, strict=True):
+            args += (repr(score), capacity, os.urandom(MEMBER_PREFIX) + payload)
+        keys = [self.key(channel) for channel in channels]
+        try:
+            # Not idempotent, as enqueue.
+            return list(
+                await scripts.SEND_MANY_SCRIPT.run(self._connections, shard, keys, args, idempotent=False)
+            )
+        except ShardUnavailable as error:
+            if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                raise
+            self.fall_back(shard, error.cause)
+            return None
 
     def reader(self, shard: int, channel: str) -> QueueReader:
         """A new reader of ``channel``'s queue on the running event loop."""

@@ -1,0 +1,138 @@
+"""``send_many`` and ``group_send_many`` of the Pub/Sub layer, on every topology (the shared scenarios of
+tests/bulk_patterns.py), plus what only this layer has: groups on every shard, worker channels that travel on
+Pub/Sub, the commands a bulk call makes, and a lost reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import bulk_patterns
+import pytest
+
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+from channels_valkey.sentinel import GroupSendManyResult, ReplyLost, SendManyResult
+
+from servers.fault_proxy import FaultProxy
+from servers.process import ValkeyProcess
+
+if TYPE_CHECKING:
+    from pubsub.conftest import Topology
+
+Receive = Callable[..., Awaitable[dict[str, Any]]]
+MakeLayer = Callable[..., ValkeyPubSubChannelLayer]
+
+
+async def test_every_message_arrives_once_in_order(layer: ValkeyPubSubChannelLayer, receive: Receive) -> None:
+    await bulk_patterns.every_message_arrives_once_in_order(layer, receive, ["bulk.a", "bulk.b", "bulk.c"])
+
+
+async def test_full_channels_are_reported_not_written(make_layer: MakeLayer, receive: Receive) -> None:
+    await bulk_patterns.full_channels_are_reported_not_written(make_layer, receive)
+
+
+async def test_bad_pairs_raise_before_anything_is_written(
+    layer: ValkeyPubSubChannelLayer, topology: Topology, layer_prefix: str
+) -> None:
+    await bulk_patterns.bad_pairs_raise_before_anything_is_written(layer, lambda: topology.keys(layer_prefix))
+
+
+async def test_groups_of_process_channels(layer: ValkeyPubSubChannelLayer, receive: Receive) -> None:
+    await bulk_patterns.groups_of_process_channels(layer, receive, per_group=True)
+
+
+async def test_encrypted(make_layer: MakeLayer, receive: Receive) -> None:
+    await bulk_patterns.encrypted(make_layer, receive, "bulk.secret")
+
+
+async def test_groups_on_every_shard_reach_members_of_two_layers(
+    make_layer: MakeLayer, receive: Receive, topology: Topology
+) -> None:
+    """Thirty groups, placed on every shard, with members in two layer instances (two processes)."""
+    layers = [make_layer(), make_layer()]
+    channels = [(layer, await layer.new_channel()) for layer in layers for _ in range(3)]
+    groups = {f"bulk-room{index}": [channels[(index + k) % 6] for k in range(2)] for index in range(30)}
+    for group, members in groups.items():
+        for layer, channel in members:
+            await layer.group_add(group, channel)
+    shards = {layers[0].consistent_hash(layers[0].group_channel_name(group)) for group in groups}
+    assert len(shards) == (1 if topology.cluster else len(topology.servers))
+    pairs = [(group, {"type": "bulk.group", "group": group, "n": n}) for n in range(2) for group in groups]
+    assert await layers[0].group_send_many(pairs) == GroupSendManyResult(sent=60, over_capacity={})
+    for layer in layers:
+        expected = {
+            channel: [message for group, message in pairs if (layer, channel) in groups[group]]
+            for owner, channel in channels
+            if owner is layer
+        }
+        await bulk_patterns.receive_exactly(layer, receive, expected, per_group=True)
+
+
+@pytest.mark.parametrize("topology", ["single", "cluster"], indirect=True)
+async def test_worker_channels_on_pubsub_are_published(
+    make_layer: MakeLayer, receive: Receive, topology: Topology, eventually_blocking: Callable[..., Awaitable[None]]
+) -> None:
+    """``worker_channels="pubsub"``: normal channels are published, as send publishes them, in order."""
+    layer = make_layer(worker_channels="pubsub")
+    receiving = asyncio.ensure_future(receive(layer, "bulk.pub"))
+    await eventually_blocking(lambda: topology.subscribers("bulk.pub") == 1, "the receive to subscribe")
+    result = await layer.send_many([("bulk.pub", {"n": n}) for n in range(3)])
+    assert result == SendManyResult(3, ())
+    assert [await receiving, await receive(layer, "bulk.pub"), await receive(layer, "bulk.pub")] == [
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+    ]
+    assert topology.keys(layer.prefix) == []
+
+
+async def test_one_script_call_per_chunk_and_one_publish_per_message(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str, receive: Receive
+) -> None:
+    """600 messages to worker channels are 3 script calls of 250 at most; 300 group sends are 300 PUBLISHes (on a
+    server of this test's own, so that no other test's commands are counted)."""
+    server = server_factory()
+    layer = ValkeyPubSubChannelLayer(hosts=[server.url()], prefix=key_prefix, capacity=1000)
+    try:
+        await layer.send_many([("bulk.warm", {"type": "load the script"})])
+        before = _calls(server, "evalsha", "eval")
+        assert (await layer.send_many([(f"bulk.c{n % 6}", {"n": n}) for n in range(600)])).sent == 600
+        assert _calls(server, "evalsha", "eval") - before == 3
+        before = _calls(server, "publish")
+        assert (await layer.group_send_many([(f"bulk-g{n}", {"n": n}) for n in range(300)])).sent == 300
+        assert _calls(server, "publish") - before == 300
+        assert [(await receive(layer, "bulk.c4"))["n"] for _ in range(100)] == list(range(4, 600, 6))
+    finally:
+        await layer.flush()
+        await layer.close_pools()
+
+
+def _calls(server: ValkeyProcess, *commands: str) -> int:
+    stats = server.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)
+
+
+async def test_a_send_many_whose_reply_was_lost_raises_and_is_not_sent_again(
+    fault_proxy: FaultProxy, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    sender = ValkeyPubSubChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
+    receiver = ValkeyPubSubChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
+    try:
+        await sender.send_many([("work", {"type": "warm up"})])
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "warm up"}
+        fault_proxy.set_latency(0.5)
+        sending = asyncio.create_task(sender.send_many([("work", {"n": 1}), ("work", {"n": 2})]))
+        assert [await asyncio.wait_for(receiver.receive("work"), 5) for _ in range(2)] == [{"n": 1}, {"n": 2}]
+        assert not sending.done()
+        fault_proxy.cut()
+        fault_proxy.set_latency(0)
+        with pytest.raises(ReplyLost, match=r"send_many \(0 of 2 messages sent\): the connection failed"):
+            await asyncio.wait_for(sending, 10)
+        await sender.send("work", {"type": "next"})
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "next"}
+        assert sender.stats()["sent"]["normal"] == 2  # the warm-up and "next"
+    finally:
+        await sender.flush()
+        await sender.close_pools()
+        await receiver.close_pools()
