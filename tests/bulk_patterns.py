@@ -35,7 +35,9 @@ async def receive_exactly(
         if per_group:
             for group in {message["group"] for message in messages}:
                 mine = [message for message in got if message.get("group") == group]
-                assert mine == [message for message in messages if message["group"] == group], f"{channel}: {got}"
+                assert mine == [message for message in messages if message["group"] == group], (
+                    f"{channel}: {got}"
+                )
         else:
             assert got == messages, f"{channel}: {got} != {messages}"
         await layer.send(channel, {"type": "bulk.end"})
@@ -48,7 +50,9 @@ async def every_message_arrives_once_in_order(layer: Any, receive: Receive, norm
     pairs = [(channel, numbered(channel, n)) for n in range(20) for channel in channels]
     result = await layer.send_many(iter(pairs))  # any iterable, read once
     assert result == SendManyResult(sent=len(pairs), full=())
-    await receive_exactly(layer, receive, {channel: [numbered(channel, n) for n in range(20)] for channel in channels})
+    await receive_exactly(
+        layer, receive, {channel: [numbered(channel, n) for n in range(20)] for channel in channels}
+    )
     sent = layer.stats()["sent"]
     assert (sent["normal"], sent["process"]) == (20 * len(normal) + len(normal), 20 * 3 + 3)
 
@@ -86,7 +90,9 @@ BAD_PAIRS: list[tuple[Any, type[Exception], str]] = [
 ]
 
 
-async def bad_pairs_raise_before_anything_is_written(layer: Any, server_keys: Callable[[], list[bytes]]) -> None:
+async def bad_pairs_raise_before_anything_is_written(
+    layer: Any, server_keys: Callable[[], list[bytes]]
+) -> None:
     """A bad pair anywhere raises, naming it, and nothing of the call reaches the server: not even the good
     pair before it, to a worker channel whose queue would show as a key."""
     assert server_keys() == []
@@ -121,7 +127,8 @@ async def groups_of_process_channels(layer: Any, receive: Receive, *, per_group:
     result = await layer.group_send_many(pairs)
     assert result == GroupSendManyResult(sent=len(pairs), over_capacity={})
     expected = {
-        channel: [message for group, message in pairs if channel in groups.get(group, [])] for channel in channels
+        channel: [message for group, message in pairs if channel in groups.get(group, [])]
+        for channel in channels
     }
     await receive_exactly(layer, receive, expected, per_group=per_group)
     assert layer.stats()["sent"]["group"] == len(pairs)
@@ -132,7 +139,9 @@ async def encrypted(make_layer: Callable[..., Any], receive: Receive, normal: st
     layer = make_layer(symmetric_encryption_keys=["a long random secret for the bulk tests"])
     process = await layer.new_channel()
     await layer.group_add("bulk-secret-room", process)
-    result = await layer.send_many([(normal, {"type": "secret", "n": 1}), (process, {"type": "secret", "n": 2})])
+    result = await layer.send_many(
+        [(normal, {"type": "secret", "n": 1}), (process, {"type": "secret", "n": 2})]
+    )
     assert result.sent == 2
     assert (await layer.group_send_many([("bulk-secret-room", {"type": "secret", "n": 3})])).sent == 1
     await receive_exactly(

@@ -42,7 +42,9 @@ async def test_groups_of_process_channels(layer: ValkeyChannelLayer, receive: Re
     await bulk_patterns.groups_of_process_channels(layer, receive)
 
 
-async def test_encrypted(make_layer: MakeLayer, receive: Receive, topology: Topology, layer_prefix: str) -> None:
+async def test_encrypted(
+    make_layer: MakeLayer, receive: Receive, topology: Topology, layer_prefix: str
+) -> None:
     await bulk_patterns.encrypted(make_layer, receive, "bulk.secret")
     layer = make_layer(symmetric_encryption_keys=["a long random secret for the bulk tests"])
     await layer.send_many([("bulk.raw", {"type": "plain-text-marker"})])
@@ -66,7 +68,9 @@ async def test_groups_of_normal_channels_on_every_shard(
     pairs = [(group, {"type": "bulk.group", "group": group, "n": n}) for n in range(2) for group in groups]
     result = await layer.group_send_many(pairs)
     assert result == GroupSendManyResult(sent=80, over_capacity={})
-    expected = {channel: [message for group, message in pairs if channel in groups[group]] for channel in channels}
+    expected = {
+        channel: [message for group, message in pairs if channel in groups[group]] for channel in channels
+    }
     await bulk_patterns.receive_exactly(layer, receive, expected)
 
 

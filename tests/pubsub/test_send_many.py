@@ -71,7 +71,10 @@ async def test_groups_on_every_shard_reach_members_of_two_layers(
 
 @pytest.mark.parametrize("topology", ["single", "cluster"], indirect=True)
 async def test_worker_channels_on_pubsub_are_published(
-    make_layer: MakeLayer, receive: Receive, topology: Topology, eventually_blocking: Callable[..., Awaitable[None]]
+    make_layer: MakeLayer,
+    receive: Receive,
+    topology: Topology,
+    eventually_blocking: Callable[..., Awaitable[None]],
 ) -> None:
     """``worker_channels="pubsub"``: normal channels are published, as send publishes them, in order."""
     layer = make_layer(worker_channels="pubsub")
