@@ -16,12 +16,15 @@ from channels_valkey.sentinel import GroupSendManyResult, ReplyLost, SendManyRes
 
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
+from servers.topologies import add_acl_user
 
 if TYPE_CHECKING:
     from pubsub.conftest import Topology
 
 Receive = Callable[..., Awaitable[dict[str, Any]]]
 MakeLayer = Callable[..., ValkeyPubSubChannelLayer]
+#: What channels-valkey 0.3 documented for a Pub/Sub layer's ACL user (as tests/pubsub/test_acl.py).
+LEGACY_COMMANDS = ["publish", "subscribe", "unsubscribe"]
 
 
 async def test_every_message_arrives_once_in_order(layer: ValkeyPubSubChannelLayer, receive: Receive) -> None:
@@ -139,3 +142,25 @@ async def test_a_send_many_whose_reply_was_lost_raises_and_is_not_sent_again(
         await sender.flush()
         await sender.close_pools()
         await receiver.close_pools()
+
+
+async def test_a_user_limited_to_pubsub_gets_bulk_publishes_as_a_pipeline(
+    secured_valkey: ValkeyProcess, key_prefix: str, receive: Receive
+) -> None:
+    """The ACL of channels-valkey 0.3 (no scripts): the publishes go as a pipeline of PUBLISH, worker channels fall
+    back to Pub/Sub as send does, and the order holds."""
+    add_acl_user(
+        secured_valkey, "bulk-pubsub", "pw", [f"&{key_prefix}*", *(f"+{c}" for c in LEGACY_COMMANDS)]
+    )
+    host, port = secured_valkey.address
+    layer = ValkeyPubSubChannelLayer(hosts=[f"valkey://bulk-pubsub:pw@{host}:{port}"], prefix=key_prefix)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        pairs = [(channel, {"n": 0}), (channel, {"n": 1})]
+        assert await layer.send_many(pairs) == SendManyResult(2, ())
+        assert (await layer.group_send_many([("room", {"n": 2}), ("room", {"n": 3})])).sent == 2
+        assert [(await receive(layer, channel))["n"] for _ in range(4)] == [0, 1, 2, 3]
+        assert layer._connections.facts(0).scripts_refused
+    finally:
+        await layer.close_pools()

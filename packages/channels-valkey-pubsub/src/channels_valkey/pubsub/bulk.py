@@ -2,24 +2,28 @@
 
 Each message goes where its single call would send it, in the same bytes. Worker channels' messages are queued by
 one script call per shard (per slot on a cluster) and chunk of :data:`~channels_valkey.pubsub.scripts.BULK_CHUNK`;
-published messages (process channels, groups, worker channels that travel on Pub/Sub) are written as one pipeline of
-``PUBLISH`` commands per shard and chunk. On a Valkey Cluster each message is an ``SPUBLISH`` of its own through the
-handover logic (``handover.py``), the messages of one name one after another and names at once. Shards work at once
-(see ``channels_valkey.sentinel.bulk``).
+published messages (process channels, groups, worker channels that travel on Pub/Sub) by one script call per shard
+and chunk that publishes them in order (a pipeline of ``PUBLISH`` commands where the ACL refuses scripts). On a
+Valkey Cluster each message is an ``SPUBLISH`` of its own through the handover logic (``handover.py``), the messages
+of one name one after another and names at once. Shards work at once (see ``channels_valkey.sentinel.bulk``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from valkey import exceptions as valkey_errors
 
 from channels_valkey.pubsub import scripts
 from channels_valkey.pubsub.names import group_channel
 from channels_valkey.sentinel import (
     GroupSendManyResult,
     SendManyResult,
+    ShardUnavailable,
     check_channel,
     check_group,
     checked_pairs,
@@ -32,6 +36,8 @@ from channels_valkey.sentinel import (
 if TYPE_CHECKING:
     from channels_valkey.pubsub.worker_queues import WorkerQueues
     from channels_valkey.sentinel import ConnectionManager, MessageCounts
+
+logger = logging.getLogger("channels_valkey.pubsub")
 
 #: Sent messages, each with 1 (queued or published) or 0 (its queue was full), and the first failure.
 _Outcome = tuple[list[tuple["_Message", int]], BaseException | None]
@@ -146,15 +152,28 @@ class BulkSends:
         return await run_batches(batches, send, scripts.BULK_CHUNK)
 
     async def _publish_many(self, by_shard: Mapping[int, list[_Message]]) -> _Outcome:
-        """Publish every shard's messages: one pipeline per chunk, or on a cluster one ``SPUBLISH`` each."""
+        """Publish every shard's messages: one script call per chunk, or on a cluster one ``SPUBLISH`` each."""
         if not self.cluster:
 
             async def write(shard: int, chunk: Sequence[_Message]) -> list[int]:
-                await pipelined(
-                    self._connections,
-                    shard,
-                    [("PUBLISH", message.name, message.payload) for message in chunk],
-                )
+                facts = self._connections.facts(shard)
+                if not facts.scripts_refused:
+                    args = [part for message in chunk for part in (message.name, message.payload)]
+                    try:
+                        # Not idempotent: a retried publish whose reply was lost would deliver twice.
+                        await scripts.PUBLISH_MANY_SCRIPT.run(
+                            self._connections, shard, [], args, idempotent=False
+                        )
+                        return [1] * len(chunk)
+                    except ShardUnavailable as error:
+                        if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                            raise
+                        facts.scripts_refused = True  # refused before it ran: nothing was published
+                        logger.info(
+                            "shard %d refuses scripts (%s); bulk publishes go as a pipeline", shard, error
+                        )
+                commands = [("PUBLISH", message.name, message.payload) for message in chunk]
+                await pipelined(self._connections, shard, commands)
                 return [1] * len(chunk)
 
             return await run_batches(by_shard, write, scripts.BULK_CHUNK)

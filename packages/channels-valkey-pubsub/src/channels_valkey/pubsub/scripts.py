@@ -44,8 +44,18 @@ end
 return added
 """
 
-#: Most messages one send_many script call queues: about a millisecond of the server's time.
+# send_many and group_send_many: PUBLISH each (name, payload) pair of ARGV, in order. Pub/Sub names are no keys,
+# so KEYS is empty; on a cluster (SPUBLISH, slots) the layer publishes one by one instead.
+_PUBLISH_MANY = """
+for i = 1, #ARGV, 2 do
+    redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #ARGV / 2
+"""
+
+#: Most messages one bulk script call queues or publishes: about a millisecond of the server's time.
 BULK_CHUNK = 250
 
 SEND_SCRIPT = Script(_SEND)
 SEND_MANY_SCRIPT = Script(_SEND_MANY)
+PUBLISH_MANY_SCRIPT = Script(_PUBLISH_MANY)

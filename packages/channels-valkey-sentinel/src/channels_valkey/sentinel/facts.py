@@ -20,3 +20,6 @@ class ShardFacts:
     bzmpop_refused: bool = False
     #: The queue commands are refused altogether: the Pub/Sub layer carries normal channels on Pub/Sub here.
     queues_refused: bool = False
+    #: Scripts are refused (a user allowed only Pub/Sub, as 0.3 needed): the Pub/Sub layer's bulk publishes go as a
+    #: pipeline of ``PUBLISH`` commands instead of a script.
+    scripts_refused: bool = False
