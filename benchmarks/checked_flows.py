@@ -190,3 +190,52 @@ async def fan_out(fan: Fan) -> int:
             f"something else, such as {shown!r}"
         )
     return len(arrived)
+
+
+@dataclass
+class Rooms:
+    """Many groups of one member each, the members a few channels of one layer (websocket consumers of one
+    process, each in many rooms), and the numbers sent: group ``i``'s member is ``channels[i % len(channels)]``."""
+
+    layer: Any
+    groups: list[str]
+    channels: list[str]
+    #: The number the next group message gets.
+    sent: int = 0
+
+
+async def join_rooms(layer: Any, groups: int, members: int) -> Rooms:
+    """``groups`` groups named ``bench-room{i}``, spread over ``members`` new process channels of ``layer``."""
+    channels = [await layer.new_channel() for _ in range(members)]
+    names = [f"bench-room{index}" for index in range(groups)]
+    for index, group in enumerate(names):
+        await layer.group_add(group, channels[index % members])
+    return Rooms(layer, names, channels)
+
+
+async def group_send_rooms(rooms: Rooms, *, bulk: bool) -> float:
+    """One numbered message to every group, by one ``group_send_many`` (``bulk``) or a loop of ``group_send``;
+    the seconds the sending took. Then every member receives its groups' messages, which must be those sent, in
+    order (``AssertionError`` otherwise)."""
+    layer, groups, channels = rooms.layer, rooms.groups, rooms.channels
+    first = rooms.sent
+    rooms.sent += len(groups)
+    pairs = [(group, numbered(first + index)) for index, group in enumerate(groups)]
+    start = time.perf_counter()
+    if bulk:
+        result = await layer.group_send_many(pairs)
+    else:
+        for group, message in pairs:
+            await layer.group_send(group, message)
+    elapsed = time.perf_counter() - start
+    if bulk and (result.sent != len(pairs) or result.over_capacity):
+        raise AssertionError(f"group_send_many of {len(pairs)} groups: {result!r}")
+
+    async def member(place: int) -> None:
+        wanted = [first + index for index in range(place, len(groups), len(channels))]
+        arrived = [_number(await receive_within(layer, channels[place])) for _ in wanted]
+        if arrived != wanted:
+            raise AssertionError(f"{channels[place]!r} received {arrived[:5]!r}..., not {wanted[:5]!r}...")
+
+    await asyncio.gather(*(member(place) for place in range(len(channels))))
+    return elapsed

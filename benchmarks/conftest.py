@@ -45,7 +45,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from checked_flows import GROUP, Fan, Stream, fan_out, round_trip
+from checked_flows import GROUP, Fan, Stream, fan_out, group_send_rooms, join_rooms, round_trip
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
 from servers.topologies import start_standalone
@@ -671,6 +671,46 @@ def process_round_trips(
                 "2 process round trip p99",
                 {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
             )
+
+    return measure
+
+
+@pytest.fixture
+def bulk_group_sends(
+    take_turns: Callable[..., Turns[Any]],
+    run: Callable[[Awaitable[Any]], Any],
+    layers: dict[str, Any],
+    record: Callable[[str, Mapping[str, float]], None],
+    benchmark: Any,
+) -> Callable[..., None]:
+    """``bulk_group_sends(groups=, members=, rounds=, rows=(bulk_row, loop_row))``: one message to each of
+    ``groups`` groups (one member each, ``members`` process channels in all), by ours in one ``group_send_many``
+    and by both sides in a loop of ``group_send``, in turns; groups per second of the sending recorded under
+    ``bulk_row`` (ours: ``group_send_many``, the peer: its loop) and ``loop_row`` (both loops).
+
+    The sending is timed inside the round (``group_send_rooms``), not the receiving that checks it. Ours runs both
+    ways in each of its rounds, so its two figures come from the same moments.
+    """
+
+    def measure(*, groups: int, members: int, rounds: int, rows: tuple[str, str]) -> None:
+        ours, peer = layers
+        rooms = {side: run(join_rooms(layer, groups, members)) for side, layer in layers.items()}
+
+        def one_round(side: str) -> tuple[float | None, float]:
+            bulk = run(group_send_rooms(rooms[side], bulk=True)) if side == ours else None
+            return bulk, run(group_send_rooms(rooms[side], bulk=False))
+
+        turns = take_turns(layers, one_round, rounds=rounds, warmup=1)
+        if not turns.timed:
+            return
+        bulk = statistics.median(seconds for seconds, _ in turns.results[ours] if seconds is not None)
+        loop = {
+            side: statistics.median(seconds for _, seconds in results)
+            for side, results in turns.results.items()
+        }
+        record(rows[0], {ours: groups / bulk, peer: groups / loop[peer]})
+        record(rows[1], {side: groups / seconds for side, seconds in loop.items()})
+        benchmark.extra_info["group_send_many / our loop"] = loop[ours] / bulk
 
     return measure
 
