@@ -25,6 +25,9 @@ SIBLINGS = (
     "channels-valkey-pubsub",
 )
 META = "channels-valkey"
+#: Packages the meta-package ships beside its module, each needing one of its extras: the Django app of the
+#: django-health-check plugin (extra ``health``).
+META_EXTRA_PACKAGES = ("health_check",)
 
 
 def comparable(requirement: Requirement) -> tuple[str, frozenset[str], str, str]:
@@ -70,7 +73,8 @@ def misplaced(files: set[str], distribution, build) -> list[str]:
     """Files that do not belong to this distribution's module under the namespace.
 
     The meta-package may also ship single-file compatibility modules at the top of the namespace
-    (``channels_valkey/utils.py``), as long as none is the namespace's ``__init__.py`` or shadows a sibling's module.
+    (``channels_valkey/utils.py``), as long as none is the namespace's ``__init__.py`` or shadows a sibling's module,
+    and the packages of :data:`META_EXTRA_PACKAGES`.
     """
     module = distribution.module
     taken = {sibling.module for sibling in build.distributions.values()}
@@ -78,6 +82,8 @@ def misplaced(files: set[str], distribution, build) -> list[str]:
     for path in sorted(files):
         parts = path.split("/")
         if parts[:2] == [NAMESPACE, module] and len(parts) > 2:
+            continue
+        if distribution.name == META and len(parts) > 2 and parts[1] in META_EXTRA_PACKAGES:
             continue
         is_compat_module = (
             distribution.name == META
