@@ -11,14 +11,17 @@ and the Pub/Sub layer's ``group_channel_layout``), so on a cluster, where the na
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
 
+from channels_valkey.cli.shards import ShardSlot
+from channels_valkey.cli.targets import Target
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.sentinel import glob_escape
@@ -27,6 +30,30 @@ from channels_valkey.sentinel import glob_escape
 SCAN_COUNT = 1000
 #: Keys read per pipelined round trip, and channels per ``PUBSUB NUMSUB``.
 BATCH = 500
+#: Keys looked at per shard unless ``--max-keys`` says otherwise.
+DEFAULT_MAX_KEYS = 10_000
+
+
+def max_keys(text: str) -> int:
+    """argparse type of ``--max-keys``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of keys of at least 1, got {text!r}")
+    return value
+
+
+def add_max_keys_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-keys N``, the bound on the keys a command looks at per shard."""
+    parser.add_argument(
+        "--max-keys",
+        type=max_keys,
+        default=DEFAULT_MAX_KEYS,
+        metavar="N",
+        help=f"look at no more than N keys per shard or cluster primary (default: {DEFAULT_MAX_KEYS})",
+    )
 
 
 class KeyLayout(NamedTuple):
@@ -56,6 +83,17 @@ class ChannelRow:
     oldest_seconds: float | None = None
     subscribers: int | None = None
 
+    def as_json(self, pubsub: bool) -> dict[str, Any]:
+        """The row as the commands' JSON writes it; ``subscribers`` only for the Pub/Sub layer."""
+        return {
+            "shard": self.shard,
+            "name": self.name,
+            "kind": self.kind,
+            "messages": self.messages,
+            "oldest_seconds": None if self.oldest_seconds is None else round(self.oldest_seconds, 3),
+            **({"subscribers": self.subscribers} if pubsub else {}),
+        }
+
 
 @dataclass
 class GroupRow:
@@ -65,6 +103,15 @@ class GroupRow:
     name: str
     size: int | None
     note: str | None = None
+
+    def as_json(self, pubsub: bool) -> dict[str, Any]:
+        """The row as the commands' JSON writes it: the size is ``subscribers`` (Pub/Sub) or ``members`` (core)."""
+        return {"shard": self.shard, "name": self.name, size_name(pubsub): self.size}
+
+
+def size_name(pubsub: bool) -> str:
+    """What a group's size counts on a layer: the Pub/Sub layer's subscribed connections, the core layer's members."""
+    return "subscribers" if pubsub else "members"
 
 
 @dataclass
@@ -78,6 +125,30 @@ class ShardInventory:
     problem: str | None = None
     channels: list[ChannelRow] = field(default_factory=list)
     groups: list[GroupRow] = field(default_factory=list)
+
+
+async def take_inventory(slot: ShardSlot, target: Target, limit: int, *, command: str) -> ShardInventory:
+    """What the target's layer holds on one shard; a failure is kept as its ``problem`` instead of being raised.
+
+    ``command`` names the sub-command asking, for the message when the ACL refuses what it needs.
+    """
+    shard = ShardInventory(slot.index, slot.host)
+    if slot.problem is not None:
+        shard.problem = slot.problem
+        return shard
+    try:
+        client = await slot.client()
+        if isinstance(target.instance, ValkeyChannelLayer):
+            await core_inventory(shard, client, target.instance, limit)
+        else:
+            await pubsub_inventory(shard, client, target.instance, limit)
+    except valkey_errors.NoPermissionError as error:
+        shard.problem = f"the ACL refuses a command {command} needs (SCAN, ZRANGE, PUBSUB ...): {error}"
+    except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as error:
+        shard.problem = f"unreachable: {type(error).__name__}: {error}"
+    except valkey_errors.ValkeyError as error:
+        shard.problem = f"inspecting failed: {type(error).__name__}: {error}"
+    return shard
 
 
 async def scan_keys(client: avalkey.Valkey, prefix: str, limit: int) -> tuple[list[bytes], bool]:

@@ -23,3 +23,8 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def render_json(document: Any) -> str:
     """``document`` as indented JSON; values JSON cannot hold (bytes, sets) are written as their ``str``."""
     return json.dumps(document, indent=2, sort_keys=False, default=str)
+
+
+def seconds_text(seconds: float | None) -> str | None:
+    """A duration for a table cell (``2.5 s``); None, which a table prints as ``-``, when unknown."""
+    return None if seconds is None else f"{seconds:.1f} s"

@@ -14,54 +14,21 @@ import asyncio
 import sys
 from typing import Any
 
-from valkey import exceptions as valkey_errors
-
 from channels_valkey.cli.findings import Finding, exit_status, summary
-from channels_valkey.cli.inventory import ShardInventory, core_inventory, pubsub_inventory
-from channels_valkey.cli.output import render_json, render_table
-from channels_valkey.cli.shards import ShardSlot, open_shards
+from channels_valkey.cli.inventory import ShardInventory, add_max_keys_argument, size_name, take_inventory
+from channels_valkey.cli.output import render_json, render_table, seconds_text
+from channels_valkey.cli.shards import open_shards
 from channels_valkey.cli.targets import Target, TargetError, add_target_arguments, resolve_target
-from channels_valkey.core import ValkeyChannelLayer
-
-DEFAULT_MAX_KEYS = 10_000
-
-
-def max_keys(text: str) -> int:
-    """argparse type of ``--max-keys``: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of keys of at least 1, got {text!r}")
-    return value
-
-
-async def inspect_shard(slot: ShardSlot, target: Target, limit: int) -> ShardInventory:
-    """The inventory of one shard; a failure is kept as its ``problem`` instead of being raised."""
-    shard = ShardInventory(slot.index, slot.host)
-    if slot.problem is not None:
-        shard.problem = slot.problem
-        return shard
-    try:
-        client = await slot.client()
-        if isinstance(target.instance, ValkeyChannelLayer):
-            await core_inventory(shard, client, target.instance, limit)
-        else:
-            await pubsub_inventory(shard, client, target.instance, limit)
-    except valkey_errors.NoPermissionError as error:
-        shard.problem = f"the ACL refuses a command inspect needs (SCAN, ZRANGE, PUBSUB ...): {error}"
-    except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as error:
-        shard.problem = f"unreachable: {type(error).__name__}: {error}"
-    except valkey_errors.ValkeyError as error:
-        shard.problem = f"inspecting failed: {type(error).__name__}: {error}"
-    return shard
 
 
 async def _inspect_all(target: Target, limit: int) -> list[ShardInventory]:
     try:
         async with open_shards(target.specs, target.instance.policy) as slots:
-            return list(await asyncio.gather(*(inspect_shard(slot, target, limit) for slot in slots)))
+            return list(
+                await asyncio.gather(
+                    *(take_inventory(slot, target, limit, command="inspect") for slot in slots)
+                )
+            )
     finally:
         await target.instance.close_pools()
 
@@ -88,10 +55,6 @@ def _findings(shards: list[ShardInventory], limit: int) -> list[Finding]:
     return findings
 
 
-def _age(seconds: float | None) -> str | None:
-    return None if seconds is None else f"{seconds:.1f} s"
-
-
 def _print_tables(target: Target, shards: list[ShardInventory]) -> None:
     channels = sorted(
         (row for shard in shards for row in shard.channels), key=lambda row: (row.name, row.shard)
@@ -106,27 +69,40 @@ def _print_tables(target: Target, shards: list[ShardInventory]) -> None:
             render_table(
                 headers,
                 [
-                    (row.shard, row.name, row.kind, row.subscribers, row.messages, _age(row.oldest_seconds))
+                    (
+                        row.shard,
+                        row.name,
+                        row.kind,
+                        row.subscribers,
+                        row.messages,
+                        seconds_text(row.oldest_seconds),
+                    )
                     for row in channels
                 ],
             )
         )
     else:
         headers = ("shard", "channel", "kind", "messages", "oldest")
-        rows = [(row.shard, row.name, row.kind, row.messages, _age(row.oldest_seconds)) for row in channels]
+        rows = [
+            (row.shard, row.name, row.kind, row.messages, seconds_text(row.oldest_seconds))
+            for row in channels
+        ]
         print(render_table(headers, rows))
     print()
     if not groups:
         print("no groups")
     else:
-        size = "subscribers" if pubsub else "members"
-        print(render_table(("shard", "group", size), [(row.shard, row.name, row.size) for row in groups]))
+        print(
+            render_table(
+                ("shard", "group", size_name(pubsub)), [(row.shard, row.name, row.size) for row in groups]
+            )
+        )
 
 
 def _document(
     target: Target, shards: list[ShardInventory], limit: int, findings: list[Finding], status: int
 ) -> Any:
-    size = "subscribers" if target.layer == "pubsub" else "members"
+    pubsub = target.layer == "pubsub"
     return {
         "layer": target.layer,
         "prefix": target.prefix,
@@ -142,21 +118,8 @@ def _document(
             }
             for shard in shards
         ],
-        "channels": [
-            {
-                "shard": row.shard,
-                "name": row.name,
-                "kind": row.kind,
-                "messages": row.messages,
-                "oldest_seconds": None if row.oldest_seconds is None else round(row.oldest_seconds, 3),
-                **({"subscribers": row.subscribers} if target.layer == "pubsub" else {}),
-            }
-            for shard in shards
-            for row in shard.channels
-        ],
-        "groups": [
-            {"shard": row.shard, "name": row.name, size: row.size} for shard in shards for row in shard.groups
-        ],
+        "channels": [row.as_json(pubsub) for shard in shards for row in shard.channels],
+        "groups": [row.as_json(pubsub) for shard in shards for row in shard.groups],
         "findings": [finding.as_json() for finding in findings],
         "status": status,
     }
@@ -203,12 +166,6 @@ def register(commands: Any) -> None:
         "be inspected, 2 when the options or the settings are wrong.",
     )
     add_target_arguments(parser)
-    parser.add_argument(
-        "--max-keys",
-        type=max_keys,
-        default=DEFAULT_MAX_KEYS,
-        metavar="N",
-        help=f"look at no more than N keys per shard or cluster primary (default: {DEFAULT_MAX_KEYS})",
-    )
+    add_max_keys_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=run)
