@@ -12,7 +12,7 @@ from channels_valkey.cli.commands.versions import DISTRIBUTIONS, installed_versi
 __all__ = ["COMMANDS", "DISTRIBUTIONS", "build_parser", "installed_versions", "main"]
 
 #: The sub-commands, each a module of :mod:`channels_valkey.cli.commands`, in the order ``--help`` lists them.
-COMMANDS = ("check", "inspect", "serve", "bench", "versions")
+COMMANDS = ("check", "inspect", "top", "serve", "bench", "versions")
 
 
 def build_parser() -> argparse.ArgumentParser:
