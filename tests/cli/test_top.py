@@ -30,7 +30,9 @@ import pytest
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
+from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess
+from servers.topologies import SentinelGroup
 
 COMMAND = [sys.executable, "-m", "channels_valkey.cli", "top"]
 #: Longest a test waits for the view to show something, or for the program to end.
@@ -524,3 +526,50 @@ def test_a_shard_going_down_is_an_error_row_and_the_view_goes_on(
     assert top.process.returncode == 0
     assert "Traceback" not in top.stderr()
     asyncio.run(_flush(layer))
+
+
+def test_every_primary_of_a_cluster_is_a_shard(
+    program: Callable[..., Program], valkey_cluster: ValkeyCluster, key_prefix: str
+) -> None:
+    url = valkey_cluster.url()
+    layer = ValkeyChannelLayer(hosts=[{"cluster": [url]}], prefix=key_prefix)
+    asyncio.run(_send(layer, "chat.lobby", 2))
+    try:
+        top = program("--cluster", url, "--prefix", key_prefix, "--json", "--iterations", "1")
+        document = top.next_document()
+        assert top.rest() == []
+    finally:
+        asyncio.run(_flush(layer))
+    assert top.process.returncode == 0, top.stderr()
+    primaries = {
+        f"valkey://{host}:{port}/0" for host, port in (node.address for node in valkey_cluster.primaries())
+    }
+    assert {shard["host"] for shard in document["shards"]} == primaries
+    for shard in document["shards"]:
+        assert shard["error"] is None
+        assert shard["memory_bytes"] > 0
+    # The name without the hash tag of its key, on the primary serving the key's slot.
+    (row,) = document["channels"]
+    assert (row["name"], row["messages"]) == ("chat.lobby", 2)
+    host, port = valkey_cluster.primary_for(layer.queue_key("chat.lobby")).address
+    assert document["shards"][row["shard"]]["host"] == f"valkey://{host}:{port}/0"
+
+
+def test_through_sentinel(
+    program: Callable[..., Program], sentinel_group: SentinelGroup, key_prefix: str
+) -> None:
+    entry = sentinel_group.host_entry()
+    layer = ValkeyChannelLayer(hosts=[entry], prefix=key_prefix)
+    asyncio.run(_send(layer, "chat.lobby", 3))
+    try:
+        top = program("--hosts", json.dumps(entry), "--prefix", key_prefix, "--json", "--iterations", "1")
+        document = top.next_document()
+        assert top.rest() == []
+    finally:
+        asyncio.run(_flush(layer))
+    assert top.process.returncode == 0, top.stderr()
+    (shard,) = document["shards"]
+    assert "mymaster" in shard["host"]
+    assert shard["error"] is None
+    assert shard["memory_bytes"] > 0
+    assert [(row["name"], row["messages"]) for row in document["channels"]] == [("chat.lobby", 3)]
