@@ -187,6 +187,16 @@ def test_the_sync_api_does_what_the_coroutines_do(
     assert sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "job"}
     assert sync.health(timeout=1.0).ok
     assert layer.stats()["sent"] == {"normal": 1, "process": 1, "group": 1}
+    # The bulk calls, in one call each from sync code.
+    sync.group_add("other", channel)
+    sent = sync.send_many([(channel, {"type": "bulk", "n": n}) for n in range(3)])
+    assert (sent.sent, sent.full) == (3, ())
+    grouped = sync.group_send_many([("room", {"type": "nobody"}), ("other", {"type": "bulk-group"})])
+    assert grouped.sent == 2
+    assert [sync.receive(channel, timeout=5) for _ in range(4)] == [
+        *({"type": "bulk", "n": n} for n in range(3)),
+        {"type": "bulk-group"},
+    ]
 
 
 @LAYERS

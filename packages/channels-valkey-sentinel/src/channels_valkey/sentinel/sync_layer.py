@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 from typing import Any, Protocol
 
+from channels_valkey.sentinel.bulk import GroupSendManyResult, SendManyResult
 from channels_valkey.sentinel.health import HealthReport
 from channels_valkey.sentinel.loop_thread import LoopThread
 
@@ -36,6 +38,10 @@ class AsyncLayer(Protocol):
     async def group_discard(self, group: str, channel: str) -> None: ...
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None: ...
+
+    async def send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> SendManyResult: ...
+
+    async def group_send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> GroupSendManyResult: ...
 
     async def flush(self) -> None: ...
 
@@ -71,13 +77,13 @@ class SyncLayer:
         """``await layer.group_discard(group, channel)``."""
         self._thread.run(self._layer.group_discard(group, channel))
 
-    def send_many(self, pairs: Any) -> Any:
+    def send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> SendManyResult:
         """``await layer.send_many(pairs)``: pipelined per shard; the result names the channels that were full."""
-        return self._thread.run(self._layer.send_many(pairs))  # type: ignore[attr-defined]
+        return self._thread.run(self._layer.send_many(pairs))
 
-    def group_send_many(self, pairs: Any) -> Any:
+    def group_send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> GroupSendManyResult:
         """``await layer.group_send_many(pairs)``: pipelined per shard; the result names the full members."""
-        return self._thread.run(self._layer.group_send_many(pairs))  # type: ignore[attr-defined]
+        return self._thread.run(self._layer.group_send_many(pairs))
 
     def receive(self, channel: str, timeout: float | None = None) -> dict[str, Any]:
         """The next message of ``channel``, waiting at most ``timeout`` seconds (``TimeoutError`` then).
