@@ -716,6 +716,75 @@ def bulk_group_sends(
 
 
 @pytest.fixture
+def sync_group_sends(
+    take_turns: Callable[..., Turns[Any]],
+    layers: dict[str, Any],
+    record: Callable[[str, Mapping[str, float]], None],
+    valkey_server: ValkeyProcess,
+) -> Iterator[Callable[..., None]]:
+    """``sync_group_sends(calls=, rounds=, rows=(a2s_row, sync_row, connections_row), member=)``: ``calls`` group_send calls
+    per round from this thread, which runs no event loop (a Django view's, a Celery task's), each side in turns.
+
+    Ours runs both ways in each of its rounds: ``async_to_sync(layer.group_send)`` (a new event loop per call) and
+    ``layer.sync.group_send``; the peer has ``async_to_sync`` only. Calls per second are recorded under
+    ``a2s_row`` (both sides' ``async_to_sync``) and ``sync_row`` (ours: ``layer.sync``, the peer: its
+    ``async_to_sync``), and the server's new connections per ``async_to_sync`` call under ``connections_row``.
+    With ``member`` the group has one member, a normal channel emptied before each round, so every call writes a
+    message (the core layers); without, a group_send publishes to no subscriber (the Pub/Sub layers, whose members
+    are the channels a process receives).
+    """
+    from asgiref.sync import async_to_sync
+
+    def accepted() -> int:
+        # Each look opens a connection of its own, which the next look counts: one is taken off each time.
+        return int(valkey_server.info("stats")["total_connections_received"]) - 1
+
+    def measure(*, calls: int, rounds: int, rows: tuple[str, str, str], member: bool = True) -> None:
+        ours, peer = layers
+
+        def timed_calls(call: Callable[..., Any]) -> tuple[float, int]:
+            opened = accepted()
+            start = time.perf_counter()
+            for n in range(calls):
+                call("bench-sync", {"type": "sync.call", "n": n})
+            seconds = time.perf_counter() - start
+            return seconds, accepted() - opened - 1
+
+        def one_round(side: str) -> tuple[tuple[float, int], tuple[float, int] | None]:
+            layer = layers[side]
+            via_loops = timed_calls(async_to_sync(layer.group_send))
+            return via_loops, timed_calls(layer.sync.group_send) if side == ours else None
+
+        def empty_member(side: str) -> None:
+            async_to_sync(layers[side].flush)()
+            async_to_sync(layers[side].group_add)("bench-sync", "bench-sync-member")
+
+        before_round = empty_member if member else None
+        turns = take_turns(layers, one_round, rounds=rounds, warmup=1, before_round=before_round)
+        if not turns.timed:
+            return
+        a2s = {
+            side: calls / statistics.median(seconds for (seconds, _), _ in results)
+            for side, results in turns.results.items()
+        }
+        sync_api = calls / statistics.median(sync[0] for _, sync in turns.results[ours] if sync is not None)
+        record(rows[0], a2s)
+        record(rows[1], {ours: sync_api, peer: a2s[peer]})
+        record(
+            rows[2],
+            {
+                side: statistics.median(opened / calls for (_, opened), _ in results)
+                for side, results in turns.results.items()
+            },
+        )
+
+    yield measure
+    for side, layer in layers.items():
+        if side == OURS:
+            layer.sync.close()
+
+
+@pytest.fixture
 def flow_turns(
     take_turns: Callable[..., Turns[Any]], run: Callable[[Awaitable[Any]], Any], layers: dict[str, Any]
 ) -> Callable[..., Turns[Any]]:

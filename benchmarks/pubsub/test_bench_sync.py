@@ -1,0 +1,41 @@
+"""Sending from sync code (issue #17): ``group_send`` called from a thread with no event loop, as a Django view or a
+Celery task calls it, ours and channels_redis 4's on the same server in the same run.
+
+Targets: ``async_to_sync(layer.group_send)`` at least 2x the calls/s of before (channels-valkey 0.3 and ours before
+connections were parked made one connection per call, as channels_redis still does: its figure stands for
+"before") with at most 0.05 new server connections per call; ``layer.sync.group_send`` at least 5x
+channels_redis's ``async_to_sync``.
+
+Run: ``hatch run bench:run benchmarks/pubsub -k sync``. The measuring is ``sync_group_sends`` in
+benchmarks/conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+CALLS = 200
+ROUNDS = 7
+A2S_ROW = "1 async_to_sync(group_send)"
+SYNC_ROW = "2 layer.sync.group_send (peer: async_to_sync)"
+CONNECTIONS_ROW = "3 new connections per async_to_sync call"
+
+TARGETS: dict[str, dict[str, Any]] = {
+    A2S_ROW: {"unit": "calls/s", "higher_is_better": True, "ratio": 2.0},
+    SYNC_ROW: {"unit": "calls/s", "higher_is_better": True, "ratio": 5.0},
+    CONNECTIONS_ROW: {"unit": "conn/call", "higher_is_better": False, "below": 0.05, "decimals": 3},
+}
+
+
+@pytest.fixture(scope="session")
+def report(target_report: Any) -> Any:
+    return target_report("pubsub-sync", issue=17, subject="Pub/Sub layer, calls from sync code", targets=TARGETS)
+
+
+@pytest.mark.benchmark(group="group_send from sync code")
+def test_sync_group_send(sync_group_sends: Callable[..., None]) -> None:
+    # No member: a Pub/Sub group's members are channels a process receives, and this thread receives nothing.
+    sync_group_sends(calls=CALLS, rounds=ROUNDS, rows=(A2S_ROW, SYNC_ROW, CONNECTIONS_ROW), member=False)
