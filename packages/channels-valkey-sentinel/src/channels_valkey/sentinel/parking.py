@@ -169,11 +169,9 @@ class ParkingPool(avalkey.ConnectionPool):
     async def ensure_connection(self, connection: AbstractConnection) -> None:
         if not connection.is_connected and connection.protocol in (2, "2"):
             while (sock := self.park.take()) is not None:
-                if _quiet(sock):
-                    await _adopt(connection, sock)
-                    break
+                if _quiet(sock) and await _adopt(connection, sock):
+                    return  # the peek was valkey-py's check: open, nothing to read
                 sock.close()  # the server closed it while it waited (or spoke unasked): try the next one
-        # valkey-py's own checks follow: a parked socket the server closed meanwhile is replaced by a new one.
         await super().ensure_connection(connection)
 
     async def park_idle(self) -> int:
@@ -234,16 +232,17 @@ def _has_unread(connection: AbstractConnection) -> bool:
     return bool(has_data()) if callable(has_data) else False
 
 
-async def _adopt(connection: AbstractConnection, sock: socket.socket) -> None:
-    """Make ``sock`` (connected, authenticated, on the right database) ``connection``'s transport on this loop."""
+async def _adopt(connection: AbstractConnection, sock: socket.socket) -> bool:
+    """Make ``sock`` (connected, authenticated, on the right database) ``connection``'s transport on this loop;
+    False when it cannot be."""
     try:
         if isinstance(connection, UnixDomainSocketConnection):
             reader, writer = await asyncio.open_unix_connection(sock=sock)
         else:
             reader, writer = await asyncio.open_connection(sock=sock)
     except OSError:
-        sock.close()
-        return
+        return False
     connection._reader = reader
     connection._writer = writer
     connection._parser.on_connect(connection)
+    return True

@@ -23,6 +23,12 @@ RECANCEL_AFTER = 0.05
 
 async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None]) -> None:
     """Cancel ``task`` until it is done; exceptions it ends with are left on the task for its owner."""
+    if task.done():
+        return
+    task.cancel()
+    await asyncio.sleep(0)  # most tasks end in the step their cancellation wakes them in: no timer needed
+    if not task.done():
+        await asyncio.wait({task}, timeout=RECANCEL_AFTER)  # its clean-up may take a few steps
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=RECANCEL_AFTER)
