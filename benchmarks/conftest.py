@@ -722,8 +722,9 @@ def sync_group_sends(
     record: Callable[[str, Mapping[str, float]], None],
     valkey_server: ValkeyProcess,
 ) -> Iterator[Callable[..., None]]:
-    """``sync_group_sends(calls=, rounds=, rows=(a2s_row, sync_row, connections_row), member=)``: ``calls`` group_send calls
-    per round from this thread, which runs no event loop (a Django view's, a Celery task's), each side in turns.
+    """``sync_group_sends(calls=, rounds=, rows=(a2s_row, sync_row, connections_row), member=)``: ``calls``
+    group_send calls per round from this thread, which runs no event loop (a Django view's, a Celery task's), each
+    side in turns.
 
     Ours runs both ways in each of its rounds: ``async_to_sync(layer.group_send)`` (a new event loop per call) and
     ``layer.sync.group_send``; the peer has ``async_to_sync`` only. Calls per second are recorded under

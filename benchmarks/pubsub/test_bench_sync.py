@@ -32,7 +32,9 @@ TARGETS: dict[str, dict[str, Any]] = {
 
 @pytest.fixture(scope="session")
 def report(target_report: Any) -> Any:
-    return target_report("pubsub-sync", issue=17, subject="Pub/Sub layer, calls from sync code", targets=TARGETS)
+    return target_report(
+        "pubsub-sync", issue=17, subject="Pub/Sub layer, calls from sync code", targets=TARGETS
+    )
 
 
 @pytest.mark.benchmark(group="group_send from sync code")
