@@ -41,12 +41,7 @@ def _collect(reader: InMemoryMetricReader) -> dict[Point, float]:
                 continue
             for metric in scope.metrics:
                 for point in metric.data.data_points:
-                    attributes = frozenset(point.attributes.items())
-                    if hasattr(point, "bucket_counts"):  # a histogram: its count, and its sum under name.sum
-                        points[(metric.name, attributes)] = point.count
-                        points[(f"{metric.name}.sum", attributes)] = point.sum
-                    else:
-                        points[(metric.name, attributes)] = point.value
+                    points[(metric.name, frozenset(point.attributes.items()))] = point.value
     return points
 
 
@@ -98,13 +93,16 @@ async def test_sent_received_and_held_match_what_went_through(
         # The second group message reached the process and waits for its receive.
         assert after[_point("channels_valkey.messages.held", name, **{kind: "process"})] >= 1
         assert _point("channels_valkey.messages.dropped", name, channels_valkey__reason="expired") in after
-        # Histograms: the three queued messages' waits, and the group messages' fan-out (recorded on sending by
-        # the core layer; by the Pub/Sub layer where each arrives, so the second may still be on its way).
+        # Distributions, as Prometheus histograms' parts: the three queued messages' waits, and the group
+        # messages' fan-out (counted on sending by the core layer; by the Pub/Sub layer where each arrives, so the
+        # second may still be on its way).
         waited = "channels_valkey.message.wait"
-        assert _delta(before, after, _point(waited, name, **{kind: "normal"})) == 3
+        assert _delta(before, after, _point(f"{waited}.count", name, **{kind: "normal"})) == 3
+        assert _delta(before, after, _point(f"{waited}.bucket", name, **{kind: "normal", "le": "+Inf"})) == 3
         assert _delta(before, after, _point(f"{waited}.sum", name, **{kind: "normal"})) >= 0
-        fanout = _delta(before, after, _point("channels_valkey.group.fanout", name))
+        fanout = _delta(before, after, _point("channels_valkey.group.fanout.count", name))
         assert fanout == 2 if name == "core" else 1 <= fanout <= 2
+        assert _delta(before, after, _point("channels_valkey.group.fanout.bucket", name, le="1")) == fanout
         shard = {"channels_valkey__shard": "0"}
         assert after[_point("channels_valkey.connections.open", name, **shard)] >= 1
         assert _point("channels_valkey.connections.reconnects", name, **shard) in after

@@ -125,9 +125,18 @@ async def test_wait_times_and_group_fanout_are_recorded(
             assert process_waits["count"] == 7
             assert process_waits["sum"] >= 0.2
         else:
-            assert process_waits == {"count": 0, "sum": 0.0}  # published, not queued: no send time to read
+            assert (process_waits["count"], process_waits["sum"]) == (
+                0,
+                0.0,
+            )  # published: no send time to read
+        # Cumulative buckets, as Prometheus's: both normal messages waited more than 0.1 s and less than a minute.
+        assert normal_waits["buckets"]["0.1"] == 0
+        assert normal_waits["buckets"]["60"] == normal_waits["buckets"]["+Inf"] == 2
         # Two group messages, each reaching the three members (counted where they arrive, on the Pub/Sub layer).
-        assert stats["fanout"] == {"count": 2, "sum": 6.0}
+        fanout = stats["fanout"]
+        assert (fanout["count"], fanout["sum"]) == (2, 6.0)
+        assert fanout["buckets"]["2"] == 0
+        assert fanout["buckets"]["5"] == 2
         assert json.loads(json.dumps(stats)) == stats
     finally:
         await layer.flush()

@@ -55,15 +55,9 @@ class MessageCounts:
         #: Messages handed to a ``receive()`` (a group's message counts under the kind of the member channel).
         self.received: dict[str, int] = dict.fromkeys(KINDS[:2], 0)
         #: Seconds from send to receive of the messages that travelled in a queue, by channel kind.
-        self.waited = {
-            kind: Distribution(
-                "channels_valkey.message.wait",
-                {"channels_valkey.layer": layer, "channels_valkey.channel_kind": kind},
-            )
-            for kind in KINDS[:2]
-        }
+        self.waited = {kind: Distribution("channels_valkey.message.wait") for kind in KINDS[:2]}
         #: Member channels reached per group message.
-        self.fanout = Distribution("channels_valkey.group.fanout", {"channels_valkey.layer": layer})
+        self.fanout = Distribution("channels_valkey.group.fanout")
 
 
 class ShardCounts:

@@ -9,14 +9,16 @@ Names follow the OpenTelemetry messaging semantic conventions where they fit (``
 ``messaging.client.consumed.messages``, with ``messaging.system`` and ``messaging.operation.name``); the rest are
 ``channels_valkey.*``. Attributes are the layer (``core`` / ``pubsub``), the channel kind (``normal``,
 ``process``, ``group``), the drop reason and the shard index, never a channel or group name (their number is
-unbounded). The distributions (wait time, group fan-out) are recorded as messages pass: see ``histograms.py``.
+unbounded). The distributions (wait time, group fan-out) are kept in buckets as messages pass (``histograms.py``)
+and read like the rest, as the three parts of a Prometheus histogram: ``.bucket`` (by upper bound ``le``),
+``.count`` and ``.sum``.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -50,7 +52,7 @@ def observe(layer: Observed) -> None:
         if _instruments:
             return
         meter = metrics.get_meter(METER_NAME)
-        for name, points, unit, description in _COUNTERS:
+        for name, points, unit, description in (*_COUNTERS, *_HISTOGRAMS):
             _instruments.append(
                 meter.create_observable_counter(
                     name, callbacks=[_reading(points)], unit=unit, description=description
@@ -64,7 +66,7 @@ def observe(layer: Observed) -> None:
             )
 
 
-Points = Iterator[tuple[int, dict[str, str]]]
+Points = Iterator[tuple[float, dict[str, str]]]
 
 
 def _sent(stats: dict[str, Any]) -> Points:
@@ -127,6 +129,56 @@ _COUNTERS: tuple[Instrument, ...] = (
     ),
 )
 
+
+def _distribution(key: str, part: str, kind: bool) -> Callable[[dict[str, Any]], Points]:
+    """Points of one part (``buckets``, ``count``, ``sum``) of the distribution ``stats[key]`` (by channel kind when
+    ``kind``): a bucket's point per upper bound, under ``le``."""
+
+    def points(stats: dict[str, Any]) -> Points:
+        found = stats[key]
+        by_kind = found.items() if kind else [(None, found)]
+        for kind_name, distribution in by_kind:
+            labels = {} if kind_name is None else {"channels_valkey.channel_kind": kind_name}
+            if part == "buckets":
+                for bound, count in distribution["buckets"].items():
+                    yield count, {**labels, "le": bound}
+            else:
+                yield distribution[part], labels
+
+    return points
+
+
+def _histogram_parts(name: str, key: str, unit: str, what: str, *, kind: bool) -> tuple[Instrument, ...]:
+    return (
+        (
+            f"{name}.bucket",
+            _distribution(key, "buckets", kind),
+            "{value}",
+            f"{what}: how many were at most the bound ``le`` (cumulative, as Prometheus histogram buckets).",
+        ),
+        (f"{name}.count", _distribution(key, "count", kind), "{value}", f"{what}: how many."),
+        (f"{name}.sum", _distribution(key, "sum", kind), unit, f"{what}: their sum."),
+    )
+
+
+#: The distributions, as the three parts of a Prometheus histogram (``histogram_quantile`` reads the buckets).
+_HISTOGRAMS: tuple[Instrument, ...] = (
+    *_histogram_parts(
+        "channels_valkey.message.wait",
+        "waited",
+        "s",
+        "Seconds from send() to the receive() that took a message travelling in a queue",
+        kind=True,
+    ),
+    *_histogram_parts(
+        "channels_valkey.group.fanout",
+        "fanout",
+        "{channel}",
+        "Member channels one group message reached",
+        kind=False,
+    ),
+)
+
 _GAUGES: tuple[Instrument, ...] = (
     (
         "channels_valkey.messages.held",
@@ -149,7 +201,7 @@ def _reading(points: Callable[[dict[str, Any]], Points]) -> Callable[[Any], Iter
     def callback(options: Any) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
 
-        totals: Counter[tuple[tuple[str, str], ...]] = Counter()
+        totals: defaultdict[tuple[tuple[str, str], ...], float] = defaultdict(float)
         with _lock:
             layers = list(_layers)
         for layer in layers:
