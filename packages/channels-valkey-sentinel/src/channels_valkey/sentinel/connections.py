@@ -136,11 +136,7 @@ class ConnectionManager:
 
     def facts(self, index: int) -> ShardFacts:
         """What has been learned about shard ``index`` (refused commands); shared by every event loop."""
-        found = self._facts.get(index)
-        if found is None:
-            with self._lock:
-                found = self._facts.setdefault(index, ShardFacts())
-        return found
+        return self._of_shard(self._facts, index, ShardFacts)
 
     def known_facts(self) -> dict[int, ShardFacts]:
         """The facts learned so far, by shard index (shards nothing was learned about are absent)."""
@@ -149,10 +145,14 @@ class ConnectionManager:
 
     def shard_counts(self, index: int) -> ShardCounts:
         """Reconnections and failovers of shard ``index`` in this process, over every event loop."""
-        found = self._counts.get(index)
+        return self._of_shard(self._counts, index, ShardCounts)
+
+    def _of_shard(self, kept: dict[int, T], index: int, make: Callable[[], T]) -> T:
+        """``kept[index]``, made on first use; read without the lock, which only its making takes."""
+        found = kept.get(index)
         if found is None:
             with self._lock:
-                found = self._counts.setdefault(index, ShardCounts())
+                found = kept.setdefault(index, make())
         return found
 
     def connection_figures(self) -> dict[int, ConnectionFigures]:
