@@ -245,4 +245,7 @@ async def _adopt(connection: AbstractConnection, sock: socket.socket) -> bool:
     connection._reader = reader
     connection._writer = writer
     connection._parser.on_connect(connection)
+    if connection.health_check_interval:
+        # The peek before adopting it was a health check: the first command needs no PING in front.
+        connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
     return True
