@@ -21,7 +21,7 @@ from valkey import exceptions as valkey_errors
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.specs import SentinelHost
-from channels_valkey.sentinel.tasks import BackgroundTask
+from channels_valkey.sentinel.tasks import BackgroundTask, raise_if_cancelling
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -76,6 +76,7 @@ class SwitchWatcher:
             try:
                 await self._listen(host, port, retries)
             except (valkey_errors.ConnectionError, valkey_errors.TimeoutError, OSError) as exc:
+                raise_if_cancelling()  # a cancellation valkey-py turned into a connection error
                 self.listening.clear()
                 retries.failed()
                 await retries.wait(exc, level=logging.DEBUG)  # the next Sentinel in the list is tried
@@ -90,15 +91,22 @@ class SwitchWatcher:
         client = avalkey.Valkey(host=host, port=port, **options)
         try:
             async with client.pubsub() as pubsub:
+                # Each valkey-py await may lose the cancellation of a closing loop (asyncio.wait_for before Python
+                # 3.12): the watcher checks after each, so that the loop's close does not wait for a second one.
                 await pubsub.subscribe(SELECTED_CHANNEL, SWITCH_CHANNEL)
+                raise_if_cancelling()
                 # A switch may have happened while no Sentinel was being listened to.
-                await self._report(await self._primary_now(client))
+                primary = await self._primary_now(client)
+                raise_if_cancelling()
+                await self._report(primary)
                 self.listening.set()
                 retries.succeeded()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    raise_if_cancelling()
                     if message is None:
                         await pubsub.ping()  # notices a Sentinel that vanished without closing the socket
+                        raise_if_cancelling()
                     elif message["type"] == "message":
                         await self._dispatch(message["channel"], message["data"])
         finally:
