@@ -93,7 +93,10 @@ class SyncLayer:
         """
         if timeout is None:
             return self._thread.run(self._layer.receive(channel))
-        return self._thread.run(asyncio.wait_for(self._layer.receive(channel), timeout))
+        try:
+            return self._thread.run(asyncio.wait_for(self._layer.receive(channel), timeout))
+        except asyncio.TimeoutError as error:  # a class of its own before Python 3.11, the builtin since
+            raise TimeoutError(f"no message on {channel!r} within {timeout:g} s") from error
 
     def new_channel(self, prefix: str = "specific") -> str:
         """``await layer.new_channel(prefix)``."""
