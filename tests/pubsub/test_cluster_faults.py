@@ -137,7 +137,7 @@ class Load:
         while not self._stop_receiving.is_set():
             try:
                 message = await asyncio.wait_for(self.subscriber.receive(channel), 0.2)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 continue
             if "n" in message:
                 stream.received.append(message["n"])

@@ -69,7 +69,7 @@ async def test_worker_channel_delivers_each_message_once_across_layer_instances(
         while sum(map(len, got.values())) < count:
             try:
                 message = await asyncio.wait_for(layer.receive("jobs"), 0.5)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 continue
             got[name].append(message["n"])
 

@@ -96,7 +96,7 @@ def test_worker_channel_delivers_once_across_two_event_loops(
             while not done.is_set():
                 try:
                     message = await asyncio.wait_for(layer.receive("jobs"), 0.2)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     continue
                 got[index].append(message["n"])
                 if sum(map(len, got)) >= count:

@@ -174,16 +174,12 @@ class Subscriber:
             link.sent.wrote(kind, tuple(batch))
             try:
                 await link.connection.send_command(command, *batch, check_health=False)
-                # valkey-py writes under asyncio.wait_for, which before Python 3.12 drops a cancellation that
-                # arrives as the write completes: the task must still stop (a closing loop waits for it).
-                raise_if_cancelling()
             except (
                 valkey_errors.ConnectionError,
                 valkey_errors.TimeoutError,
                 OSError,
                 AttributeError,
             ) as error:
-                raise_if_cancelling()  # a cancellation valkey-py turned into one of these
                 # The listener sees the same failure on its next read and restores everything wanted. (valkey-py
                 # raises AttributeError when the connection is closed while the write waits for its turn.)
                 logger.debug("shard %d: writing %s failed (%s)", self.index, command, error)
@@ -275,6 +271,10 @@ class Subscriber:
             self._restoring = set(names)
         if names:
             await self._write("SUBSCRIBE", names)
+            # valkey-py writes under asyncio.wait_for, which before Python 3.12 drops a cancellation that arrives
+            # as the write completes (or turns it into a connection error, which _write absorbs): the listener must
+            # still stop, since a closing loop waits for it.
+            raise_if_cancelling()
         self._check_restored()
         watchdog = asyncio.get_running_loop().create_task(
             self._keep_alive(link), name=f"channels-valkey pubsub keep-alive shard {self.index}"
