@@ -71,7 +71,7 @@ class BulkSends:
         _clock: ScoreClock
 
         def get_capacity(self, channel: str) -> int: ...
-        def serialize(self, message: dict[str, Any]) -> bytes: ...
+        def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
         def queue_key(self, channel: str) -> str: ...
         def group_key(self, group: str) -> str: ...
         async def shard_ring(self) -> ShardRing: ...
@@ -99,7 +99,8 @@ class BulkSends:
                 if shard < 0:
                     shard = normal_shards[channel] = next(self._sends) % ring.size
             key = self.queue_key(channel)
-            queued = _Queued(key, self.get_capacity(channel), self.serialize(message), index, [channel])
+            member = self._payload(message, "channel", channel)
+            queued = _Queued(key, self.get_capacity(channel), member, index, [channel])
             batches[shard, slot_of(key) if self.cluster else 0].append(queued)
         done, error = await self._queue(batches)
         full: list[int] = []
@@ -124,6 +125,8 @@ class BulkSends:
         ``over_capacity``.
         """
         checked = checked_pairs(pairs, check_group, "group_send_many")
+        # Encoded before the members are read: a message over max_message_bytes raises before anything is written.
+        plain = [self._payload(message, "group", group) for group, message in checked]
         ring = await self.shard_ring()
         members = await self._members(ring, list(dict.fromkeys(group for group, _ in checked)))
         batches: dict[_Place, list[_Queued]] = defaultdict(list)
@@ -135,8 +138,10 @@ class BulkSends:
             queues_per_pair.append(len(by_key))
             for key, names in by_key.items():
                 first = names[0]
-                payload = {**message, "__asgi_channel__": names} if is_process_channel(first) else message
-                queued = _Queued(key, self.get_capacity(first), self.serialize(payload), index, names)
+                member = plain[index]
+                if is_process_channel(first):
+                    member = self._payload({**message, "__asgi_channel__": names}, "group", group)
+                queued = _Queued(key, self.get_capacity(first), member, index, names)
                 batches[ring.index(non_local_name(first)), slot_of(key) if self.cluster else 0].append(queued)
         done, error = await self._queue(batches)
         missed: dict[int, list[str]] = defaultdict(list)

@@ -32,6 +32,7 @@ from channels_valkey.core.exceptions import ForeignChannelError
 from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.sentinel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionManager,
     DropCounters,
     HealthReport,
@@ -72,7 +73,8 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
     """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
 
     Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts
-    and retries of :class:`channels_valkey.sentinel.ResiliencePolicy`.
+    and retries of :class:`channels_valkey.sentinel.ResiliencePolicy`, ``max_message_bytes`` the largest
+    serialized message a send accepts (None: no limit).
     """
 
     brpop_timeout = 5
@@ -90,14 +92,16 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         random_prefix_length: int = 12,
         serializer_format: str = "msgpack",
         policy: ResiliencePolicy | None = None,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         options = LayerOptions.check(
-            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, _BRACES
+            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, max_message_bytes, _BRACES
         )
         self.prefix = options.prefix
         self.expiry = options.expiry
         self.group_expiry = options.group_expiry
         self.capacity = options.capacity
+        self.max_message_bytes = options.max_message_bytes
         self.channel_capacity = self.compile_capacities(options.channel_capacity)
         self.hosts = options.hosts
         #: On a Valkey Cluster every key carries a hash tag, so that each script call touches one slot.
@@ -209,14 +213,13 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         """Send ``message`` to ``channel``; raise ChannelFull when its queue is at capacity."""
         check_channel(channel)
         check_message(message)
-        ring = await self.shard_ring()
         process = is_process_channel(channel)
         if process:
             message = {**message, "__asgi_channel__": channel}
-            shard = self._shard_of_channel(ring, channel)
-        else:
-            shard = next(self._sends) % ring.size
-        member = self.serialize(message)
+        # Encoded before anything else: a message over max_message_bytes raises before a byte goes anywhere.
+        member = self._payload(message, "channel", channel)
+        ring = await self.shard_ring()
+        shard = self._shard_of_channel(ring, channel) if process else next(self._sends) % ring.size
         args = [repr(self._clock.take()), int(self.expiry), self.get_capacity(channel), member]
         try:
             # Not idempotent: a receiver may take the message before a lost reply is noticed, and a second call
@@ -306,6 +309,9 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         """Send ``message`` to every channel of ``group``; full queues drop it (counted and logged)."""
         check_group(group)
         check_message(message)
+        # Encoded before the members are read: a message over max_message_bytes raises before anything is written.
+        # Normal channels' queues all store these bytes (distinct queues need no distinct random prefixes).
+        plain = self._payload(message, "group", group)
         channels = await self.group_channels(group)
         ring = await self.shard_ring()
         # One queue key per destination; process channels of one process share theirs and one message names them all.
@@ -317,9 +323,11 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
         for key, names in by_key.items():
             first = names[0]
-            payload = {**message, "__asgi_channel__": names} if is_process_channel(first) else message
+            member = plain
+            if is_process_channel(first):
+                member = self._payload({**message, "__asgi_channel__": names}, "group", group)
             place = (self._shard_of_channel(ring, first), slot_of(key) if self.cluster else 0)
-            batches[place].append((key, self.serialize(payload), self.get_capacity(first)))
+            batches[place].append((key, member, self.get_capacity(first)))
         now = repr(time.time())
         calls = [
             self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])

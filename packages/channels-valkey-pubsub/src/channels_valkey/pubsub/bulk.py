@@ -63,7 +63,7 @@ class BulkSends:
         _queues: WorkerQueues
 
         def get_capacity(self, channel: str) -> int: ...
-        def serialize(self, message: dict[str, Any]) -> bytes: ...
+        def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
         def _kind(self, channel: str) -> str: ...
         def _is_worker(self, channel: str, kind: str | None = None) -> bool: ...
         async def _publish(self, shard: int, name: str, payload: bytes) -> None: ...
@@ -83,7 +83,7 @@ class BulkSends:
         for index, (channel, message) in enumerate(checked):
             shard = ring.index(channel)
             kind = self._kind(channel)
-            item = _Message(index, channel, kind, self.serialize(message))
+            item = _Message(index, channel, kind, self._payload(message, "channel", channel))
             if self._is_worker(channel, kind) and self._queues.enabled(shard):
                 queued[shard, slot_of(self._queues.key(channel)) if self.cluster else 0].append(item)
             else:
@@ -115,7 +115,8 @@ class BulkSends:
         published: dict[int, list[_Message]] = defaultdict(list)
         for index, (group, message) in enumerate(checked):
             name = group_channel(self.prefix, group)
-            published[ring.index(name)].append(_Message(index, name, "group", self.serialize(message)))
+            payload = self._payload(message, "group", group)
+            published[ring.index(name)].append(_Message(index, name, "group", payload))
         done, error = await self._publish_many(published)
         self._counts.sent["group"] += len(done)
         if error is not None:

@@ -5,9 +5,8 @@ the same channel names, with the same payload bytes. Normal (worker) channels de
 each message reaches exactly one receiving process as the channels spec requires; ``worker_channels="pubsub"``
 keeps 0.3's behaviour (every subscribed process gets it) for fleets that still have 0.3 receivers.
 
-On a Valkey Cluster (a ``{"cluster": [...]}`` host entry) the same names travel on sharded Pub/Sub: ``SPUBLISH`` to
-the primary serving the name's slot (``handover.py``), ``SSUBSCRIBE`` there (``cluster_subscriber.py``), and worker
-queues carry their channel as a hash tag.
+On a Valkey Cluster the same names travel on sharded Pub/Sub: ``SPUBLISH`` to the primary of the name's slot
+(``handover.py``), ``SSUBSCRIBE`` there (``cluster_subscriber.py``); worker queues carry their channel as hash tag.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from channels_valkey.pubsub.loop_state import Item, LocalChannel, LoopState
 from channels_valkey.pubsub.names import group_channel, is_peer_process_channel
 from channels_valkey.pubsub.worker_queues import WorkerQueues
 from channels_valkey.sentinel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionManager,
     DropCounters,
     Handover,
@@ -59,7 +59,7 @@ logger = logging.getLogger("channels_valkey.pubsub")
 WORKER_MODES = ("queue", "pubsub")
 _OPTIONS = (
     "hosts", "prefix", "on_disconnect", "on_reconnect", "symmetric_encryption_keys", "serializer_format",
-    "expiry", "group_expiry", "capacity", "channel_capacity", "worker_channels", "policy",
+    "expiry", "group_expiry", "capacity", "channel_capacity", "worker_channels", "policy", "max_message_bytes",
 )  # fmt: skip
 
 
@@ -76,7 +76,8 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
     ``hosts``, ``prefix``, ``on_disconnect``, ``on_reconnect``, ``symmetric_encryption_keys`` and
     ``serializer_format`` are channels-valkey 0.3's settings; ``expiry``, ``capacity`` and ``channel_capacity``
     bound the local buffers and the worker queues, ``group_expiry`` is accepted for settings shared with the core
-    layer, ``worker_channels`` picks how normal channels travel, ``policy`` sets connection timeouts and retries.
+    layer, ``worker_channels`` picks how normal channels travel, ``policy`` sets connection timeouts and retries,
+    ``max_message_bytes`` the largest serialized message a send accepts (None: no limit).
     """
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
@@ -98,6 +99,7 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
         channel_capacity: Mapping[Any, int] | None = None,
         worker_channels: str = "queue",
         policy: ResiliencePolicy | None = None,
+        max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -111,13 +113,14 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
         if worker_channels not in WORKER_MODES:
             raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
         options = LayerOptions.check(
-            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, _BRACES
+            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, max_message_bytes, _BRACES
         )
         super().__init__(expiry=options.expiry, capacity=options.capacity)
         self.prefix = options.prefix
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect
         self.group_expiry = options.group_expiry
+        self.max_message_bytes = options.max_message_bytes
         self.channel_capacity = self.compile_capacities(options.channel_capacity)
         self.worker_channels = worker_channels
         self.hosts = options.hosts
@@ -216,7 +219,7 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
         """
         check_channel(channel)
         check_message(message)
-        payload = self.serialize(message)
+        payload = self._payload(message, "channel", channel)
         shard = (await self._connections.ring()).index(channel)
         kind = self._kind(channel)
         try:
@@ -368,9 +371,10 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
         check_group(group)
         check_message(message)
         name = group_channel(self.prefix, group)
+        payload = self._payload(message, "group", group)
         try:
             shard = (await self._connections.ring()).index(name)
-            await self._publish(shard, name, self.serialize(message))
+            await self._publish(shard, name, payload)
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise

@@ -34,6 +34,7 @@ from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import (
     CommandNotSent,
     HostConfigError,
+    MessageTooLarge,
     ReplyLost,
     SentinelDiscoveryError,
     ShardUnavailable,
@@ -56,8 +57,10 @@ from channels_valkey.sentinel.naming import (
     non_local_name,
 )
 from channels_valkey.sentinel.options import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     LayerOptions,
     check_channel_capacity,
+    check_message_limit,
     check_policy,
     check_prefix,
     check_whole_number,
@@ -84,6 +87,7 @@ from channels_valkey.sentinel.sync_layer import SyncLayer, SyncLayerAccess
 from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_POLICY",
     "DEFAULT_URL",
     "MAX_NAME_LENGTH",
@@ -111,6 +115,7 @@ __all__ = [
     "MessageCodec",
     "MessageCounts",
     "MessageSerializer",
+    "MessageTooLarge",
     "OnInterrupted",
     "QueueReader",
     "QueueSource",
@@ -143,6 +148,7 @@ __all__ = [
     "check_group",
     "check_health",
     "check_message",
+    "check_message_limit",
     "check_policy",
     "check_prefix",
     "check_whole_number",

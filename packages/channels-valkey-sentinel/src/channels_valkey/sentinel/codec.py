@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from channels_valkey.sentinel.counters import DropCounters
+from channels_valkey.sentinel.exceptions import MessageTooLarge
 
 __all__ = ["MessageCodec", "MessageSerializer", "SerializerMethods"]
 
@@ -65,6 +66,8 @@ class SerializerMethods:
     """
 
     _serializer: MessageSerializer
+    #: The largest serialized message :meth:`_payload` lets through, or None for no limit.
+    max_message_bytes: int | None = None
 
     def serialize(self, message: dict[str, Any]) -> bytes:
         """The bytes stored or published for ``message``."""
@@ -73,3 +76,15 @@ class SerializerMethods:
     def deserialize(self, message: bytes) -> dict[str, Any]:
         """The message stored or published as ``message``; ``ValueError`` / ``TypeError`` when it cannot be read."""
         return self._serializer.deserialize(message)
+
+    def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes:
+        """The bytes to write for ``message`` (through :meth:`serialize`), or :class:`MessageTooLarge` naming the
+        ``kind`` (``"channel"``, ``"group"``) and ``name`` it was for when they are over ``max_message_bytes``.
+
+        Every send of the layers encodes through here before it writes anything.
+        """
+        payload = self.serialize(message)
+        limit = self.max_message_bytes
+        if limit is not None and len(payload) > limit:
+            raise MessageTooLarge(f"{kind} {name!r}", len(payload), limit)
+        return payload

@@ -37,3 +37,17 @@ class ReplyLost(valkey.exceptions.ConnectionError):
     Raised by the layers for sends, where a second try could deliver a message twice: a receiver may already have
     taken the first copy, so nothing on the server shows that it arrived. The caller decides whether to send again.
     """
+
+
+class MessageTooLarge(ValueError):
+    """A message whose serialized bytes are over the layer's ``max_message_bytes``; raised before anything of the
+    call is written, naming the destination, the size and the limit."""
+
+    def __init__(self, destination: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"message for {destination} is {size:,} bytes serialized, over max_message_bytes ({limit:,}); "
+            "nothing was sent"
+        )
+        self.destination = destination
+        self.size = size
+        self.limit = limit

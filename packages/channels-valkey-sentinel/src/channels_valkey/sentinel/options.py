@@ -15,12 +15,18 @@ from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.specs import ClusterHost, HostSpec
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "LayerOptions",
     "check_channel_capacity",
+    "check_message_limit",
     "check_policy",
     "check_prefix",
     "check_whole_number",
 ]
+
+#: Largest serialized message either layer sends unless ``max_message_bytes`` says otherwise: 16 MiB, far above
+#: what a channel layer is for, and half the Pub/Sub output buffer hard limit (32 MB) that would drop a subscriber.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 _CLUSTER_BRACES = "the layer puts names in braces (hash tags) to choose their slots"
 
@@ -47,6 +53,13 @@ def check_whole_number(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
     return value
+
+
+def check_message_limit(value: object) -> int | None:
+    """``max_message_bytes``: a whole number of bytes (at least 1), or None for no limit; ``ValueError`` otherwise."""
+    if value is None:
+        return None
+    return check_whole_number("max_message_bytes", value)
 
 
 def check_channel_capacity(channel_capacity: Mapping[Any, int] | None) -> dict[Any, int]:
@@ -83,6 +96,8 @@ class LayerOptions:
     #: Whether the only host entry is a Valkey Cluster.
     cluster: bool
     policy: ResiliencePolicy
+    #: The largest serialized message a send accepts, or None for no limit.
+    max_message_bytes: int | None
 
     @classmethod
     def check(
@@ -94,6 +109,7 @@ class LayerOptions:
         capacity: object,
         channel_capacity: Mapping[Any, int] | None,
         policy: object,
+        max_message_bytes: object,
         braces: str,
         /,
     ) -> LayerOptions:
@@ -111,6 +127,7 @@ class LayerOptions:
         }
         patterns = check_channel_capacity(channel_capacity)
         checked_policy = check_policy(policy) or ResiliencePolicy()
+        limit = check_message_limit(max_message_bytes)
         decoded = decode_hosts(hosts)
         cluster = isinstance(decoded[0], ClusterHost)
         check_prefix(prefix, cluster=cluster, why=braces)
@@ -123,4 +140,5 @@ class LayerOptions:
             hosts=decoded,
             cluster=cluster,
             policy=checked_policy,
+            max_message_bytes=limit,
         )
