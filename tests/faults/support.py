@@ -53,56 +53,68 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-@dataclass
-class SlowCommands:
-    """What the server's SLOWLOG recorded: every command with its time on the server, in microseconds."""
+#: Commands that held the server at least this long are recorded (SLOWLOG and the latency monitor's threshold).
+HELD_THRESHOLD_MS = 1
 
-    entries: list[dict[str, Any]] = field(default_factory=list)
+
+@dataclass
+class ServerTime:
+    """How a block of work held the server: its longest commands (at least :data:`HELD_THRESHOLD_MS`), from the
+    SLOWLOG in microseconds and from the latency monitor in milliseconds, and how many times each command ran."""
+
+    slow: list[dict[str, Any]] = field(default_factory=list)
+    #: The latency monitor's longest ``command`` / ``fast-command`` event, in milliseconds (0: none recorded).
+    monitor_ms: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def longest_us(self) -> int:
-        return max((int(entry["duration"]) for entry in self.entries), default=0)
+        return max((int(entry["duration"]) for entry in self.slow), default=0)
 
     def longest(self) -> str:
         """The longest command: its name and time, for a failure message."""
-        if not self.entries:
-            return "no command recorded"
-        entry = max(self.entries, key=lambda entry: int(entry["duration"]))
-        command = entry["command"]
-        name = command.split()[0] if isinstance(command, str) else bytes(command).split()[0].decode()
-        return f"{name} for {int(entry['duration']) / 1000:.2f} ms"
+        if not self.slow:
+            return f"no command of {HELD_THRESHOLD_MS} ms or more"
+        entry = max(self.slow, key=lambda entry: int(entry["duration"]))
+        return f"{_name(entry['command'])} for {int(entry['duration']) / 1000:.2f} ms"
 
-    def count(self, name: str) -> int:
-        """How many recorded commands were ``name`` (``EVALSHA``, ``PUBLISH``...)."""
-        found = 0
-        for entry in self.entries:
-            command = entry["command"]
-            text = command if isinstance(command, str) else bytes(command).decode(errors="replace")
-            if text.split(maxsplit=1)[0].upper() == name.upper():
-                found += 1
-        return found
+
+def _name(command: Any) -> str:
+    text = command if isinstance(command, str) else bytes(command).decode(errors="replace")
+    return text.split(maxsplit=1)[0].upper()
+
+
+def _calls(server: ValkeyProcess) -> dict[str, int]:
+    return {
+        name.removeprefix("cmdstat_").upper(): int(stats["calls"])
+        for name, stats in server.info("commandstats").items()
+    }
 
 
 @contextmanager
-def every_command_timed(server: ValkeyProcess, capacity: int = 100_000) -> Iterator[SlowCommands]:
-    """Record every command the server runs inside the block, with how long it held the server (SLOWLOG with a
-    threshold of 0 us). Only for a test's private server: the setting is the server's, not the connection's."""
-    recorded = SlowCommands()
+def server_time(server: ValkeyProcess) -> Iterator[ServerTime]:
+    """Measure how the work inside the block holds the server: every command of 1 ms or more is recorded by the
+    SLOWLOG and the latency monitor (a threshold of 0 would log each command a script runs too, and slow it down).
+    Only for a test's private server: the settings are the server's, and so are the counts."""
+    measured = ServerTime()
+    threshold_us = HELD_THRESHOLD_MS * 1000
     with server.client() as client:
-        client.config_set("slowlog-max-len", capacity)
-        client.config_set("slowlog-log-slower-than", 0)
+        client.config_set("slowlog-max-len", 10_000)
+        client.config_set("slowlog-log-slower-than", threshold_us)
+        client.config_set("latency-monitor-threshold", HELD_THRESHOLD_MS)
         client.slowlog_reset()
+        client.execute_command("LATENCY", "RESET")
+    before = _calls(server)
     try:
-        yield recorded
+        yield measured
     finally:
+        after = _calls(server)
         with server.client() as client:
-            client.config_set("slowlog-log-slower-than", -1)
-            entries = client.slowlog_get(capacity)
-            client.config_set("slowlog-log-slower-than", 10_000)
-        # The last entries are this client's own CONFIG SET; SLOWLOG RESET is never recorded.
-        recorded.entries = [entry for entry in entries if not _own(entry["command"])]
-
-
-def _own(command: Any) -> bool:
-    text = command if isinstance(command, str) else bytes(command).decode(errors="replace")
-    return text.upper().startswith(("CONFIG ", "SLOWLOG "))
+            measured.slow = [e for e in client.slowlog_get(10_000) if _name(e["command"]) not in ("CONFIG", "INFO")]
+            latest = client.execute_command("LATENCY", "LATEST")
+            client.config_set("latency-monitor-threshold", 0)
+        measured.monitor_ms = max(
+            (int(event[3]) for event in latest if _name(event[0]) in ("COMMAND", "FAST-COMMAND")), default=0
+        )
+        measured.calls = {name: count - before.get(name, 0) for name, count in after.items()}
+        measured.calls = {name: count for name, count in measured.calls.items() if count}
