@@ -8,8 +8,10 @@ root pytest settings pass ``-m "not chaos"``).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,17 @@ def sizes(ci: int, chaos: int) -> pytest.MarkDecorator:
     return pytest.mark.parametrize(
         "size", [pytest.param(ci, id="ci"), pytest.param(chaos, id="chaos", marks=pytest.mark.chaos)]
     )
+
+
+async def settles(condition: Callable[[], object], timeout: float, interval: float = 0.01) -> bool:
+    """Whether ``condition`` holds within ``timeout`` seconds, polled on the event loop: the test reports its figures
+    either way, then asserts."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
 
 
 def report(fault: str, **figures: Any) -> None:

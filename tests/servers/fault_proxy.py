@@ -176,6 +176,16 @@ class _Connection:
         if self.upstream is not None:
             self.upstream.abort()
 
+    def close(self) -> None:
+        """Close both sockets with a FIN, flushing what was already handed to them; nothing more is forwarded."""
+        if self.client.transport is None:
+            # Still in the TLS handshake: there is no stream to end gracefully.
+            self.abort()
+            return
+        self.client.finish_sending(half_close=False)
+        if self.upstream is not None:
+            self.upstream.finish_sending(half_close=False)
+
 
 class _Relay:
     """The proxy's state and work on its loop thread; only code running on that loop touches it."""
@@ -335,10 +345,13 @@ class _Relay:
                     f"expected {count}"
                 ) from None
 
-    async def cut(self) -> int:
+    async def cut(self, graceful: bool = False) -> int:
         connections = list(self._connections)
         for connection in connections:
-            connection.abort()
+            if graceful:
+                connection.close()
+            else:
+                connection.abort()
             if connection.task is not None:
                 connection.task.cancel()
         await asyncio.gather(*(c.task for c in connections if c.task is not None), return_exceptions=True)
@@ -464,12 +477,14 @@ class FaultProxy:
         """Pass bytes again, starting with everything held back during the pause, in order."""
         self._call(self._relay.set_flowing(True))
 
-    def cut(self) -> int:
+    def cut(self, *, graceful: bool = False) -> int:
         """Reset every open connection (both sides) and return how many there were; new ones are accepted.
 
-        To keep a client from reconnecting straight away, call :meth:`refuse` first.
+        With ``graceful=True`` both sides get a FIN instead of a reset (RST), after the bytes already handed to
+        their sockets; what the proxy still held back is dropped either way. To keep a client from reconnecting
+        straight away, call :meth:`refuse` first.
         """
-        return self._call(self._relay.cut())
+        return self._call(self._relay.cut(graceful))
 
     def refuse(self) -> None:
         """Reset every new connection at once; the port stays bound, open connections are left alone."""

@@ -280,6 +280,22 @@ async def test_cut_resets_open_connections_and_new_ones_work(
     assert await round_trip(reader, writer, b"again") == b"again"
 
 
+async def test_a_graceful_cut_ends_open_connections_with_eof_and_new_ones_work(
+    proxy: FaultProxy, echo: EchoServer, clients: Clients
+) -> None:
+    opened = [await clients.open(proxy.port) for _ in range(2)]
+    for reader, writer in opened:
+        assert await round_trip(reader, writer, b"ok") == b"ok"
+    assert proxy.cut(graceful=True) == 2
+    assert proxy.connection_count == 0
+    for reader, _ in opened:
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # a FIN, not a reset
+    await eventually(lambda: echo.open_connections == 0, "the server side of the cut connections to close")
+
+    reader, writer = await clients.open(proxy.port)
+    assert await round_trip(reader, writer, b"again") == b"again"
+
+
 async def test_refuse_resets_new_connections_until_accept(
     proxy: FaultProxy, echo: EchoServer, clients: Clients
 ) -> None:
