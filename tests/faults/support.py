@@ -1,9 +1,9 @@
 """What the fault tests (issue #18) share: both layers by name, the two sizes of each test, the server's own measure
 of how long each command held it, and one line of figures per test (imported as ``faults.support``).
 
-Each fault test runs twice from one body: a CI-sized variant that plain ``hatch test`` selects, and the issue's full
-size behind the ``chaos`` marker, which ``hatch run chaos`` selects (``-m chaos``) and ``hatch test`` leaves out (the
-root pytest settings pass ``-m "not chaos"``).
+A fault test whose size matters runs twice from one body (:func:`sizes`): a CI-sized variant marked ``quick`` that
+plain ``hatch test`` selects, and the issue's full size marked ``chaos``, which ``hatch test`` leaves out (the root
+pytest settings pass ``-m "not chaos"``) and ``hatch run chaos`` selects (``-m "not quick"`` on tests/faults).
 """
 
 from __future__ import annotations
@@ -35,9 +35,14 @@ def make_layer(backend: str, hosts: list[Any], prefix: str, **config: Any) -> An
 
 
 def sizes(ci: int, chaos: int) -> pytest.MarkDecorator:
-    """Parametrize ``size`` with the CI-sized run (id ``ci``) and the issue's full size (id ``chaos``, marked)."""
+    """Parametrize ``size`` with the CI-sized run (id ``ci``, marked ``quick``) and the issue's full size (id
+    ``chaos``, marked ``chaos``). A fault test without sizes runs in both."""
     return pytest.mark.parametrize(
-        "size", [pytest.param(ci, id="ci"), pytest.param(chaos, id="chaos", marks=pytest.mark.chaos)]
+        "size",
+        [
+            pytest.param(ci, id="ci", marks=pytest.mark.quick),
+            pytest.param(chaos, id="chaos", marks=pytest.mark.chaos),
+        ],
     )
 
 
