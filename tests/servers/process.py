@@ -313,6 +313,14 @@ class ValkeyProcess:
         _running.pop(self._process.pid, None)
         self._process = None
 
+    def suspend(self) -> None:
+        """``kill -STOP``: the server freezes with its connections open; the kernel still accepts new ones."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """``kill -CONT`` after :meth:`suspend`: the server goes on where it stopped."""
+        self._signal(signal.SIGCONT)
+
     def restart(self, timeout: float = START_TIMEOUT) -> ValkeyProcess:
         """Start again on the same port with the config file as it is now (Sentinel rewrites its own)."""
         self.stop()

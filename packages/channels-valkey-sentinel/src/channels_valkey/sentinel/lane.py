@@ -233,7 +233,12 @@ class CommandLane:
             return
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(WATCHDOG_TICK, timeout / 2))
+            wait = min(WATCHDOG_TICK, timeout / 2)
+            if self._pending:
+                # Wake when the oldest unanswered command runs out of time, so that its error comes at the
+                # timeout rather than up to a tick later.
+                wait = min(wait, link.progress + timeout - loop.time())
+            await asyncio.sleep(max(wait, 0.0) + 0.001)
             if self._pending and loop.time() - link.progress > timeout:
                 link.failure = valkey_errors.TimeoutError(f"no reply on the command lane within {timeout:g}s")
                 await link.connection.disconnect(nowait=True)
