@@ -128,7 +128,9 @@ def server_time(server: ValkeyProcess) -> Iterator[ServerTime]:
     finally:
         after = _calls(server)
         with server.client() as client:
-            measured.slow = [e for e in client.slowlog_get(10_000) if _name(e["command"]) not in ("CONFIG", "INFO")]
+            measured.slow = [
+                e for e in client.slowlog_get(10_000) if _name(e["command"]) not in ("CONFIG", "INFO")
+            ]
             latest = client.execute_command("LATENCY", "LATEST")
             client.config_set("latency-monitor-threshold", 0)
         measured.monitor_ms = max(

@@ -130,7 +130,9 @@ async def test_a_process_channel_counts_the_channel_name_it_carries(
 @BACKENDS
 @pytest.mark.parametrize("limit", [0, -1, 1.5, "1MB", True])
 def test_a_bad_limit_is_refused_naming_it(backend: str, limit: object) -> None:
-    with pytest.raises(ValueError, match=re.escape(f"max_message_bytes must be a whole number >= 1, not {limit!r}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"max_message_bytes must be a whole number >= 1, not {limit!r}")
+    ):
         make_layer(backend, ["valkey://127.0.0.1:1"], "p", max_message_bytes=limit)
 
 
@@ -138,4 +140,6 @@ def test_a_bad_limit_is_refused_naming_it(backend: str, limit: object) -> None:
 def test_the_limit_defaults_to_sixteen_mebibytes_and_none_lifts_it(backend: str) -> None:
     assert make_layer(backend, ["valkey://127.0.0.1:1"], "p").max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
     assert DEFAULT_MAX_MESSAGE_BYTES == 16 * 1024 * 1024
-    assert make_layer(backend, ["valkey://127.0.0.1:1"], "p", max_message_bytes=None).max_message_bytes is None
+    assert (
+        make_layer(backend, ["valkey://127.0.0.1:1"], "p", max_message_bytes=None).max_message_bytes is None
+    )

@@ -148,4 +148,6 @@ async def test_sigstop_pauses_during_a_stream(
     assert not stream.receive_errors, stream.receive_errors[:5]
     assert stream.error_after, "no send was caught by a pause"
     slowest = max(stream.error_after)
-    assert slowest <= POLICY.socket_timeout + ERROR_MARGIN, f"an error took {slowest:.2f}s to reach the caller"
+    assert slowest <= POLICY.socket_timeout + ERROR_MARGIN, (
+        f"an error took {slowest:.2f}s to reach the caller"
+    )

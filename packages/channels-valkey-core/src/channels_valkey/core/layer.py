@@ -95,7 +95,15 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         options = LayerOptions.check(
-            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, max_message_bytes, _BRACES
+            hosts,
+            prefix,
+            expiry,
+            group_expiry,
+            capacity,
+            channel_capacity,
+            policy,
+            max_message_bytes,
+            _BRACES,
         )
         self.prefix = options.prefix
         self.expiry = options.expiry

@@ -113,7 +113,15 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
         if worker_channels not in WORKER_MODES:
             raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
         options = LayerOptions.check(
-            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, max_message_bytes, _BRACES
+            hosts,
+            prefix,
+            expiry,
+            group_expiry,
+            capacity,
+            channel_capacity,
+            policy,
+            max_message_bytes,
+            _BRACES,
         )
         super().__init__(expiry=options.expiry, capacity=options.capacity)
         self.prefix = options.prefix
