@@ -27,7 +27,7 @@ from valkey import exceptions as valkey_errors
 from channels_valkey.pubsub.bulk import BulkSends
 from channels_valkey.pubsub.handover import ShardedPublisher
 from channels_valkey.pubsub.loop_state import Item, LocalChannel, LoopState
-from channels_valkey.pubsub.names import group_channel, is_peer_process_channel
+from channels_valkey.pubsub.names import ServerNames, group_channel, is_peer_process_channel
 from channels_valkey.pubsub.worker_queues import WorkerQueues
 from channels_valkey.sentinel import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -70,7 +70,7 @@ _BRACES = (
 )
 
 
-class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey Pub/Sub channel layer: process channels and groups on Pub/Sub, worker channels on queues.
 
     ``hosts``, ``prefix``, ``on_disconnect``, ``on_reconnect``, ``symmetric_encryption_keys`` and
@@ -189,27 +189,6 @@ class ValkeyPubSubChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, Ba
     def pubsub_shards(self) -> set[int]:
         """Shards where the ACL refuses the queue commands: their normal channels travel on Pub/Sub."""
         return self._queues.refused_shards()
-
-    def queue_key(self, channel: str) -> str:
-        """The server key of the worker queue of the normal channel ``channel``."""
-        return self._queues.key(channel)
-
-    @property
-    def queue_key_layout(self) -> tuple[str, str]:
-        """``(head, tail)``: every key :meth:`queue_key` makes is ``head + channel + tail``, so tools can find worker
-        queues by ``SCAN MATCH head*`` and read the channel back from a key."""
-        return self._queues.layout
-
-    def group_channel_name(self, group: str) -> str:
-        """The Pub/Sub channel ``group``'s members subscribe to (0.3's name), for counting them with ``PUBSUB
-        NUMSUB`` (``SHARDNUMSUB`` on a cluster); the name is not checked."""
-        return group_channel(self.prefix, group)
-
-    @property
-    def group_channel_layout(self) -> tuple[str, str]:
-        """``(head, tail)``: every name :meth:`group_channel_name` makes is ``head + group + tail``, so tools can
-        tell group channels from the others among ``PUBSUB CHANNELS head*``."""
-        return group_channel(self.prefix, ""), ""
 
     # Serialization ----------------------------------------------------------------------------------------------
 

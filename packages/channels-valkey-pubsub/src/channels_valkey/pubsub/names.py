@@ -9,6 +9,10 @@ channel part is a hash tag, ``{prefix}__worker__{{channel}}``, so a queue lives 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from channels_valkey.pubsub.worker_queues import WorkerQueues
 
 # What the new_channel() of channels-valkey 0.3 and channels_redis 4 appends to the layer and channel prefixes.
 _PEER_PROCESS_SUFFIX = re.compile(r"[0-9a-f]{32}", re.ASCII)
@@ -48,3 +52,31 @@ def is_peer_process_channel(prefix: str, channel: str) -> bool:
         and len(channel) >= len(prefix) + 32
         and _PEER_PROCESS_SUFFIX.fullmatch(channel, len(channel) - 32) is not None
     )
+
+
+class ServerNames:
+    """What the layer tells tools about its names on the server (``channels-valkey inspect`` reads them)."""
+
+    prefix: str
+    _queues: WorkerQueues
+
+    def queue_key(self, channel: str) -> str:
+        """The server key of the worker queue of the normal channel ``channel``."""
+        return self._queues.key(channel)
+
+    @property
+    def queue_key_layout(self) -> tuple[str, str]:
+        """``(head, tail)``: every key :meth:`queue_key` makes is ``head + channel + tail``, so tools can find worker
+        queues by ``SCAN MATCH head*`` and read the channel back from a key."""
+        return self._queues.layout
+
+    def group_channel_name(self, group: str) -> str:
+        """The Pub/Sub channel ``group``'s members subscribe to (0.3's name), for counting them with ``PUBSUB
+        NUMSUB`` (``SHARDNUMSUB`` on a cluster); the name is not checked."""
+        return group_channel(self.prefix, group)
+
+    @property
+    def group_channel_layout(self) -> tuple[str, str]:
+        """``(head, tail)``: every name :meth:`group_channel_name` makes is ``head + group + tail``, so tools can
+        tell group channels from the others among ``PUBSUB CHANNELS head*``."""
+        return group_channel(self.prefix, ""), ""
