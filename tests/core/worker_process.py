@@ -23,6 +23,9 @@ async def work(backend: str, url: str, prefix: str, channel: str, ack_key: str) 
         message = await layer.receive(channel)
         if message["type"] == "stop":
             break
+        # The work a real worker does with a message: it also keeps the stream going long enough for the test's
+        # kill to land in the middle of it, however fast the layer and however busy the machine.
+        await asyncio.sleep(0.001)
         await acks.rpush(ack_key, message["n"])
     await acks.aclose()
     await layer.close_pools()

@@ -317,10 +317,11 @@ def test_100_000_sync_calls_from_8_threads_keep_the_connection_count_flat(
     assert layer.stats()["sent"]["group"] == 100_000  # every call went through
     opened = opened_since() - 1  # the watcher's
     print(f"\n100,000 sync calls from 8 threads: {opened} new connections, at most {max(most)} clients")
-    # The sync loop's few (its lane, the connection flush scans on), and one per thread's async_to_sync loop,
-    # parked between its calls.
-    assert max(most) <= baseline + 3 + min(8, PARK_LIMIT)
-    assert opened <= 3 + min(8, PARK_LIMIT)
+    # Bounded by the threads, not by the calls: the sync loop's few (its lane, the connection flush scans on), and
+    # per thread's async_to_sync loop its lane's, parked between its calls (two when a loop starts while another
+    # is still parking its socket). 100,000 calls opened 11 to 15 in all here.
+    assert max(most) <= baseline + 3 + 2 * min(8, PARK_LIMIT)
+    assert opened <= 3 + 2 * min(8, PARK_LIMIT)
 
 
 def test_the_sync_api_needs_no_django_settings(valkey_url: str, key_prefix: str) -> None:
