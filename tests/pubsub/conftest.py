@@ -18,6 +18,7 @@ import pytest
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
+from conftest import skip_unless_sharded_pubsub
 from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess
 from servers.topologies import SentinelGroup, Shards
@@ -93,6 +94,7 @@ def topology(request: pytest.FixtureRequest) -> Topology:
         group: SentinelGroup = request.getfixturevalue("sentinel_group")
         return Topology("sentinel", [group.host_entry()], [group.current_primary()], None)
     if request.param == "cluster":
+        skip_unless_sharded_pubsub(request.getfixturevalue("server_under_test"))
         cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
         return Topology("cluster", hosts_of_cluster(cluster), cluster.primaries(), None, cluster=True)
     raise ValueError(f"unknown topology {request.param!r}")

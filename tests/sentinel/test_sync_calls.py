@@ -20,7 +20,8 @@ from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.sentinel import PARK_LIMIT
 
-from conftest import WAIT_TIMEOUT
+from conftest import WAIT_TIMEOUT, skip_unless_sharded_pubsub
+from servers.binaries import Release
 from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess, wait_until
 from servers.tls_proxy import TLSProxy
@@ -361,22 +362,31 @@ def test_sync_close_stops_the_loop_and_the_next_call_starts_it_again(
 
 
 @LAYERS
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
 def test_the_sync_api_follows_sentinel_and_cluster_hosts(
     layer_class: type[Any],
-    sentinel_group: SentinelGroup,
-    valkey_cluster: ValkeyCluster,
+    topology: str,
+    request: pytest.FixtureRequest,
+    server_under_test: Release,
     key_prefix: str,
     layers: list[Any],
 ) -> None:
-    for hosts in ([sentinel_group.host_entry()], [{"cluster": [valkey_cluster.url()]}]):
-        layer = _make(layers, layer_class, hosts, key_prefix)
-        channel = layer.sync.new_channel()
-        layer.sync.group_add("room", channel)
-        for n in range(50):
-            layer.sync.group_send("room", {"type": "g", "n": n})
-            layer.sync.send(f"{key_prefix}jobs", {"type": "j", "n": n})
-        assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(50)] == list(range(50))
-        assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(50)] == list(range(50))
+    if topology == "sentinel":
+        sentinel_group: SentinelGroup = request.getfixturevalue("sentinel_group")
+        hosts = [sentinel_group.host_entry()]
+    else:
+        if layer_class is ValkeyPubSubChannelLayer:
+            skip_unless_sharded_pubsub(server_under_test)
+        valkey_cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
+        hosts = [{"cluster": [valkey_cluster.url()]}]
+    layer = _make(layers, layer_class, hosts, key_prefix)
+    channel = layer.sync.new_channel()
+    layer.sync.group_add("room", channel)
+    for n in range(50):
+        layer.sync.group_send("room", {"type": "g", "n": n})
+        layer.sync.send(f"{key_prefix}jobs", {"type": "j", "n": n})
+    assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(50)] == list(range(50))
+    assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(50)] == list(range(50))
 
 
 def test_async_to_sync_from_a_thread_pool_reuses_connections(

