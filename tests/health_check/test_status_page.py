@@ -1,7 +1,7 @@
 """The django-health-check plugin on a real status page: Django's test client against real Valkey servers.
 
-The same tests run on django-health-check 4 (``hatch test``) and 3 (``hatch run django42:test``, Django 4.2); the
-conftest wires the page the way each version wants it.
+The same tests run on django-health-check 4 (``hatch test``) and 3 (the Django 4.2 cells of
+``hatch run matrix:conformance``); the conftest wires the page the way each version wants it.
 """
 
 from __future__ import annotations
