@@ -55,7 +55,7 @@ class Stream:
         while True:
             try:
                 message = await asyncio.wait_for(self.layer.receive(self.channel), 1)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 if self.stop.is_set():
                     return
                 continue

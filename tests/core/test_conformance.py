@@ -50,7 +50,7 @@ async def _fill(layer: ValkeyChannelLayer, channel: str, limit: int = 1000) -> i
 
 
 async def _nothing_arrives(layer: ValkeyChannelLayer, channel: str, timeout: float = 0.5) -> None:
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from Python 3.11 on, not on 3.10
         await asyncio.wait_for(layer.receive(channel), timeout)
 
 
@@ -554,7 +554,7 @@ async def test_flush_does_not_wait_for_receives_that_are_starting(
                 await asyncio.sleep(0)
             try:
                 await asyncio.wait_for(layer.flush(), RECEIVE_TIMEOUT)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 pytest.fail(f"flush waited for a receive's blocking pop at attempt {attempt}")
             idle.cancel()  # flush leaves waiting receives waiting
             await asyncio.gather(idle, return_exceptions=True)

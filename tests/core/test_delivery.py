@@ -116,7 +116,7 @@ async def test_several_processes_reading_one_channel_get_distinct_messages(
         while not stop.is_set():
             try:
                 message = await asyncio.wait_for(layers[index].receive("work"), 0.5)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 continue
             seen[index].append(message["n"])
             if sum(map(len, seen)) >= total:

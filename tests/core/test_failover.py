@@ -44,7 +44,7 @@ async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
         while True:
             try:
                 message = await asyncio.wait_for(layer.receive("stream"), 1)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 if stop.is_set():
                     return
                 continue

@@ -59,7 +59,7 @@ async def _receive_until(layer: object, done: asyncio.Event, stream: Stream) -> 
     while not done.is_set():
         try:
             message = await asyncio.wait_for(layer.receive("stream"), 1.0)  # type: ignore[attr-defined]
-        except TimeoutError:
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             continue
         except (valkey.ConnectionError, valkey.TimeoutError) as error:
             stream.receive_errors.append(f"{type(error).__name__}: {error}")
