@@ -13,7 +13,7 @@ import types
 
 from valkey import exceptions as valkey_errors
 
-from channels_valkey.sentinel.exceptions import CommandNotSent, ReplyLost
+from channels_valkey.sentinel.exceptions import CommandNotSent, ReplyLost, ShardUnavailable
 
 #: Error replies meaning "this node will not take writes now; ask the Sentinels where the primary is".
 NOT_PRIMARY_REPLIES = ("NOREPLICAS", "MASTERDOWN")
@@ -81,6 +81,8 @@ def raise_if_reply_lost(error: BaseException, what: str) -> None:
     """
     if isinstance(error, ReplyLost) or classify(error) is not Failure.MAYBE_RUN:
         return
+    if isinstance(error, ShardUnavailable) and classify(error.cause) is Failure.FATAL:
+        return  # refused (credentials, ACL rights, TLS): the command did not run, and the shard is what to fix
     raise ReplyLost(
         f"{what}: the connection failed after the message was written ({type(error).__name__}: {error}); the "
         "message may have been delivered, so it was not sent again: a second copy could arrive twice"
