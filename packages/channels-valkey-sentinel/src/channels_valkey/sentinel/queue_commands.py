@@ -9,9 +9,10 @@ putting back re-adds members with their original scores, so they go back to the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from valkey import exceptions as valkey_errors
 
@@ -60,9 +61,38 @@ async def blocking_pop(
 
     entries = bzpopmin_entries(await server.blocking_call(("BZPOPMIN", key, timeout), put_back_one))
     if entries and count > 1:
-        rest = await connections.execute_command(shard, "ZPOPMIN", key, count - 1, idempotent=False)
-        entries += zpopmin_entries(rest)
+        entries += await _pop_rest(connections, shard, key, count - 1, entries, on_interrupted)
     return entries
+
+
+async def _pop_rest(
+    connections: ConnectionManager,
+    shard: int,
+    key: str,
+    count: int,
+    taken: list[Entry],
+    on_interrupted: OnPopped,
+) -> list[Entry]:
+    """``ZPOPMIN key count`` after a ``BZPOPMIN`` took ``taken``; a cancellation hands both to ``on_interrupted``.
+
+    The pop runs on as a task of its own when its caller is cancelled (a loop closing, ``close_pools()``), so what
+    the server popped is not lost with the caller: once its reply is in, it goes back with ``taken``.
+    """
+    rest = asyncio.ensure_future(connections.execute_command(shard, "ZPOPMIN", key, count, idempotent=False))
+    try:
+        return zpopmin_entries(await asyncio.shield(rest))
+    except asyncio.CancelledError:
+        await asyncio.shield(_give_back(taken, rest, on_interrupted))
+        raise
+
+
+async def _give_back(taken: list[Entry], rest: asyncio.Future[Any], on_interrupted: OnPopped) -> None:
+    popped = list(taken)
+    try:
+        popped += zpopmin_entries(await rest)
+    except Exception as error:  # it popped nothing, or its reply is lost and what it carried with it
+        logger.info("popping the rest of %d entries failed while putting them back: %s", len(taken), error)
+    await on_interrupted(popped)
 
 
 async def requeue(connections: ConnectionManager, shard: int, key: str, entries: list[Entry]) -> None:
