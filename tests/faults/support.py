@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+import valkey
 
 from servers.process import ValkeyProcess
 
@@ -55,6 +56,26 @@ async def settles(condition: Callable[[], object], timeout: float, interval: flo
             return False
         await asyncio.sleep(interval)
     return True
+
+
+class Received(Protocol):
+    """Where :func:`receive_until` files what it received and the errors it met."""
+
+    received: list[int]
+    receive_errors: list[str]
+
+
+async def receive_until(layer: Any, done: asyncio.Event, stream: Received) -> None:
+    """Receive the numbered messages of the channel ``stream`` until ``done``; errors are filed, not raised."""
+    while not done.is_set():
+        try:
+            message = await asyncio.wait_for(layer.receive("stream"), 1.0)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            continue
+        except (valkey.ConnectionError, valkey.TimeoutError) as error:
+            stream.receive_errors.append(f"{type(error).__name__}: {error}")
+            continue
+        stream.received.append(message["n"])
 
 
 def report(fault: str, **figures: Any) -> None:

@@ -18,7 +18,7 @@ import valkey
 
 from channels_valkey.sentinel import ReplyLost
 
-from faults.support import BACKENDS, make_layer, report, settles, sizes
+from faults.support import BACKENDS, make_layer, receive_until, report, settles, sizes
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
 
@@ -55,18 +55,6 @@ async def _send_all(layer: object, total: int, stream: Stream) -> None:
         stream.progress.set()
 
 
-async def _receive_until(layer: object, done: asyncio.Event, stream: Stream) -> None:
-    while not done.is_set():
-        try:
-            message = await asyncio.wait_for(layer.receive("stream"), 1.0)  # type: ignore[attr-defined]
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            continue
-        except (valkey.ConnectionError, valkey.TimeoutError) as error:
-            stream.receive_errors.append(f"{type(error).__name__}: {error}")
-            continue
-        stream.received.append(message["n"])
-
-
 async def _cut_every(proxy: FaultProxy, every: int, cuts: int, stream: Stream) -> None:
     """Cut after every ``every`` sends, FIN and RST in turns, ``cuts`` times."""
     for index in range(cuts):
@@ -98,7 +86,7 @@ async def _stream_through_cuts(
         layer = make_layer(backend, [proxy.url()], prefix)
         reader = layer if cut_receiver else make_layer(backend, [server.url()], prefix)
         started = time.monotonic()
-        receiver = asyncio.create_task(_receive_until(reader, done, stream))
+        receiver = asyncio.create_task(receive_until(reader, done, stream))
         try:
             await asyncio.gather(
                 _send_all(layer, size, stream), _cut_every(proxy, MESSAGES_PER_CUT, cuts - 1, stream)

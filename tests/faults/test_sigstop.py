@@ -17,7 +17,7 @@ import valkey
 
 from channels_valkey.sentinel import ReplyLost, ResiliencePolicy
 
-from faults.support import BACKENDS, make_layer, report, settles, sizes
+from faults.support import BACKENDS, make_layer, receive_until, report, settles, sizes
 from servers.process import ValkeyProcess
 
 #: The issue's pause.
@@ -70,18 +70,6 @@ async def _send_until(layer: object, stop: asyncio.Event, stream: Stream) -> Non
         n += 1
 
 
-async def _receive_until(layer: object, done: asyncio.Event, stream: Stream) -> None:
-    while not done.is_set():
-        try:
-            message = await asyncio.wait_for(layer.receive("stream"), 1.0)  # type: ignore[attr-defined]
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            continue
-        except (valkey.ConnectionError, valkey.TimeoutError) as error:
-            stream.receive_errors.append(f"{type(error).__name__}: {error}")
-            continue
-        stream.received.append(message["n"])
-
-
 async def _wait_for_sends(stream: Stream, count: int) -> None:
     while stream.sent < count:
         stream.progress.clear()
@@ -97,7 +85,7 @@ async def test_sigstop_pauses_during_a_stream(
     layer = make_layer(backend, [server.url()], key_prefix, policy=POLICY)
     stream = Stream()
     stop, done = asyncio.Event(), asyncio.Event()
-    receiver = asyncio.create_task(_receive_until(layer, done, stream))
+    receiver = asyncio.create_task(receive_until(layer, done, stream))
     sender = asyncio.create_task(_send_until(layer, stop, stream))
     started = time.monotonic()
     try:
