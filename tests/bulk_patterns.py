@@ -7,12 +7,15 @@ with the single call and receives it next: a copy delivered twice, or a message 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from channels_valkey.sentinel import GroupSendManyResult, SendManyResult
+from channels_valkey.sentinel import GroupSendManyResult, ReplyLost, SendManyResult
+
+from servers.fault_proxy import FaultProxy
 
 Receive = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -152,3 +155,30 @@ async def encrypted(make_layer: Callable[..., Any], receive: Receive, normal: st
             process: [{"type": "secret", "n": 2}, {"type": "secret", "n": 3}],
         },
     )
+
+
+async def reply_lost_is_not_sent_again(
+    layer_class: type[Any], fault_proxy: FaultProxy, server_url: str, key_prefix: str, done: str
+) -> None:
+    """A ``send_many`` whose connection is cut after its messages arrived raises ``ReplyLost`` (saying how many
+    of them were confirmed: ``0 of 2 messages {done}``) and sends nothing again; the next send works."""
+    sender = layer_class(hosts=[fault_proxy.url()], prefix=key_prefix)
+    receiver = layer_class(hosts=[server_url], prefix=key_prefix)
+    try:
+        await sender.send_many([("work", {"type": "warm up"})])
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "warm up"}
+        fault_proxy.set_latency(0.5)
+        sending = asyncio.create_task(sender.send_many([("work", {"n": 1}), ("work", {"n": 2})]))
+        assert [await asyncio.wait_for(receiver.receive("work"), 5) for _ in range(2)] == [{"n": 1}, {"n": 2}]
+        assert not sending.done()
+        fault_proxy.cut()
+        fault_proxy.set_latency(0)
+        with pytest.raises(ReplyLost, match=rf"send_many \(0 of 2 messages {done}\): the connection failed"):
+            await asyncio.wait_for(sending, 10)
+        await sender.send("work", {"type": "next"})
+        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "next"}
+        assert sender.stats()["sent"]["normal"] == 2  # the warm-up and "next"
+    finally:
+        await sender.flush()
+        await sender.close_pools()
+        await receiver.close_pools()

@@ -4,7 +4,6 @@ over capacity, the number of script calls, and a lost reply."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +11,7 @@ import bulk_patterns
 import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
-from channels_valkey.sentinel import GroupSendManyResult, ReplyLost
+from channels_valkey.sentinel import GroupSendManyResult
 
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
@@ -134,23 +133,6 @@ def _script_calls(server: ValkeyProcess) -> int:
 async def test_a_send_many_whose_reply_was_lost_raises_and_is_not_sent_again(
     fault_proxy: FaultProxy, valkey_server: ValkeyProcess, key_prefix: str
 ) -> None:
-    sender = ValkeyChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
-    receiver = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
-    try:
-        await sender.send_many([("work", {"type": "warm up"})])
-        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "warm up"}
-        fault_proxy.set_latency(0.5)
-        sending = asyncio.create_task(sender.send_many([("work", {"n": 1}), ("work", {"n": 2})]))
-        assert [await asyncio.wait_for(receiver.receive("work"), 5) for _ in range(2)] == [{"n": 1}, {"n": 2}]
-        assert not sending.done()
-        fault_proxy.cut()
-        fault_proxy.set_latency(0)
-        with pytest.raises(ReplyLost, match=r"send_many \(0 of 2 messages queued\): the connection failed"):
-            await asyncio.wait_for(sending, 10)
-        await sender.send("work", {"type": "next"})
-        assert await asyncio.wait_for(receiver.receive("work"), 5) == {"type": "next"}
-        assert sender.stats()["sent"]["normal"] == 2  # the warm-up and "next"
-    finally:
-        await sender.flush()
-        await sender.close_pools()
-        await receiver.close_pools()
+    await bulk_patterns.reply_lost_is_not_sent_again(
+        ValkeyChannelLayer, fault_proxy, valkey_server.url(), key_prefix, "queued"
+    )
