@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -119,6 +120,65 @@ def test_async_to_sync_on_a_cluster_reuses_each_nodes_connections(
         assert got == list(range(index, CALLS, len(channels)))
 
 
+@LAYERS
+def test_async_to_sync_on_sentinel_hosts_asks_the_sentinels_once_and_reuses_connections(
+    layer_class: type[Any], sentinel_group: SentinelGroup, key_prefix: str, layers: list[Any]
+) -> None:
+    """The process's follower of the service knows the primary (follower.py): no loop asks the Sentinels, and the
+    primary's sockets are parked between loops like a plain server's."""
+    layer = _make(layers, layer_class, [sentinel_group.host_entry()], key_prefix, capacity=2 * CALLS)
+    channel = f"{key_prefix}jobs"
+    send = async_to_sync(layer.send)
+    send(channel, {"type": "warm-up"})
+    primary = sentinel_group.current_primary()
+    to_primary, to_sentinels = NewConnections(primary), NewConnections(*sentinel_group.sentinels)
+    started = time.perf_counter()
+    for n in range(CALLS):
+        send(channel, {"type": "job", "n": n})
+    rate = CALLS / (time.perf_counter() - started)  # printed for the README, not asserted
+    print(
+        f"\n{layer_class.__name__} on Sentinel hosts: {to_primary()} new connections to the primary and "
+        f"{to_sentinels()} to the Sentinels for {CALLS} async_to_sync sends, {rate:.0f} calls/s"
+    )
+    assert to_primary() <= 0.05 * CALLS
+    assert to_sentinels() <= 0.05 * CALLS
+    assert layer.sync.receive(channel, timeout=5) == {"type": "warm-up"}
+    assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(CALLS)] == list(range(CALLS))
+
+
+def _readonly_refusals(server: ValkeyProcess) -> int:
+    return int(server.info("errorstats").get("errorstat_READONLY", {}).get("count", 0))
+
+
+@LAYERS
+def test_async_to_sync_calls_follow_a_failover_and_drop_the_old_primarys_sockets(
+    layer_class: type[Any], private_sentinel_group: SentinelGroup, key_prefix: str, layers: list[Any]
+) -> None:
+    group = private_sentinel_group
+    layer = _make(layers, layer_class, [group.host_entry()], key_prefix)
+    channel = f"{key_prefix}jobs"
+    send = async_to_sync(layer.send)
+    for n in range(20):
+        send(channel, {"type": "job", "n": n})
+    assert layer.stats()["shards"]["0"]["parked_connections"] >= 1
+    old = group.current_primary()
+    group.failover()
+    new = group.wait_for_new_primary(old, 20)
+    wait_until(
+        lambda: layer.stats()["shards"]["0"]["failovers"] == 1,
+        timeout=WAIT_TIMEOUT,
+        message="the follower to hear of the switch",
+    )
+    refused_before = _readonly_refusals(old)
+    for n in range(20, 40):
+        send(channel, {"type": "job", "n": n})
+    # No call wrote to the demoted primary over a socket parked before the switch: each went to the new one.
+    assert _readonly_refusals(old) == refused_before
+    with new.client() as client:
+        assert client.zcard(layer.queue_key(channel)) == 40
+    assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(40)] == list(range(40))
+
+
 def test_tls_connections_are_not_parked_and_not_leaked(
     tls_valkey: TLSProxy, valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
 ) -> None:
@@ -156,10 +216,17 @@ def _send_in_child(layer: Any, channel: str) -> None:
     async_to_sync(layer.send)(channel, {"type": "from-child"})
 
 
+@pytest.mark.parametrize("topology", ["tcp", "sentinel"])
 def test_a_forked_child_never_uses_its_parents_parked_sockets(
-    valkey_url: str, key_prefix: str, layers: list[Any]
+    topology: str, request: pytest.FixtureRequest, key_prefix: str, layers: list[Any]
 ) -> None:
-    layer = _make(layers, ValkeyChannelLayer, [valkey_url], key_prefix)
+    """On Sentinel hosts the child also follows the primary with a watcher of its own: the parent's thread did not
+    come along."""
+    if topology == "sentinel":
+        hosts = [request.getfixturevalue("sentinel_group").host_entry()]
+    else:
+        hosts = [request.getfixturevalue("valkey_url")]
+    layer = _make(layers, ValkeyChannelLayer, hosts, key_prefix)
     channel = f"{key_prefix}jobs"
     send = async_to_sync(layer.send)
     send(channel, {"type": "parent-1"})  # leaves a parked socket, copied into the child by fork
@@ -171,6 +238,23 @@ def test_a_forked_child_never_uses_its_parents_parked_sockets(
     received = [layer.sync.receive(channel, timeout=5)["type"] for _ in range(3)]
     assert sorted(received) == ["from-child", "parent-1", "parent-2"]
     assert received.index("parent-1") < received.index("parent-2")
+
+
+FOLLOWER_THREAD = "channels-valkey sentinel follower"
+
+
+def test_one_sentinel_follower_thread_serves_every_loop_and_stops_with_the_last_close(
+    sentinel_group: SentinelGroup, key_prefix: str, layers: list[Any]
+) -> None:
+    layer = _make(layers, ValkeyChannelLayer, [sentinel_group.host_entry()], key_prefix)
+    send = async_to_sync(layer.send)
+    for n in range(10):
+        send(f"{key_prefix}jobs", {"type": "job", "n": n})
+    assert [thread.name for thread in threading.enumerate()].count(FOLLOWER_THREAD) == 1
+    async_to_sync(layer.close_pools)()
+    assert FOLLOWER_THREAD not in {thread.name for thread in threading.enumerate()}
+    send(f"{key_prefix}jobs", {"type": "job", "n": 10})  # starts it again
+    assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(11)] == list(range(11))
 
 
 # layer.sync ----------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
+from channels_valkey.sentinel.follower import PrimaryFollower, PrimaryFollowers
 from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.parking import ConnectionParks
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
@@ -29,7 +30,8 @@ from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.shard_protocol import ShardConnection
-from channels_valkey.sentinel.specs import ClusterHost, HostSpec, SentinelDiscovery
+from channels_valkey.sentinel.specs import ClusterHost, HostSpec, SentinelDiscovery, SentinelHost
+from channels_valkey.sentinel.watcher import Address
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -91,6 +93,9 @@ class ConnectionManager:
         #: Sockets of closed loops' idle connections, for the next loop (see parking.py); closed with the manager.
         self._parks = ConnectionParks()
         weakref.finalize(self, self._parks.close)
+        #: One watcher per Sentinel service for every loop of the process (follower.py); stopped with the manager.
+        self._followers = PrimaryFollowers()
+        weakref.finalize(self, self._followers.stop)
 
     # Shards ----------------------------------------------------------------------------------------------------
 
@@ -146,6 +151,17 @@ class ConnectionManager:
     def shard_counts(self, index: int) -> ShardCounts:
         """Reconnections and failovers of shard ``index`` in this process, over every event loop."""
         return self._of_shard(self._counts, index, ShardCounts)
+
+    def follower(self, index: int, spec: SentinelHost) -> PrimaryFollower:
+        """The process's follower of the Sentinel service of shard ``index``, shared by every event loop."""
+
+        parks = self._parks  # not the manager: the follower's thread must not keep it alive
+
+        def forget_others(address: Address) -> None:
+            # Sockets parked for another address of this shard reach a former primary (see Shard._make_client).
+            parks.close_where(lambda key: _parked_at(key, (index,)) not in (None, address))
+
+        return self._followers.get(index, spec, self.policy, self.shard_counts(index), forget_others)
 
     def _of_shard(self, kept: dict[int, T], index: int, make: Callable[[], T]) -> T:
         """``kept[index]``, made on first use; read without the lock, which only its making takes."""
@@ -284,9 +300,13 @@ class ConnectionManager:
 
     async def close(self) -> None:
         """Close this event loop's connections, and the sockets parked by closed loops; the manager stays usable
-        and reconnects on the next command."""
+        and reconnects on the next command. The last loop to close also stops the Sentinel followers' thread."""
         await self._close_loop(park=False)
         self._parks.close()
+        with self._lock:
+            loops_left = len(self._loops)
+        if not loops_left:
+            await asyncio.to_thread(self._followers.stop)
 
     def parked_connections(self) -> int:
         """Sockets of closed event loops' connections waiting for the next loop now (see parking.py)."""
@@ -356,6 +376,7 @@ class _LoopShards:
                         counts=counts,
                         parks=manager._parks,
                         park_key=(index,),
+                        follower=manager.follower(index, spec) if isinstance(spec, SentinelHost) else None,
                     )
                 )
         return shards
@@ -364,3 +385,13 @@ class _LoopShards:
         shards, self.shards = self.shards or [], None
         for shard in shards:
             await shard.aclose(park=park)
+
+
+def _parked_at(key: object, park_key: tuple[int]) -> Address | None:
+    """The primary's address in a park key of a Sentinel shard with ``park_key`` (``((park_key, address), kind)``),
+    or None for any other key."""
+    if isinstance(key, tuple) and key and isinstance(key[0], tuple) and len(key[0]) == 2:
+        shard_key, address = key[0]
+        if shard_key == park_key and isinstance(address, tuple):
+            return address
+    return None

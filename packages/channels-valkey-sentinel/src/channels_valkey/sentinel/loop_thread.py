@@ -55,6 +55,10 @@ class LoopThread:
         except concurrent.futures.CancelledError:
             raise asyncio.CancelledError from None
 
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coroutine`` on the loop without waiting for it; any thread may call this, a running loop's too."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._running_loop())
+
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop, while its thread runs (None before the first call and after :meth:`stop`)."""
         with self._lock:
@@ -68,6 +72,11 @@ class LoopThread:
         if loop is None or thread is None:
             if last is not None:
                 last.close()
+            return
+        if thread is threading.current_thread():
+            # Called on the loop itself (a finalizer the garbage collector ran there): waiting would never end.
+            ending = loop.create_task(last if last is not None else asyncio.sleep(0))
+            ending.add_done_callback(lambda _: loop.stop())
             return
         try:
             if last is not None:

@@ -13,8 +13,9 @@ What is parked, and what never is:
 
 - Only a connection with nothing unanswered, nothing unread and nothing unwritten: the server's next reply on it
   is the reply to the next command written.
-- Plain TCP and unix-socket connections. TLS keeps its state in the loop's transport; a Sentinel-followed shard's
-  primary may move while a socket waits. Both connect per loop as before.
+- Plain TCP and unix-socket connections, and a Sentinel-followed shard's under the primary's address, only while the
+  process's follower of the service names that primary (follower.py; a failover closes the former primary's). TLS
+  keeps its state in the loop's transport: it connects per loop as before.
 - At most :data:`PARK_LIMIT` sockets per server, each at most :data:`PARK_IDLE_SECONDS`; the rest are closed.
 - One owner at a time: a socket is taken out of the park before a loop uses it. A child process after ``fork`` does
   not use its parent's sockets (it closes its copies).
@@ -31,13 +32,21 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import valkey.asyncio as avalkey
 from valkey.asyncio.connection import AbstractConnection, UnixDomainSocketConnection
 
-__all__ = ["PARK_IDLE_SECONDS", "PARK_LIMIT", "ConnectionPark", "ConnectionParks", "ParkingPool"]
+__all__ = [
+    "PARK_IDLE_SECONDS",
+    "PARK_LIMIT",
+    "ConnectionPark",
+    "ConnectionParks",
+    "ParkingPool",
+    "connect_from_park",
+    "park_idle_connections",
+]
 
 #: Most sockets kept for one server: enough for the loops of a busy thread pool calling at once.
 PARK_LIMIT = 16
@@ -128,6 +137,13 @@ class ConnectionParks:
             counts[index] = counts.get(index, 0) + len(park)
         return counts
 
+    def close_where(self, condition: Callable[[Hashable], bool]) -> None:
+        """Close the sockets parked under every key for which ``condition`` holds (a server no longer to be used)."""
+        with self._lock:
+            parks = [park for key, park in self._parks.items() if condition(key)]
+        for park in parks:
+            park.close()
+
     def close(self) -> None:
         """Close every parked socket (the manager is closed or gone)."""
         with self._lock:
@@ -167,24 +183,46 @@ class ParkingPool(avalkey.ConnectionPool):
         return taken
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:
-        if not connection.is_connected and connection.protocol in (2, "2"):
-            while (sock := self.park.take()) is not None:
-                if _quiet(sock) and await _adopt(connection, sock):
-                    return  # the peek was valkey-py's check: open, nothing to read
-                sock.close()  # the server closed it while it waited (or spoke unasked): try the next one
-        await super().ensure_connection(connection)
+        if not await connect_from_park(connection, self.park):
+            await super().ensure_connection(connection)
 
     async def park_idle(self) -> int:
         """Move the sockets of the idle connections to the park (the loop closes); returns how many."""
-        parked = 0
-        while self._available_connections:
-            sock = _detach(self._available_connections.pop())
-            if sock is not None:
-                self.park.put(sock)
-                parked += 1
-        if parked:
-            await asyncio.sleep(0)  # the aborted transports close their own file descriptors now
-        return parked
+        return await park_idle_connections(self, lambda connection: self.park)
+
+
+async def connect_from_park(connection: AbstractConnection, park: ConnectionPark) -> bool:
+    """Give ``connection`` (not connected yet) a socket from ``park`` instead of a new one; False when the park
+    has none that is still open."""
+    if connection.is_connected or connection.protocol not in (2, "2"):
+        return False
+    while (sock := park.take()) is not None:
+        if _quiet(sock) and await _adopt(connection, sock):
+            return True  # the peek was valkey-py's check: open, nothing to read
+        sock.close()  # the server closed it while it waited (or spoke unasked): try the next one
+    return False
+
+
+async def park_idle_connections(
+    pool: avalkey.ConnectionPool, park_of: Callable[[AbstractConnection], ConnectionPark | None]
+) -> int:
+    """Move the sockets of ``pool``'s idle connections to their parks (``park_of`` a connection, None: not to be
+    kept); returns how many. The connections that cannot be parked stay in the pool, for its ``disconnect``."""
+    parked = 0
+    kept: list[AbstractConnection] = []
+    while pool._available_connections:
+        connection = pool._available_connections.pop()
+        park = park_of(connection)
+        sock = _detach(connection) if park is not None else None
+        if park is not None and sock is not None:
+            park.put(sock)
+            parked += 1
+        else:
+            kept.append(connection)
+    pool._available_connections.extend(kept)
+    if parked:
+        await asyncio.sleep(0)  # the aborted transports close their own file descriptors now
+    return parked
 
 
 def _detach(connection: AbstractConnection) -> socket.socket | None:

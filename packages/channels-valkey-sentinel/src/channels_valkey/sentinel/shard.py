@@ -1,29 +1,42 @@
-"""One shard's clients on one event loop: the command client, the client for blocking commands, and for a
-Sentinel-managed shard the Sentinel connections and the watcher that follows ``+switch-master``.
+"""One shard's clients on one event loop: the command client and the client for blocking commands; a
+Sentinel-managed shard's find the primary through the process's follower of that service (follower.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import valkey.asyncio as avalkey
 from valkey import exceptions as valkey_errors
-from valkey.asyncio.connection import ConnectionPool, SSLConnection, UnixDomainSocketConnection
+from valkey.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
 from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.failures import refuses_health_check
+from channels_valkey.sentinel.follower import PrimaryFollower
 from channels_valkey.sentinel.lane import CommandLane
-from channels_valkey.sentinel.parking import ConnectionParks, ParkingPool
+from channels_valkey.sentinel.parking import (
+    ConnectionPark,
+    ConnectionParks,
+    ParkingPool,
+    connect_from_park,
+    park_idle_connections,
+)
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.specs import HostSpec, SentinelHost, ServerHost
-from channels_valkey.sentinel.watcher import SwitchWatcher
+from channels_valkey.sentinel.watcher import Address
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -44,9 +57,12 @@ class Shard:
         counts: ShardCounts | None = None,
         parks: ConnectionParks | None = None,
         park_key: Hashable = None,
+        follower: PrimaryFollower | None = None,
     ) -> None:
         if not isinstance(spec, ServerHost | SentinelHost):
             raise TypeError(f"shard {index} needs a resolved host, not {spec!r}")
+        if isinstance(spec, SentinelHost) and follower is None:
+            raise TypeError(f"shard {index} ({spec.describe()}) needs the PrimaryFollower of its service")
         self.index = index
         self.spec = spec
         self.policy = policy
@@ -56,12 +72,14 @@ class Shard:
         #: The shard's reconnections and failovers, shared with the other loops' shards of the same index.
         self.counts = counts if counts is not None else ShardCounts()
         self._sentinel: Sentinel | None = None
-        self._watcher: SwitchWatcher | None = None
-        #: Where the sockets of this server's connections wait between event loops (plain servers only, see
-        #: parking.py), under ``park_key`` and the kind of connection.
+        self._follower = follower
+        #: Where the sockets of this server's connections wait between event loops (not for TLS, see parking.py),
+        #: under ``park_key`` (and for a Sentinel shard the primary's address) and the kind of connection.
         self._parks = parks
         self._park_key = park_key
         self._health_checks = True
+        #: Resets asked for by the follower, running on this loop.
+        self._moving: set[asyncio.Task[None]] = set()
         if isinstance(spec, ServerHost):
             # The lane needs only the pool; the client around it is made when someone asks (see ``client``).
             self._command_pool = self._server_pool(policy.connection_options(), "commands")
@@ -73,9 +91,8 @@ class Shard:
         #: Send one command on the lane (no retries; see ``ConnectionManager.execute_command``). The lane's own
         #: method, not a wrapper: it is the hot path of every send.
         self.execute_command: Callable[..., Awaitable[Any]] = self.lane.execute_command
-        if isinstance(spec, SentinelHost):
-            self._watcher = SwitchWatcher(spec, policy, self._on_promoting, self._on_switch)
-            self._watcher.start()
+        if follower is not None:
+            follower.follow(self)
 
     def describe(self) -> str:
         return f"shard {self.index} ({self.spec.describe()})"
@@ -95,13 +112,6 @@ class Shard:
         )
         if not self._health_checks:
             _stop_health_checks(client.connection_pool)
-        pool, leader = client.connection_pool, self._command_pool
-        if (
-            isinstance(pool, FollowingPool)
-            and isinstance(leader, FollowingPool)
-            and leader.pinned is not None
-        ):
-            pool.pin(leader.pinned, max(leader.pinned_until - time.monotonic(), 0.0))
         return client
 
     @functools.cached_property
@@ -151,6 +161,8 @@ class Shard:
     def _make_client(self, defaults: dict[str, Any], kind: str) -> avalkey.Valkey:
         if isinstance(self.spec, ServerHost):
             return avalkey.Valkey.from_pool(self._server_pool(defaults, kind))
+        if self._follower is None:
+            raise TypeError(f"{self.describe()} has no PrimaryFollower")
         if self._sentinel is None:
             sentinel_options = {
                 "socket_connect_timeout": self.policy.connect_timeout,
@@ -158,8 +170,24 @@ class Shard:
                 **self.spec.sentinel_options,
             }
             self._sentinel = Sentinel(list(self.spec.sentinels), sentinel_kwargs=sentinel_options)
+        options = {**defaults, **self.spec.options}
+        parks, park_key = self._parks, self._park_key
+        park_of: Callable[[Address], ConnectionPark] | None = None
+        if (
+            parks is not None
+            and not options.get("ssl")
+            and not issubclass(options.get("connection_class", Connection), SSLConnection)
+        ):
+
+            def park_of(address: Address) -> ConnectionPark:
+                return parks.park(((park_key, address), kind))
+
         client: avalkey.Valkey = self._sentinel.master_for(
-            self.spec.service_name, connection_pool_class=FollowingPool, **defaults, **self.spec.options
+            self.spec.service_name,
+            connection_pool_class=FollowingPool,
+            follower=self._follower,
+            park_of=park_of,
+            **options,
         )
         return client
 
@@ -177,9 +205,6 @@ class Shard:
                 raise
             self.stop_health_checks()  # the PING came before the command: nothing ran
             return await self._blocking_calls.call(args, on_interrupted)
-
-    def _following_pools(self) -> list[FollowingPool]:
-        return [pool for pool in self._pools() if isinstance(pool, FollowingPool)]
 
     def stop_health_checks(self, *, quietly: bool = False) -> None:
         """Turn off PING health checks on every connection of this shard (for users whose ACL refuses PING).
@@ -200,24 +225,12 @@ class Shard:
         for pool in self._pools():
             await pool.disconnect(inuse_connections=True)
 
-    async def _on_promoting(self, address: tuple[str, int]) -> None:
-        logger.warning(
-            "%s: Sentinels are promoting %s:%s; moving connections there", self.describe(), *address
-        )
-        for pool in self._following_pools():
-            pool.pin(address, self.policy.retry_deadline)
-        await self.reset()
-
-    async def _on_switch(self, address: tuple[str, int]) -> None:
-        already_there = all(pool.pinned == address for pool in self._following_pools())
-        for pool in self._following_pools():
-            pool.unpin()
-        self.counts.switched_to(address)  # counted once per move, however many loops' watchers report it
-        if not already_there:
-            logger.warning(
-                "%s: Sentinels switched the primary to %s:%s; reconnecting", self.describe(), *address
-            )
-            await self.reset()
+    def primary_moving(self) -> None:
+        """The follower's word that the primary is moving (called on this shard's loop): every connection is
+        dropped, and the next command connects where the follower now points."""
+        task = asyncio.get_running_loop().create_task(self.reset())
+        self._moving.add(task)
+        task.add_done_callback(self._moving.discard)
 
     async def aclose(self, *, park: bool = False) -> None:
         """Stop the watcher and close every connection of this shard.
@@ -225,14 +238,16 @@ class Shard:
         ``park``: the loop is closing; the idle command connections' sockets go to the park for the next loop
         instead (plain servers only, see parking.py).
         """
-        if self._watcher is not None:
-            await self._watcher.stop()
+        if self._follower is not None:
+            self._follower.unfollow(self)
+        for task in list(self._moving):
+            task.cancel()
         await self.lane.aclose(keep_connection=park)
         if "_blocking_calls" in self.__dict__:
             await self._blocking_calls.aclose(keep_connections=park)
         if park:
             for pool in self._pools():
-                if isinstance(pool, ParkingPool):
+                if isinstance(pool, ParkingPool | FollowingPool):
                     await pool.park_idle()
         for pool in self._pools():
             await pool.disconnect()
@@ -243,30 +258,63 @@ class Shard:
 
 
 class FollowingPool(SentinelConnectionPool):
-    """A Sentinel pool that can be pointed at the replica being promoted before the Sentinels announce it.
+    """A Sentinel pool that connects where the process's follower of the service points (follower.py), asking the
+    Sentinels only while the follower cannot say; with ``park_of``, its sockets wait between loops in the park of
+    the primary they reach (parking.py)."""
 
-    The pin expires by itself, so a failover the Sentinels abort cannot leave the pool on a replica for good.
-    """
-
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        service_name: str,
+        sentinel_manager: Sentinel,
+        *,
+        follower: PrimaryFollower,
+        park_of: Callable[[Address], ConnectionPark] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
-        self.pinned: tuple[str, int] | None = None
-        self.pinned_until = 0.0
+        self.follower = follower
+        self._park_of = park_of
 
-    def pin(self, address: tuple[str, int], seconds: float) -> None:
-        self.pinned = address
-        self.pinned_until = time.monotonic() + seconds
-
-    def unpin(self) -> None:
-        self.pinned = None
-
-    async def get_master_address(self) -> tuple[str, int]:
-        if self.pinned is not None and time.monotonic() < self.pinned_until:
-            self.master_address = self.pinned
-            return self.pinned
-        self.pinned = None
-        address: tuple[str, int] = await super().get_master_address()  # type: ignore[no-untyped-call]
+    async def get_master_address(self) -> Address:
+        address = self.follower.address()
+        if address is None:
+            asked: Address = await super().get_master_address()  # type: ignore[no-untyped-call]
+            return asked
+        if self.master_address != address:
+            self.master_address = address
+            await self.disconnect(inuse_connections=False)  # idle connections reconnect where it points now
         return address
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        park_of = self._park_of
+        address = self.follower.address() if park_of is not None else None
+        if (
+            park_of is not None
+            and address is not None
+            and isinstance(
+                connection, Connection
+            )  # the pool's SentinelManagedConnection, which has an address
+            and await connect_from_park(connection, park_of(address))
+        ):
+            connection.host, connection.port = address
+            self.master_address = address
+            return
+        await super().ensure_connection(connection)
+
+    async def park_idle(self) -> int:
+        """Move the sockets of idle connections to the primary's park (the loop closes), if the follower still
+        names that primary; returns how many."""
+        park_of = self._park_of
+        if park_of is None:
+            return 0
+
+        def park_for(connection: AbstractConnection) -> ConnectionPark | None:
+            if not isinstance(connection, Connection):
+                return None
+            address = (connection.host, connection.port)
+            return park_of(address) if self.follower.is_current(address) else None
+
+        return await park_idle_connections(self, park_for)
 
 
 def _stop_health_checks(pool: ConnectionPool) -> None:

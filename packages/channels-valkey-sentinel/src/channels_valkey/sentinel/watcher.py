@@ -31,7 +31,8 @@ Address = tuple[str, int]
 
 
 class SwitchWatcher:
-    """A task on the current event loop that listens to one Sentinel at a time and reports failovers.
+    """A task on the current event loop (the follower's thread, see follower.py) that listens to one Sentinel at a
+    time and reports failovers.
 
     ``on_promoting(address)`` is called when the Sentinels select the replica at ``address`` for promotion,
     ``on_switch(address)`` when they announce (or a reconnected watcher finds) a new primary at ``address``.
