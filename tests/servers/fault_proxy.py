@@ -5,7 +5,10 @@ The proxy runs on its own event loop in a daemon thread (see ``_loop_thread``), 
 tests and ``async_to_sync`` code alike, and keeps forwarding while a test's loop is blocked. Every control method
 returns only once the change is in effect on the proxy's loop.
 
-With an ``ssl_context`` the listening side speaks TLS and forwards plaintext: that is the TLS proxy.
+With an ``ssl_context`` the listening side speaks TLS and forwards plaintext: that is the TLS proxy. With
+``plaintext_too`` as well, the port also serves clients that speak plaintext: each connection is told apart by its
+first byte, as a node of the TLS Sentinel group needs (its Sentinels and replicas reach it in plaintext at the
+address its TLS clients use).
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from ._loop_thread import CALL_TIMEOUT, LoopThread
 LOOPBACK = "127.0.0.1"
 #: Seconds to reach the target before the client connection is reset.
 CONNECT_TIMEOUT = 5.0
-#: Seconds a client gets to finish the TLS handshake.
+#: Seconds a client gets to finish the TLS handshake (on a port taking plaintext too: to send its first byte).
 TLS_HANDSHAKE_TIMEOUT = 5.0
+#: The first byte of every TLS connection: the record type of the client's ClientHello (RFC 8446, 5.1). RESP
+#: commands start with ``*`` or a letter, so one byte tells the two apart.
+TLS_HANDSHAKE_RECORD = 0x16
 #: Seconds a gracefully closing connection gets to flush before it is aborted.
 CLOSE_TIMEOUT = 1.0
 #: Seconds a closing TLS connection waits for the client's close_notify (Python 3.11+; before, CLOSE_TIMEOUT).
@@ -190,13 +196,19 @@ class _Connection:
 class _Relay:
     """The proxy's state and work on its loop thread; only code running on that loop touches it."""
 
-    def __init__(self, target: tuple[str, int], ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, target: tuple[str, int], ssl_context: ssl.SSLContext | None, plaintext_too: bool = False
+    ) -> None:
         self.target = target
         self.ssl_context = ssl_context
+        self.plaintext_too = plaintext_too
         self.latency = 0.0
         self.refusing = False
         #: Client connections the listener has taken since the start, refused ones included.
         self.accepted = 0
+        #: Client connections set up since the start: TLS ones once their handshake succeeded, and plaintext ones.
+        self.tls_handshakes = 0
+        self.plaintext_connections = 0
         self._closing = False
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -239,7 +251,7 @@ class _Relay:
                 _linger_zero(sock)
                 sock.close()
                 continue
-            connection = _Connection(sock, _Side(self, tls=self.ssl_context is not None))
+            connection = _Connection(sock, _Side(self))
             self._connections.add(connection)
             connection.task = loop.create_task(self._serve(connection))
             self._notify()
@@ -248,8 +260,17 @@ class _Relay:
         loop = asyncio.get_running_loop()
         client = connection.client
         try:
+            client.tls = self.ssl_context is not None
+            if client.tls and self.plaintext_too:
+                client.tls = await _first_byte(connection.sock) == TLS_HANDSHAKE_RECORD
             connection.handed_over = True
-            await loop.connect_accepted_socket(lambda: client, connection.sock, **self._tls_options())
+            await loop.connect_accepted_socket(
+                lambda: client, connection.sock, **self._tls_options(client.tls)
+            )
+            if client.tls:
+                self.tls_handshakes += 1
+            else:
+                self.plaintext_connections += 1
             upstream = _Side(self)
             host, port = self.target
             await asyncio.wait_for(loop.create_connection(lambda: upstream, host, port), CONNECT_TIMEOUT)
@@ -260,6 +281,8 @@ class _Relay:
             # A failed handshake or an unreachable target: the client sees its connection reset.
             connection.abort()
         finally:
+            if not connection.handed_over:
+                connection.sock.close()  # no transport took it: it never got past its first byte
             try:
                 for side in (client, connection.upstream):
                     if side is not None:
@@ -269,8 +292,8 @@ class _Relay:
                 self._connections.discard(connection)
                 self._notify()
 
-    def _tls_options(self) -> dict[str, Any]:
-        if self.ssl_context is None:
+    def _tls_options(self, tls: bool) -> dict[str, Any]:
+        if not tls or self.ssl_context is None:
             return {}
         options: dict[str, Any] = {"ssl": self.ssl_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT}
         if sys.version_info >= (3, 11):
@@ -331,6 +354,9 @@ class _Relay:
     async def accepted_count(self) -> int:
         return self.accepted
 
+    async def set_up_counts(self) -> tuple[int, int]:
+        return self.tls_handshakes, self.plaintext_connections
+
     async def wait_for_count(self, count: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -386,12 +412,21 @@ class FaultProxy:
     default_scheme = "valkey"
 
     def __init__(
-        self, target_host: str, target_port: int, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        plaintext_too: bool = False,
     ) -> None:
         _check_target(target_host, target_port)
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise TypeError(f"ssl_context must be an ssl.SSLContext or None, got {ssl_context!r}")
-        self._relay = _Relay((target_host, target_port), ssl_context)
+        if plaintext_too and ssl_context is None:
+            raise ValueError(
+                "plaintext_too=True needs an ssl_context: without one the port takes only plaintext"
+            )
+        self._relay = _Relay((target_host, target_port), ssl_context, plaintext_too)
         self._thread = LoopThread(f"{type(self).__name__}->{target_host}:{target_port}")
         self._port: int | None = None
         self._closed = False
@@ -510,6 +545,17 @@ class FaultProxy:
         tried."""
         return self._call(self._relay.accepted_count())
 
+    @property
+    def tls_handshakes(self) -> int:
+        """Client connections that completed a TLS handshake since the proxy started."""
+        return self._call(self._relay.set_up_counts())[0]
+
+    @property
+    def plaintext_connections(self) -> int:
+        """Client connections forwarded in plaintext since the proxy started (on a TLS port: only with
+        ``plaintext_too``)."""
+        return self._call(self._relay.set_up_counts())[1]
+
     def wait_for_connections(self, count: int, timeout: float = 5.0) -> None:
         """Block until exactly ``count`` client connections are open; raise TimeoutError after ``timeout`` s.
 
@@ -536,6 +582,30 @@ class FaultProxy:
         where = f"127.0.0.1:{self._port}" if self._port is not None else "not listening"
         host, port = self._relay.target
         return f"<{type(self).__name__} {where} -> {host}:{port}>"
+
+
+async def _first_byte(sock: socket.socket) -> int:
+    """The first byte the client sent on ``sock``, left in the socket for whoever reads it next.
+
+    Raises ConnectionResetError when the client closes without sending anything, TimeoutError (asyncio's before
+    Python 3.11) when it sends nothing for :data:`TLS_HANDSHAKE_TIMEOUT` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(readable, TLS_HANDSHAKE_TIMEOUT)
+    finally:
+        loop.remove_reader(sock.fileno())
+    first = sock.recv(1, socket.MSG_PEEK)
+    if not first:
+        raise ConnectionResetError("the client closed its connection before sending anything")
+    return first[0]
 
 
 def _check_target(host: str, port: int) -> None:

@@ -23,16 +23,29 @@ def server_context(certificates: CertificateFiles) -> ssl.SSLContext:
 
 
 class TLSProxy(FaultProxy):
-    """Terminates TLS on a free loopback port and forwards plaintext to ``target_host:target_port``."""
+    """Terminates TLS on a free loopback port and forwards plaintext to ``target_host:target_port``.
+
+    With ``plaintext_too=True`` the same port also forwards clients that speak plaintext (told apart by their first
+    byte): the one address of a node that TLS clients and its plaintext peers (Sentinels, replicas) share.
+    """
 
     default_scheme = "valkeys"
 
-    def __init__(self, target_host: str, target_port: int, certificates: CertificateFiles) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        certificates: CertificateFiles,
+        *,
+        plaintext_too: bool = False,
+    ) -> None:
         if not isinstance(certificates, CertificateFiles):
             raise TypeError(
                 f"certificates must be a CertificateFiles from create_certificates(), got {certificates!r}"
             )
-        super().__init__(target_host, target_port, ssl_context=server_context(certificates))
+        super().__init__(
+            target_host, target_port, ssl_context=server_context(certificates), plaintext_too=plaintext_too
+        )
         self.certificates = certificates
 
     @property

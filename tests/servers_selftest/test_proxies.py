@@ -479,6 +479,65 @@ async def test_faults_apply_to_tls_connections(tls_proxy: TLSProxy, clients: Cli
         await asyncio.wait_for(reader.read(), WAIT)
 
 
+# TLS and plaintext on one port ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dual_proxy(echo: EchoServer, certificates: CertificateFiles) -> Iterator[TLSProxy]:
+    with TLSProxy("127.0.0.1", echo.port, certificates, plaintext_too=True) as proxy:
+        yield proxy
+
+
+async def test_one_port_serves_tls_and_plaintext_clients(dual_proxy: TLSProxy, clients: Clients) -> None:
+    context = ssl.create_default_context(cafile=dual_proxy.ca_file)
+    tls_reader, tls_writer = await clients.open(dual_proxy.port, ssl=context)
+    plain_reader, plain_writer = await clients.open(dual_proxy.port)
+    # Past the first byte, content no longer matters: a TLS record type inside TLS, RESP in plaintext.
+    for reader, writer, data in (
+        (tls_reader, tls_writer, b"\x16 inside TLS"),
+        (plain_reader, plain_writer, b"*1\r\n$4\r\nPING\r\n"),
+    ):
+        assert await round_trip(reader, writer, data) == data
+    assert tls_writer.get_extra_info("ssl_object") is not None
+    assert (dual_proxy.tls_handshakes, dual_proxy.plaintext_connections) == (1, 1)
+
+
+async def test_a_tls_port_alone_counts_handshakes_and_no_plaintext(
+    tls_proxy: TLSProxy, clients: Clients
+) -> None:
+    context = ssl.create_default_context(cafile=tls_proxy.ca_file)
+    reader, writer = await clients.open(tls_proxy.port, ssl=context)
+    assert await round_trip(reader, writer, b"one") == b"one"
+    assert (tls_proxy.tls_handshakes, tls_proxy.plaintext_connections) == (1, 0)
+
+
+async def test_a_client_leaving_before_its_first_byte_is_never_forwarded(
+    dual_proxy: TLSProxy, echo: EchoServer, clients: Clients
+) -> None:
+    _, writer = await clients.open(dual_proxy.port)
+    await dual_proxy.wait_for_connections_async(1)
+    await close(writer)
+    await dual_proxy.wait_for_connections_async(0)
+    assert echo.accepted == 0
+    assert (dual_proxy.tls_handshakes, dual_proxy.plaintext_connections) == (0, 0)
+
+
+async def test_cut_before_the_first_byte_resets_the_client(
+    dual_proxy: TLSProxy, echo: EchoServer, clients: Clients
+) -> None:
+    reader, _ = await clients.open(dual_proxy.port)
+    await dual_proxy.wait_for_connections_async(1)
+    assert dual_proxy.cut() == 1
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(reader.read(), WAIT)
+    assert echo.accepted == 0
+
+
+def test_plaintext_too_needs_tls(echo: EchoServer) -> None:
+    with pytest.raises(ValueError, match="plaintext_too=True needs an ssl_context"):
+        FaultProxy("127.0.0.1", echo.port, plaintext_too=True)
+
+
 # Through both proxies to a real server --------------------------------------------------------------------------
 
 
