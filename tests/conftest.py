@@ -25,6 +25,7 @@ from servers.cluster import TLSCluster, ValkeyCluster, start_cluster, start_tls_
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess, install_shutdown_handlers, server_binary, server_release
 from servers.tls_proxy import TLSProxy
+from servers.tls_sentinel import TLSSentinelGroup
 from servers.topologies import (
     SERVER_PASSWORD,
     SentinelGroup,
@@ -209,6 +210,15 @@ def sentinel_group(_sentinel_group: SentinelGroup) -> SentinelGroup:
 def private_sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
     """A Sentinel group of this test's own, free to be killed and failed over."""
     group = SentinelGroup(tmp_path / "sentinel").start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def private_tls_sentinel_group(tmp_path: Path, certificates: CertificateFiles) -> Iterator[TLSSentinelGroup]:
+    """A Sentinel group of this test's own whose clients speak TLS to the Sentinels and the primary (the server
+    binary has none: a proxy in front of each server); ``host_entry()`` carries the TLS options and the CA."""
+    group = TLSSentinelGroup(tmp_path / "sentinel", certificates).start()
     yield group
     group.stop()
 

@@ -93,14 +93,7 @@ class SentinelGroup:
                 workdir,
                 f"sentinel{index}",
                 {
-                    "sentinel": [
-                        f"monitor {service_name} {self.primary.host} {self.primary.port} 2",
-                        f"down-after-milliseconds {service_name} {DOWN_AFTER_MS}",
-                        f"failover-timeout {service_name} {FAILOVER_TIMEOUT_MS}",
-                        f"parallel-syncs {service_name} 1",
-                        f"sentinel-pass {SENTINEL_PASSWORD}",
-                        "resolve-hostnames no",
-                    ],
+                    "sentinel": sentinel_directives(service_name, self.primary.address),
                     "requirepass": SENTINEL_PASSWORD,
                 },
                 sentinel=True,
@@ -129,12 +122,12 @@ class SentinelGroup:
         wanted_sentinels = len(self.sentinels) - 1
 
         def ready() -> bool:
-            primary = self.current_primary()
+            _, primary_port = self.address_of(self.current_primary())
             for sentinel in self.sentinels:
                 with sentinel.client() as client:
                     state = client.sentinel_master(self.service_name)
                     replicas = client.sentinel_slaves(self.service_name)
-                if state["port"] != primary.port or not state["is_master"] or state["is_sdown"]:
+                if state["port"] != primary_port or not state["is_master"] or state["is_sdown"]:
                     return False
                 if state["num-other-sentinels"] < wanted_sentinels:
                     return False
@@ -169,6 +162,11 @@ class SentinelGroup:
 
     # State and faults -------------------------------------------------------------------------------------------
 
+    def address_of(self, node: ValkeyProcess) -> tuple[str, int]:
+        """Where the Sentinels, the other node and clients reach ``node``, and so what the Sentinels report: its own
+        port here (a TLS group puts a proxy in front)."""
+        return node.address
+
     def primary_address(self) -> tuple[str, int]:
         """Where the Sentinels say the primary is, asking each running Sentinel until one answers."""
         last_error: Exception | None = None
@@ -186,7 +184,7 @@ class SentinelGroup:
     def current_primary(self) -> ValkeyProcess:
         address = self.primary_address()
         for node in self.nodes:
-            if node.address == address:
+            if self.address_of(node) == address:
                 return node
         raise ServerError(f"Sentinels name {address} as primary, which is none of {self.nodes}")
 
@@ -220,8 +218,8 @@ class SentinelGroup:
         Left to itself, a restarted old primary is demoted by the Sentinels only at their next periodic check
         (about ten seconds); telling it where the primary is makes the group whole again at once.
         """
-        primary = self.current_primary()
-        node.set_config("replicaof", f"{primary.host} {primary.port}")
+        host, port = self.address_of(self.current_primary())
+        node.set_config("replicaof", f"{host} {port}")
         node.start()
         self.wait_ready(timeout)
 
@@ -247,6 +245,19 @@ class SentinelGroup:
         """A graceful ``SENTINEL FAILOVER``, as an operator does it for maintenance."""
         with self.sentinels[0].client() as client:
             client.execute_command("SENTINEL", "FAILOVER", self.service_name)
+
+
+def sentinel_directives(service_name: str, primary: tuple[str, int]) -> list[str]:
+    """The ``sentinel`` lines of a test Sentinel: monitor ``primary`` as ``service_name``, fail over in seconds."""
+    host, port = primary
+    return [
+        f"monitor {service_name} {host} {port} 2",
+        f"down-after-milliseconds {service_name} {DOWN_AFTER_MS}",
+        f"failover-timeout {service_name} {FAILOVER_TIMEOUT_MS}",
+        f"parallel-syncs {service_name} 1",
+        f"sentinel-pass {SENTINEL_PASSWORD}",
+        "resolve-hostnames no",
+    ]
 
 
 def _replica_usable(replica: dict[str, Any]) -> bool:

@@ -9,6 +9,7 @@ import valkey
 
 from conftest import ACL_USER
 from servers.process import ServerError, ValkeyProcess
+from servers.tls_sentinel import TLSSentinelGroup
 from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, Shards, add_acl_user
 
 
@@ -94,6 +95,47 @@ def test_private_sentinel_group_fails_over_after_kill(private_sentinel_group: Se
     assert new is not old
     group.rejoin(old)
     assert group.current_primary() is new
+
+
+def _reported_addresses(group: TLSSentinelGroup) -> set[tuple[str, int]]:
+    """Every node address any Sentinel reports: the primary's and the replicas'."""
+    reported: set[tuple[str, int]] = set()
+    for sentinel in group.sentinels:
+        with sentinel.client() as client:
+            host, port = client.sentinel_get_master_addr_by_name(group.service_name)
+            reported.add((host.decode() if isinstance(host, bytes) else host, int(port)))
+            reported.update((r["ip"], int(r["port"])) for r in client.sentinel_slaves(group.service_name))
+    return reported
+
+
+@pytest.mark.slow
+def test_tls_sentinel_group_names_only_proxies_and_fails_over_through_them(
+    private_tls_sentinel_group: TLSSentinelGroup, key_prefix: str
+) -> None:
+    group = private_tls_sentinel_group
+    proxies = {group.address_of(node) for node in group.nodes}
+    assert _reported_addresses(group) == proxies
+    assert not proxies & {node.address for node in group.nodes}
+    sentinel_tls = {"password": SENTINEL_PASSWORD, "ssl": True, "ssl_ca_certs": str(group.ca_file)}
+    host, port = group.sentinel_addresses[0]
+    with valkey.Valkey(host, port, socket_timeout=5, **sentinel_tls) as sentinel:
+        primary_address = sentinel.sentinel_get_master_addr_by_name(group.service_name)
+    assert (primary_address[0].decode(), int(primary_address[1])) == group.address_of(group.current_primary())
+    with valkey.Valkey(
+        *primary_address, ssl=True, ssl_ca_certs=str(group.ca_file), socket_timeout=5
+    ) as client:
+        client.set(f"{key_prefix}k", "v")
+        assert client.wait(1, 5000) == 1  # the replica follows through the same proxy, in plaintext
+    assert group.proxy_of(group.current_primary()).tls_handshakes == 1
+    assert group.proxy_of(group.sentinels[0]).tls_handshakes == 1
+
+    old = group.kill_primary()
+    new = group.wait_for_new_primary(old, timeout=15)
+    with new.client() as client:
+        assert client.get(f"{key_prefix}k") == b"v"
+    group.rejoin(old)
+    assert group.current_primary() is new
+    assert _reported_addresses(group) == proxies
 
 
 def test_restart_keeps_the_port(server_factory, key_prefix: str) -> None:  # type: ignore[no-untyped-def]
