@@ -223,10 +223,13 @@ class _Relay:
             self._flowing.set()
         return self._flowing
 
-    async def listen(self) -> int:
+    async def listen(self, port: int = 0) -> int:
+        """Listen on ``port`` (0: a free one) and accept in a task of this loop; returns the port."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            listener.bind((LOOPBACK, 0))
+            # Binding the same port again must not wait for its closed connections' TIME_WAIT to pass.
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((LOOPBACK, port))
             listener.listen(128)
             listener.setblocking(False)
         except BaseException:
@@ -234,8 +237,8 @@ class _Relay:
             raise
         self._listener = listener
         self._accepting = asyncio.get_running_loop().create_task(self._accept(listener))
-        port: int = listener.getsockname()[1]
-        return port
+        bound: int = listener.getsockname()[1]
+        return bound
 
     async def _accept(self, listener: socket.socket) -> None:
         # Accepting by hand rather than with create_server: the proxy holds every socket from the first moment,
@@ -386,9 +389,9 @@ class _Relay:
                 connection.sock.close()
         return len(connections)
 
-    async def shutdown(self) -> None:
-        self._closing = True
-        accepting = self._accepting
+    async def stop_listening(self) -> None:
+        """Close the listening socket (the kernel then refuses new connections); open connections stay."""
+        accepting, self._accepting = self._accepting, None
         if accepting is not None:
             accepting.cancel()
             await asyncio.wait({accepting})
@@ -398,6 +401,15 @@ class _Relay:
                 )
         if self._listener is not None:
             self._listener.close()
+            self._listener = None
+
+    async def listen_again(self, port: int) -> None:
+        if self._listener is None:
+            await self.listen(port)
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        await self.stop_listening()
         await self.cut()
 
 
@@ -528,6 +540,18 @@ class FaultProxy:
     def accept(self) -> None:
         """Forward new connections again (after :meth:`refuse`), on the same port."""
         self._call(self._relay.set_refusing(False))
+
+    def stop_listening(self) -> None:
+        """Close the listening port, as a dead server's is: connecting is refused (``ECONNREFUSED``), not reset
+        after an accept as with :meth:`refuse`; open connections are left alone."""
+        self._call(self._relay.stop_listening())
+
+    def listen_again(self) -> None:
+        """Listen on the same port again after :meth:`stop_listening` (doing nothing while listening).
+
+        Raises OSError if something else took the port meanwhile.
+        """
+        self._call(self._relay.listen_again(self.port))
 
     def retarget(self, host: str, port: int) -> None:
         """Send connections opened from now on to ``host:port``; open ones keep their target."""

@@ -316,6 +316,27 @@ async def test_refuse_resets_new_connections_until_accept(
     assert proxy.accepted_connections == 3
 
 
+async def test_stop_listening_refuses_new_connections_until_listening_again(
+    proxy: FaultProxy, echo: EchoServer, clients: Clients
+) -> None:
+    port = proxy.port
+    kept_reader, kept_writer = await clients.open(port)
+    # Forwarded, so taken off the listening socket: what is still queued there is dropped with it.
+    assert await round_trip(kept_reader, kept_writer, b"kept") == b"kept"
+    proxy.stop_listening()
+    proxy.stop_listening()  # already stopped: nothing to do
+    with pytest.raises(ConnectionRefusedError):
+        await clients.open(port)
+    assert await round_trip(kept_reader, kept_writer, b"still") == b"still"
+
+    proxy.listen_again()
+    proxy.listen_again()  # already listening: nothing to do
+    assert proxy.port == port
+    reader, writer = await clients.open(port)
+    assert await round_trip(reader, writer, b"back") == b"back"
+    assert echo.accepted == 2
+
+
 async def test_retarget_sends_new_connections_elsewhere(proxy: FaultProxy, clients: Clients) -> None:
     first = EchoServer(greeting=b"A").start()
     second = EchoServer(greeting=b"B").start()
