@@ -7,9 +7,13 @@ same address, all in plaintext, while clients must speak TLS there. So each data
 announces its proxy (``replica-announce-port``), the replica follows the primary's proxy, the Sentinels monitor
 it. Clients reach the Sentinels through a TLS-only proxy each; the Sentinels talk to each other directly.
 
-A node killed with SIGKILL behaves as a dead server to its clients: the proxy's connections to it end, so the
-clients' connections end too, and a new connection is reset once the proxy finds the port closed. A node started
-again is reached through the same proxy and port.
+A node killed through the group (:meth:`~TLSSentinelGroup.kill_node`, ``kill_primary``) is dead to its clients as a
+TLS server of its own would be: its proxy stops listening first, so connecting is refused, and the proxied
+connections end with the node's. That matters: a proxy still listening completes a client's TLS handshake and only
+then finds the node gone and resets the connection; a connection broken after it was made is, to the client, a
+possibly lost reply rather than a refused command (a first version of the kill -9 test, where the proxy kept
+listening, counted 260 writes of unknown fate where plaintext has 1 or 2). :meth:`~TLSSentinelGroup.start_node` (and
+``rejoin``) listen again on the same port.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class TLSSentinelGroup(SentinelGroup):
 
     Tests still inspect the servers directly in plaintext (``node.client()``, ``sentinel.client()``).
     """
+
+    transport = "tls"
 
     def __init__(
         self,
@@ -108,6 +114,35 @@ class TLSSentinelGroup(SentinelGroup):
     def host_entry(self, **client_options: Any) -> dict[str, Any]:
         """A ``hosts`` entry as for the plaintext group, with TLS and the CA for the primary's connections."""
         return super().host_entry(**{"ssl": True, "ssl_ca_certs": str(self.ca_file), **client_options})
+
+    def check_transport(self, *nodes: ValkeyProcess) -> str:
+        """Check that clients completed TLS handshakes with each of ``nodes`` and with a Sentinel, and return the
+        counts as text (``TLS handshakes: node0 3, node1 2, Sentinels 4``).
+
+        Without this a TLS test could pass in plaintext: the nodes' proxies take plaintext too, for the Sentinels
+        and the replica. Those never speak TLS, so every handshake is a client's.
+        """
+        sentinels = sum(self.proxy_of(sentinel).tls_handshakes for sentinel in self.sentinels)
+        counts = {node.name: self.proxy_of(node).tls_handshakes for node in nodes}
+        text = "TLS handshakes: " + ", ".join(f"{name} {count}" for name, count in counts.items())
+        text += f", Sentinels {sentinels}"
+        if not sentinels or not all(counts.values()):
+            raise AssertionError(f"clients did not use TLS with every server they needed ({text})")
+        return text
+
+    # Faults ---------------------------------------------------------------------------------------------------
+
+    def kill_node(self, node: ValkeyProcess) -> None:
+        """``kill -9`` ``node``, its proxy's port closed first, so that connecting is refused as by a dead server."""
+        self.proxy_of(node).stop_listening()
+        node.kill()
+
+    def start_node(self, node: ValkeyProcess) -> None:
+        """Start a killed node again, then its proxy listens on its port again."""
+        node.start()
+        proxy = self.proxy_of(node)
+        proxy.retarget(*node.address)
+        proxy.listen_again()
 
     # The proxies ----------------------------------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ class SentinelGroup:
     (``sentinel_kwargs={"password": ...}``) and use it among themselves.
     """
 
+    #: How clients reach the group, as test ids and figures name it (``tls`` for the TLS group).
+    transport = "plain"
+
     def __init__(self, workdir: Path, *, sentinels: int = 3, service_name: str = SERVICE_NAME) -> None:
         self.workdir = workdir
         self.service_name = service_name
@@ -160,6 +163,11 @@ class SentinelGroup:
             **client_options,
         }
 
+    def check_transport(self, *nodes: ValkeyProcess) -> str:
+        """Check that clients reached ``nodes`` the way this group is meant to be reached, and say how for a test's
+        figures; in plaintext there is nothing to check (the TLS group counts handshakes)."""
+        return "plaintext"
+
     # State and faults -------------------------------------------------------------------------------------------
 
     def address_of(self, node: ValkeyProcess) -> tuple[str, int]:
@@ -188,10 +196,18 @@ class SentinelGroup:
                 return node
         raise ServerError(f"Sentinels name {address} as primary, which is none of {self.nodes}")
 
+    def kill_node(self, node: ValkeyProcess) -> None:
+        """``kill -9`` ``node`` (bring it back with :meth:`rejoin` or :meth:`start_node`)."""
+        node.kill()
+
+    def start_node(self, node: ValkeyProcess) -> None:
+        """Start a killed node again on its port, as it is configured now."""
+        node.start()
+
     def kill_primary(self) -> ValkeyProcess:
-        """``kill -9`` the current primary and return it (restart it later with ``.start()``)."""
+        """``kill -9`` the current primary and return it (bring it back with :meth:`rejoin`)."""
         primary = self.current_primary()
-        primary.kill()
+        self.kill_node(primary)
         return primary
 
     def wait_for_new_primary(self, old: ValkeyProcess, timeout: float = 15.0) -> ValkeyProcess:
@@ -220,7 +236,7 @@ class SentinelGroup:
         """
         host, port = self.address_of(self.current_primary())
         node.set_config("replicaof", f"{host} {port}")
-        node.start()
+        self.start_node(node)
         self.wait_ready(timeout)
 
     def monitor(self, name: str, server: ValkeyProcess) -> None:
