@@ -4,6 +4,7 @@ fail at once with a clear error and no retry storm."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from conftest import ACL_USER
 from servers.certificates import CertificateFiles
 from servers.process import ValkeyProcess
 from servers.tls_proxy import TLSProxy
+from servers.tls_sentinel import TLSSentinelGroup
 from servers.topologies import SENTINEL_PASSWORD, SERVER_PASSWORD, SentinelGroup, SentinelServices, Shards
 
 
@@ -172,6 +174,27 @@ async def test_wrong_ca_fails_at_once(
 
     assert await _connections_during(valkey_server, attempt) <= 1
     assert "CERTIFICATE_VERIFY_FAILED" in str(errors[0])
+
+
+@pytest.mark.slow
+async def test_wrong_ca_for_the_sentinels_or_the_primary_fails_within_a_second(
+    private_tls_sentinel_group: TLSSentinelGroup, certificates: CertificateFiles
+) -> None:
+    group = private_tls_sentinel_group
+    wrong = str(certificates.wrong_ca_file)
+    primary_proxy = group.proxy_of(group.current_primary())
+    wrong_for_primary = group.host_entry(ssl_ca_certs=wrong)
+    wrong_for_sentinels = group.host_entry()
+    wrong_for_sentinels["sentinel_kwargs"] = {**group.sentinel_kwargs, "ssl_ca_certs": wrong}
+    for entry, tried_primary in ((wrong_for_primary, 1), (wrong_for_sentinels, 0)):
+        tries_before = primary_proxy.accepted_connections
+        started = time.monotonic()
+        error = await _fails_unavailable([entry])
+        took = time.monotonic() - started
+        assert "CERTIFICATE_VERIFY_FAILED" in str(error)
+        assert took < 1.0
+        assert primary_proxy.accepted_connections - tries_before == tried_primary  # one try, no retry storm
+    assert primary_proxy.tls_handshakes == 0
 
 
 async def test_tls_client_on_a_plaintext_port_fails_after_the_connect_timeout(
