@@ -223,6 +223,16 @@ def private_tls_sentinel_group(tmp_path: Path, certificates: CertificateFiles) -
     group.stop()
 
 
+@pytest.fixture(params=["plain", "tls"])
+def private_sentinel_group_each_transport(request: pytest.FixtureRequest) -> SentinelGroup:
+    """:func:`private_sentinel_group` (test id ``plain``), then :func:`private_tls_sentinel_group` (id ``tls``): a
+    failover test runs its one body with the same bounds in plaintext and through TLS; ``group.transport`` names
+    which, ``group.check_transport(nodes...)`` checks that clients used TLS in the second run."""
+    name = "private_tls_sentinel_group" if request.param == "tls" else "private_sentinel_group"
+    group: SentinelGroup = request.getfixturevalue(name)
+    return group
+
+
 @pytest.fixture
 def sentinel_services(private_sentinel_group: SentinelGroup, tmp_path: Path) -> Iterator[SentinelServices]:
     """Sentinels of this test's own monitoring two primaries, for ``services: []`` discovery."""

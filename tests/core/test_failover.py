@@ -1,5 +1,5 @@
 """A stream of messages through the core layer while the Sentinel-managed primary is killed: every message whose
-send was acknowledged is received, once."""
+send was acknowledged is received, once; in plaintext and through TLS."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
-    private_sentinel_group: SentinelGroup, key_prefix: str
+    private_sentinel_group_each_transport: SentinelGroup, key_prefix: str
 ) -> None:
-    group = private_sentinel_group
+    group = private_sentinel_group_each_transport
     layer = ValkeyChannelLayer(hosts=[group.host_entry()], prefix=key_prefix, capacity=100_000)
     acked: list[int] = []
     uncertain: list[int] = []
@@ -57,7 +57,7 @@ async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
         )
         old = await asyncio.to_thread(group.kill_primary)
         killed = time.monotonic()
-        await asyncio.to_thread(group.wait_for_new_primary, old, 20)
+        new = await asyncio.to_thread(group.wait_for_new_primary, old, 20)
         count = len(received)
         await asyncio.to_thread(
             wait_until, lambda: len(received) >= count + 300, timeout=15, message="messages again"
@@ -69,11 +69,13 @@ async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
         await receiver
         await layer.flush()
         await layer.close_pools()
+    transport = await asyncio.to_thread(group.check_transport, old, new)
     lost = set(acked) - set(received)
     duplicated = len(received) - len(set(received))
     print(
-        f"\nkill -9 under a stream: acked {len(acked)}, uncertain {len(uncertain)}, received {len(received)}, "
-        f"lost {len(lost)}, duplicated {duplicated}, flowing again after {resumed:.2f}s"
+        f"\nkill -9 under a stream ({group.transport}): acked {len(acked)}, uncertain {len(uncertain)}, "
+        f"received {len(received)}, lost {len(lost)}, duplicated {duplicated}, flowing again after "
+        f"{resumed:.2f}s; {transport}"
     )
     assert not lost
     assert duplicated == 0

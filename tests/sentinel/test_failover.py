@@ -1,5 +1,5 @@
 """Sentinel failover under a running writer: nothing acknowledged is lost, nothing is duplicated, no connection
-stays on a demoted primary."""
+stays on a demoted primary. The kill -9 test runs in plaintext and through TLS, with the same bounds."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ async def _write_through(
         old = await asyncio.to_thread(group.current_primary)
         started = time.monotonic()
         if fault == "kill":
-            await asyncio.to_thread(old.kill)
+            await asyncio.to_thread(group.kill_node, old)
         else:
             await asyncio.to_thread(group.failover)
         await asyncio.to_thread(group.wait_for_new_primary, old, 20)
@@ -97,17 +97,20 @@ async def _write_through(
 
 
 async def test_kill_9_of_the_primary_loses_and_duplicates_nothing_acknowledged(
-    private_sentinel_group: SentinelGroup, key_prefix: str
+    private_sentinel_group_each_transport: SentinelGroup, key_prefix: str
 ) -> None:
-    log, stored, killed_at, failover_time = await _write_through(
-        private_sentinel_group, f"{key_prefix}q", "kill"
-    )
+    group = private_sentinel_group_each_transport
+    old = await asyncio.to_thread(group.current_primary)
+    log, stored, killed_at, failover_time = await _write_through(group, f"{key_prefix}q", "kill")
+    new = await asyncio.to_thread(group.current_primary)
+    transport = await asyncio.to_thread(group.check_transport, old, new)
     gap = log.longest_gap_after(killed_at)
     lost = set(log.acked) - set(stored)
     duplicated = len(stored) - len(set(stored))
     print(
-        f"\nkill -9: failover {failover_time:.2f}s, longest write gap {gap:.2f}s, acked {len(log.acked)}, "
-        f"uncertain {len(log.uncertain)}, lost {len(lost)}, duplicated {duplicated}"
+        f"\nkill -9 ({group.transport}): failover {failover_time:.2f}s, longest write gap {gap:.2f}s, "
+        f"acked {len(log.acked)}, uncertain {len(log.uncertain)}, lost {len(lost)}, duplicated {duplicated}; "
+        f"{transport}"
     )
     assert not lost
     assert duplicated == 0
