@@ -26,6 +26,7 @@ from servers.binaries import Release
 from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess, wait_until
 from servers.tls_proxy import TLSProxy
+from servers.tls_sentinel import TLSSentinelGroup
 from servers.topologies import SentinelGroup
 
 LAYERS = pytest.mark.parametrize(
@@ -144,6 +145,21 @@ def test_async_to_sync_on_sentinel_hosts_asks_the_sentinels_once_and_reuses_conn
     assert to_sentinels() <= 0.05 * CALLS
     assert layer.sync.receive(channel, timeout=5) == {"type": "warm-up"}
     assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(CALLS)] == list(range(CALLS))
+
+
+def test_async_to_sync_on_tls_sentinel_hosts_parks_nothing(
+    private_tls_sentinel_group: TLSSentinelGroup, key_prefix: str, layers: list[Any]
+) -> None:
+    """TLS keeps its state in the loop's transport: each call connects to the primary, and closes what it opened."""
+    group = private_tls_sentinel_group
+    layer = _make(layers, ValkeyChannelLayer, [group.host_entry()], key_prefix)
+    send = async_to_sync(layer.send)
+    for n in range(10):
+        send(f"{key_prefix}jobs", {"type": "job", "n": n})
+    assert layer.stats()["shards"]["0"]["parked_connections"] == 0
+    assert layer.stats()["shards"]["0"]["open_connections"] == 0
+    group.check_transport(group.current_primary())
+    assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(10)] == list(range(10))
 
 
 def _readonly_refusals(server: ValkeyProcess) -> int:
