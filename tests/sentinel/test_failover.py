@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +18,9 @@ from servers.process import wait_until
 from servers.topologies import SentinelGroup
 
 pytestmark = pytest.mark.slow
+
+#: The thread on which the process follows each Sentinel service (follower.py).
+FOLLOWER_THREAD = "channels-valkey sentinel follower"
 
 
 @dataclass
@@ -169,3 +173,66 @@ async def test_graceful_failover_moves_pub_sub_connections_too(
     finally:
         await pubsub.aclose()
         await manager.close()
+
+
+def test_a_failover_moves_every_event_loops_writer_through_the_one_follower(
+    private_sentinel_group: SentinelGroup, key_prefix: str
+) -> None:
+    """Two threads with long-lived loops of their own write through one manager. The process follows the Sentinels
+    once (one follower thread), and its word of the promotion reaches both loops: each loses at most a second of
+    writes, as the single loop of the graceful test does, and both end up on the new primary."""
+    group = private_sentinel_group
+    manager = ConnectionManager(decode_hosts([group.host_entry()]))
+    keys = [f"{key_prefix}q{index}" for index in range(2)]
+    logs = [WriterLog(), WriterLog()]
+    stop = threading.Event()
+
+    def write_on_a_loop_of_its_own(key: str, log: WriterLog) -> None:
+        async def write() -> None:
+            done = asyncio.Event()
+            writer = asyncio.create_task(_write_until(manager, key, done, log))
+            await asyncio.to_thread(stop.wait)
+            done.set()
+            await writer
+            await manager.close()
+
+        asyncio.run(write())
+
+    threads = [
+        threading.Thread(target=write_on_a_loop_of_its_own, args=pair)
+        for pair in zip(keys, logs, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: all(len(log.acked) >= 300 for log in logs), timeout=10, message="writes to flow")
+        followers = [thread for thread in threading.enumerate() if thread.name == FOLLOWER_THREAD]
+        assert len(followers) == 1
+        old = group.current_primary()
+        group.failover()
+        new = group.wait_for_new_primary(old, 20)
+        wait_until(
+            lambda: manager.shard_counts(0).failovers == 1,
+            timeout=10,
+            message="the follower to count the switch",
+        )
+        after_switch = [len(log.acked) for log in logs]
+        wait_until(
+            lambda: all(len(log.acked) >= count + 300 for log, count in zip(logs, after_switch, strict=True)),
+            timeout=10,
+            message="both loops to write on the new primary",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert manager.shard_counts(0).failovers == 1
+    for key, log in zip(keys, logs, strict=True):
+        with new.client() as client:
+            stored = [int(value) for value in client.lrange(key, 0, -1)]
+        lost = sorted(set(log.acked) - set(stored))
+        rate = len(log.acked) / (log.ack_times[-1] - log.ack_times[0])
+        print(f"\n{key}: acked {len(log.acked)}, lost {len(lost)} (~{len(lost) / rate:.3f}s of writes)")
+        assert len(lost) / rate <= 1.0
+        assert len(stored) == len(set(stored))
+        assert set(log.acked[-100:]) <= set(stored)
