@@ -76,9 +76,12 @@ def pair(run: Run, valkey_server: ValkeyProcess) -> Iterator[dict[str, Any]]:
     from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 
     token = uuid.uuid4().hex[:8]
+    # The capacity of every benchmark layer (CAPACITY in benchmarks/conftest.py): with the default 100, a sender
+    # running ahead of its receiver on a loaded machine met ChannelFull in the concurrent flow.
+    options = {"hosts": [valkey_server.url()], "capacity": 10_000}
     layers = {
-        PUBSUB: ValkeyPubSubChannelLayer(hosts=[valkey_server.url()], prefix=f"bench-{token}-w"),
-        CORE: ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=f"bench-{token}-c"),
+        PUBSUB: ValkeyPubSubChannelLayer(prefix=f"bench-{token}-w", **options),
+        CORE: ValkeyChannelLayer(prefix=f"bench-{token}-c", **options),
     }
     yield layers
     for layer in layers.values():
