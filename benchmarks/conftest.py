@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import os
 import statistics
@@ -48,7 +49,7 @@ import pytest
 from checked_flows import GROUP, Fan, Stream, fan_out, group_send_rooms, join_rooms, round_trip
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
-from servers.topologies import start_standalone
+from servers.topologies import SentinelGroup, start_standalone
 
 OURS, PEER = "ours", "channels_redis"
 SIDES = [OURS, PEER]
@@ -219,6 +220,29 @@ def valkey_server(_bench_server: ValkeyProcess) -> ValkeyProcess:
     """The session's Valkey server, started on first use; every layer on it writes under its own prefix."""
     _bench_server.ensure_running()
     return _bench_server
+
+
+@pytest.fixture(scope="session")
+def _bench_sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    # The topology of the test suite's: a primary, a replica and three Sentinels.
+    group = SentinelGroup(tmp_path_factory.mktemp("sg", numbered=True)).start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def sentinel_group(_bench_sentinel_group: SentinelGroup) -> SentinelGroup:
+    """The session's Sentinel group, started on first use (only the sync suites' Sentinel case needs it)."""
+    return _bench_sentinel_group
+
+
+@pytest.fixture
+def collect_garbage_last() -> Iterator[None]:
+    """Collect the garbage when the test's teardown ends, under the test's warning filters: asked for first, so
+    that it runs after the layers' teardown. For a peer that leaves connections to the garbage collector, which
+    would otherwise warn in whichever test runs next."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
@@ -426,24 +450,24 @@ def build_layer(
     prefixes: dict[str, str],
     layer_classes: Callable[[], tuple[type, type]],
 ) -> Iterator[Callable[..., Any]]:
-    """``build_layer(side, **config)``: a layer of ``side`` under that side's prefix; flushed and closed after the
-    test.
+    """``build_layer(side, hosts=None, **config)``: a layer of ``side`` under that side's prefix, on the session's
+    server or on ``hosts`` (the same entries for both sides); flushed and closed after the test.
 
     ``layer_classes`` is the suite's: it returns (our class, the peer's class), importing ours only when a layer
     is made, so the peer's half of a suite runs even where ours does not import.
     """
     made: list[tuple[str, Any]] = []
 
-    def build(side: str, **config: Any) -> Any:
+    def build(side: str, hosts: list[Any] | None = None, **config: Any) -> Any:
         if side not in SIDES:
             raise ValueError(f"side must be {OURS!r} or {PEER!r}, not {side!r}")
         config.setdefault("capacity", CAPACITY)
         config.setdefault("prefix", prefixes[side])
         ours, peer = layer_classes()
         if side == OURS:
-            layer = ours(hosts=[valkey_server.url()], **config)
+            layer = ours(hosts=hosts or [valkey_server.url()], **config)
         else:
-            layer = peer(hosts=[valkey_server.url("redis")], **config)
+            layer = peer(hosts=hosts or [valkey_server.url("redis")], **config)
         made.append((side, layer))
         return layer
 
@@ -722,9 +746,10 @@ def sync_group_sends(
     record: Callable[[str, Mapping[str, float]], None],
     valkey_server: ValkeyProcess,
 ) -> Iterator[Callable[..., None]]:
-    """``sync_group_sends(calls=, rounds=, rows=(a2s_row, sync_row, connections_row), member=)``: ``calls``
-    group_send calls per round from this thread, which runs no event loop (a Django view's, a Celery task's), each
-    side in turns.
+    """``sync_group_sends(calls=, rounds=, rows=(a2s_row, sync_row, connections_row), member=, pair=, servers=)``:
+    ``calls`` group_send calls per round from this thread, which runs no event loop (a Django view's, a Celery
+    task's), each side in turns, with the test's ``layers`` or the layers of ``pair`` (on other hosts, whose
+    ``servers`` are the ones whose new connections count: a Sentinel group's primary and Sentinels).
 
     Ours runs both ways in each of its rounds: ``async_to_sync(layer.group_send)`` (a new event loop per call) and
     ``layer.sync.group_send``; the peer has ``async_to_sync`` only. Calls per second are recorded under
@@ -736,12 +761,25 @@ def sync_group_sends(
     """
     from asgiref.sync import async_to_sync
 
-    def accepted() -> int:
-        # Each look opens a connection of its own, which the next look counts: one is taken off each time.
-        return int(valkey_server.info("stats")["total_connections_received"]) - 1
+    used: list[dict[str, Any]] = []
 
-    def measure(*, calls: int, rounds: int, rows: tuple[str, str, str], member: bool = True) -> None:
-        ours, peer = layers
+    def measure(
+        *,
+        calls: int,
+        rounds: int,
+        rows: tuple[str, str, str],
+        member: bool = True,
+        pair: dict[str, Any] | None = None,
+        servers: Sequence[ValkeyProcess] = (),
+    ) -> None:
+        measured = pair if pair is not None else layers
+        used.append(measured)
+        counted = list(servers) or [valkey_server]
+        ours, peer = measured
+
+        def accepted() -> int:
+            # Each look opens a connection of its own on each server, which the next look counts: taken off here.
+            return sum(int(server.info("stats")["total_connections_received"]) - 1 for server in counted)
 
         def timed_calls(call: Callable[..., Any]) -> tuple[float, int]:
             opened = accepted()
@@ -749,19 +787,19 @@ def sync_group_sends(
             for n in range(calls):
                 call("bench-sync", {"type": "sync.call", "n": n})
             seconds = time.perf_counter() - start
-            return seconds, accepted() - opened - 1
+            return seconds, accepted() - opened - len(counted)
 
         def one_round(side: str) -> tuple[tuple[float, int], tuple[float, int] | None]:
-            layer = layers[side]
+            layer = measured[side]
             via_loops = timed_calls(async_to_sync(layer.group_send))
             return via_loops, timed_calls(layer.sync.group_send) if side == ours else None
 
         def empty_member(side: str) -> None:
-            async_to_sync(layers[side].flush)()
-            async_to_sync(layers[side].group_add)("bench-sync", "bench-sync-member")
+            async_to_sync(measured[side].flush)()
+            async_to_sync(measured[side].group_add)("bench-sync", "bench-sync-member")
 
         before_round = empty_member if member else None
-        turns = take_turns(layers, one_round, rounds=rounds, warmup=1, before_round=before_round)
+        turns = take_turns(measured, one_round, rounds=rounds, warmup=1, before_round=before_round)
         if not turns.timed:
             return
         a2s = {
@@ -780,9 +818,8 @@ def sync_group_sends(
         )
 
     yield measure
-    for side, layer in layers.items():
-        if side == OURS:
-            layer.sync.close()
+    for measured in used:
+        measured[OURS].sync.close()
 
 
 @pytest.fixture
