@@ -93,6 +93,8 @@ async def _write_through(
         )
         if fault == "kill":
             assert manager.shard_counts(0).reconnects >= 1
+        # The new primary has another run_id, but at another address: a failover, not a restart.
+        assert manager.shard_counts(0).restarts == 0
     finally:
         stop.set()
         await writer

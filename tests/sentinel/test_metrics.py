@@ -107,6 +107,7 @@ async def test_sent_received_and_held_match_what_went_through(
         assert after[_point("channels_valkey.connections.open", name, **shard)] >= 1
         assert _point("channels_valkey.connections.reconnects", name, **shard) in after
         assert _point("channels_valkey.failovers", name, **shard) in after
+        assert after[_point("channels_valkey.server.restarts", name, **shard)] == 0
     finally:
         await layer.flush()
         await layer.close_pools()

@@ -158,6 +158,7 @@ async def test_open_connections_and_reconnects_are_counted_per_shard(
         assert shard["open_connections"] >= 1
         assert shard["reconnects"] == 0
         assert shard["failovers"] == 0
+        assert shard["restarts"] == 0
 
         waiting = asyncio.create_task(receive(layer, channel))
         await eventually(lambda: fault_proxy.connection_count >= 2, "the receive to block on the server")
@@ -165,6 +166,7 @@ async def test_open_connections_and_reconnects_are_counted_per_shard(
         await eventually(lambda: layer.stats()["shards"]["0"]["reconnects"] >= 1, "the reconnection count")
         await layer.send(channel, {"type": "after"})
         assert await waiting == {"type": "after"}
+        assert layer.stats()["shards"]["0"]["restarts"] == 0  # reconnected to the same server
         await layer.close_pools()
         assert layer.stats()["shards"]["0"]["open_connections"] == 0
     finally:

@@ -70,6 +70,7 @@ from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
 from channels_valkey.sentinel.queue_reader import Handover, QueueReader, QueueSource
 from channels_valkey.sentinel.reply_feed import feed_replies
+from channels_valkey.sentinel.restarts import ServerRuns
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing, consistent_hash
 from channels_valkey.sentinel.scripts import Script, refuses_evalsha
@@ -131,6 +132,7 @@ __all__ = [
     "SerializerMethods",
     "ServerHealth",
     "ServerHost",
+    "ServerRuns",
     "Shard",
     "ShardConnection",
     "ShardCounts",

@@ -86,7 +86,7 @@ class ClusterShard:
         self.block_seconds = block_seconds
         #: True once any command on the cluster has succeeded: until then failures are configuration errors.
         self.ever_connected = False
-        #: The cluster's reconnections and failovers, shared with the other loops' views of it.
+        #: The cluster's reconnections, failovers and node restarts, shared with the other loops' views of it.
         self.counts = counts if counts is not None else ShardCounts()
         #: Where each node's command connections wait between event loops (see parking.py).
         self._parks = parks

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from channels_valkey.sentinel.histograms import Distribution
+from channels_valkey.sentinel.restarts import ServerRuns
 
 if TYPE_CHECKING:
     from channels_valkey.sentinel.connections import ConnectionFigures
@@ -69,13 +70,22 @@ class ShardCounts:
         #: Times the shard's primary moved and the layer followed: a Sentinel ``+switch-master``, or a cluster slot
         #: map naming other primaries. Each move counts once, however many event loops follow it.
         self.failovers = 0
+        #: The ``run_id`` of the shard's server(s), checked after connection failures (see restarts.py).
+        self.runs = ServerRuns()
         self._lock = threading.Lock()
         self._switched_to: object = None
         self._primaries: frozenset[object] | None = None
 
+    @property
+    def restarts(self) -> int:
+        """Times the shard's server came back as a new process at the same address: what it held was lost then.
+        Each restart counts once, however many event loops reconnected to it."""
+        return self.runs.restarts
+
     def reconnected(self) -> None:
         """Count one reconnection (a retry after a connection failure, or a lost Pub/Sub connection)."""
         self.reconnects += 1
+        self.runs.connection_failed()
 
     def switched_to(self, address: object) -> None:
         """Sentinels announced ``address`` as the new primary (every loop's watcher reports the same switch)."""
@@ -118,6 +128,7 @@ def layer_stats(
                 "parked_connections": figures.parked,
                 "reconnects": figures.counts.reconnects,
                 "failovers": figures.counts.failovers,
+                "restarts": figures.counts.restarts,
             }
             for index, figures in sorted(shards.items())
         },

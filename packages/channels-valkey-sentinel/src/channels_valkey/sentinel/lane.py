@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from valkey import exceptions as valkey_errors
@@ -118,10 +119,14 @@ class _Link:
 
 
 class CommandLane:
-    """Pipelined commands on one connection of ``pool``, for one event loop."""
+    """Pipelined commands on one connection of ``pool``, for one event loop.
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    ``on_lost`` is told when the connection fails under the lane (not when the lane lets go of it).
+    """
+
+    def __init__(self, pool: ConnectionPool, *, on_lost: Callable[[], None] | None = None) -> None:
         self._pool = pool
+        self._on_lost = on_lost
         self._link: _Link | None = None
         self._connect_lock = asyncio.Lock()
         self._pending: deque[asyncio.Future[Any]] = deque()
@@ -208,6 +213,8 @@ class CommandLane:
         if link.lost:
             return
         link.lost = True
+        if self._on_lost is not None:
+            self._on_lost()
         if link.failure is not None:  # the watchdog closed it: report why
             link.failure.__cause__ = error
             error = link.failure

@@ -127,6 +127,13 @@ _COUNTERS: tuple[Instrument, ...] = (
         "{failover}",
         "Moves of a shard's primary that the layer followed (Sentinel switch, cluster slot map).",
     ),
+    (
+        "channels_valkey.server.restarts",
+        _shard_figure("restarts"),
+        "{restart}",
+        "Restarts of a shard's server that the layer noticed (a new run_id at the same address): what the server "
+        "held, queued messages and group memberships, is gone.",
+    ),
 )
 
 

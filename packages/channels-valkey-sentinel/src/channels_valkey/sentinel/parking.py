@@ -35,8 +35,9 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-import valkey.asyncio as avalkey
-from valkey.asyncio.connection import AbstractConnection, UnixDomainSocketConnection
+from valkey.asyncio.connection import AbstractConnection, ConnectionPool, UnixDomainSocketConnection
+
+from channels_valkey.sentinel.restarts import CheckedPool
 
 __all__ = [
     "PARK_IDLE_SECONDS",
@@ -159,8 +160,12 @@ def _shard_of(key: Hashable) -> int:
     return int(found)
 
 
-class ParkingPool(avalkey.ConnectionPool):
-    """A valkey-py pool that connects through parked sockets first, and parks its idle connections on request."""
+class ParkingPool(CheckedPool):
+    """A valkey-py pool that connects through parked sockets first, and parks its idle connections on request.
+
+    An adopted socket is no fresh connection, so the restart check (``CheckedPool``) does not ask its server; one
+    found closed counts as a failed connection, so the fresh connection made instead asks.
+    """
 
     def __init__(self, *, park: ConnectionPark, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -183,7 +188,7 @@ class ParkingPool(avalkey.ConnectionPool):
         return taken
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:
-        if not await connect_from_park(connection, self.park):
+        if not await connect_from_park(connection, self.park, on_dead=self.parked_socket_dead):
             await super().ensure_connection(connection)
 
     async def park_idle(self) -> int:
@@ -191,20 +196,24 @@ class ParkingPool(avalkey.ConnectionPool):
         return await park_idle_connections(self, lambda connection: self.park)
 
 
-async def connect_from_park(connection: AbstractConnection, park: ConnectionPark) -> bool:
+async def connect_from_park(
+    connection: AbstractConnection, park: ConnectionPark, *, on_dead: Callable[[], None] | None = None
+) -> bool:
     """Give ``connection`` (not connected yet) a socket from ``park`` instead of a new one; False when the park
-    has none that is still open."""
+    has none that is still open. ``on_dead`` is told of each parked socket the server closed meanwhile."""
     if connection.is_connected or connection.protocol not in (2, "2"):
         return False
     while (sock := park.take()) is not None:
         if _quiet(sock) and await _adopt(connection, sock):
             return True  # the peek was valkey-py's check: open, nothing to read
         sock.close()  # the server closed it while it waited (or spoke unasked): try the next one
+        if on_dead is not None:
+            on_dead()
     return False
 
 
 async def park_idle_connections(
-    pool: avalkey.ConnectionPool, park_of: Callable[[AbstractConnection], ConnectionPark | None]
+    pool: ConnectionPool, park_of: Callable[[AbstractConnection], ConnectionPark | None]
 ) -> int:
     """Move the sockets of ``pool``'s idle connections to their parks (``park_of`` a connection, None: not to be
     kept); returns how many. The connections that cannot be parked stay in the pool, for its ``disconnect``."""

@@ -35,6 +35,7 @@ from channels_valkey.sentinel.parking import (
     park_idle_connections,
 )
 from channels_valkey.sentinel.policy import ResiliencePolicy
+from channels_valkey.sentinel.restarts import CheckedPool, RunCheck
 from channels_valkey.sentinel.specs import HostSpec, SentinelHost, ServerHost
 from channels_valkey.sentinel.watcher import Address
 
@@ -69,7 +70,7 @@ class Shard:
         self.block_seconds = block_seconds
         #: True once any command on this shard has succeeded: until then failures are configuration errors.
         self.ever_connected = False
-        #: The shard's reconnections and failovers, shared with the other loops' shards of the same index.
+        #: The shard's reconnections, failovers and restarts, shared with the other loops' shards of the same index.
         self.counts = counts if counts is not None else ShardCounts()
         self._sentinel: Sentinel | None = None
         self._follower = follower
@@ -80,6 +81,7 @@ class Shard:
         self._health_checks = True
         #: Resets asked for by the follower, running on this loop.
         self._moving: set[asyncio.Task[None]] = set()
+        self._command_pool: ConnectionPool
         if isinstance(spec, ServerHost):
             # The lane needs only the pool; the client around it is made when someone asks (see ``client``).
             self._command_pool = self._server_pool(policy.connection_options(), "commands")
@@ -87,7 +89,7 @@ class Shard:
             self.client = self._make_client(policy.connection_options(), "commands")
             self._command_pool = self.client.connection_pool
         #: Pipelined hot commands (see lane.py); its connection comes from the command client's pool.
-        self.lane = CommandLane(self._command_pool)
+        self.lane = CommandLane(self._command_pool, on_lost=self.counts.runs.connection_failed)
         #: Send one command on the lane (no retries; see ``ConnectionManager.execute_command``). The lane's own
         #: method, not a wrapper: it is the hot path of every send.
         self.execute_command: Callable[..., Awaitable[Any]] = self.lane.execute_command
@@ -120,7 +122,7 @@ class Shard:
 
     def _pools(self) -> list[ConnectionPool]:
         """The connection pools made so far: the command pool, and the blocking one once used."""
-        made = [self._command_pool]
+        made: list[ConnectionPool] = [self._command_pool]
         if "blocking_client" in self.__dict__:
             made.append(self.blocking_client.connection_pool)
         return made
@@ -147,16 +149,24 @@ class Shard:
     def suspect_map(self) -> None:
         """No slot map to read again: the Sentinel watcher, if any, follows the primary."""
 
-    def _server_pool(self, defaults: dict[str, Any], kind: str) -> ConnectionPool:
+    def _server_pool(self, defaults: dict[str, Any], kind: str) -> CheckedPool:
         """A pool of ``kind`` connections to this plain server, parking their sockets between loops where the shard
         has parks and the connections are not TLS."""
         options = {**defaults, **self.spec.options}
         connection_class = options["connection_class"]
         if issubclass(connection_class, UnixDomainSocketConnection):
             options.pop("socket_keepalive")  # a TCP option
+        pool: CheckedPool
         if self._parks is not None and not issubclass(connection_class, SSLConnection):
-            return ParkingPool(park=self._parks.park((self._park_key, kind)), **options)
-        return ConnectionPool(**options)
+            pool = ParkingPool(park=self._parks.park((self._park_key, kind)), **options)
+        else:
+            pool = CheckedPool(**options)
+        return self._checked(pool)
+
+    def _checked(self, pool: CheckedPool) -> CheckedPool:
+        """``pool``, its fresh connections checked for a restarted server (restarts.py)."""
+        pool.run_check = RunCheck(self.counts.runs, self._park_key, self.describe())
+        return pool
 
     def _make_client(self, defaults: dict[str, Any], kind: str) -> avalkey.Valkey:
         if isinstance(self.spec, ServerHost):
@@ -189,6 +199,8 @@ class Shard:
             park_of=park_of,
             **options,
         )
+        if isinstance(client.connection_pool, CheckedPool):
+            self._checked(client.connection_pool)
         return client
 
     async def blocking_call(self, args: Sequence[object], on_interrupted: OnInterrupted) -> object:
@@ -257,7 +269,7 @@ class Shard:
                     await sentinel_client.aclose()
 
 
-class FollowingPool(SentinelConnectionPool):
+class FollowingPool(SentinelConnectionPool, CheckedPool):
     """A Sentinel pool that connects where the process's follower of the service points (follower.py), asking the
     Sentinels only while the follower cannot say; with ``park_of``, its sockets wait between loops in the park of
     the primary they reach (parking.py)."""
@@ -288,13 +300,12 @@ class FollowingPool(SentinelConnectionPool):
     async def ensure_connection(self, connection: AbstractConnection) -> None:
         park_of = self._park_of
         address = self.follower.address() if park_of is not None else None
+        # The pool's connections are SentinelManagedConnections, which have an address to set.
         if (
             park_of is not None
             and address is not None
-            and isinstance(
-                connection, Connection
-            )  # the pool's SentinelManagedConnection, which has an address
-            and await connect_from_park(connection, park_of(address))
+            and isinstance(connection, Connection)
+            and await connect_from_park(connection, park_of(address), on_dead=self.parked_socket_dead)
         ):
             connection.host, connection.port = address
             self.master_address = address

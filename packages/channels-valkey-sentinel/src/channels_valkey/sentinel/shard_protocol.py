@@ -33,7 +33,8 @@ class ShardConnection(Protocol):
     index: int
     #: True once any command on this shard has succeeded: until then failures are configuration errors, not outages.
     ever_connected: bool
-    #: Reconnections and failovers followed, shared by the shards of this index on every event loop.
+    #: Reconnections, failovers followed and server restarts noticed, shared by the shards of this index on every
+    #: event loop.
     counts: ShardCounts
 
     def describe(self) -> str:
