@@ -194,30 +194,34 @@ async def fan_out(fan: Fan) -> int:
 
 @dataclass
 class Rooms:
-    """Many groups of one member each, the members a few channels of one layer (websocket consumers of one
-    process, each in many rooms), and the numbers sent: group ``i``'s member is ``channels[i % len(channels)]``."""
+    """Many groups of one member each, the members a few channels of another layer than the sender's (websocket
+    consumers of another process, each in many rooms), and the numbers sent and checked: group ``i``'s member is
+    ``channels[i % len(channels)]``."""
 
-    layer: Any
+    sender: Any
+    members: Any
     groups: list[str]
     channels: list[str]
     #: The number the next group message gets.
     sent: int = 0
+    #: The number of the first message the members have not checked yet.
+    checked: int = 0
 
 
-async def join_rooms(layer: Any, groups: int, members: int) -> Rooms:
-    """``groups`` groups named ``bench-room{i}``, spread over ``members`` new process channels of ``layer``."""
-    channels = [await layer.new_channel() for _ in range(members)]
+async def join_rooms(sender: Any, members: Any, groups: int, channels: int) -> Rooms:
+    """``groups`` groups named ``bench-room{i}``, spread over ``channels`` new process channels of ``members``
+    (run on the members' event loop), sent to by ``sender``."""
+    made = [await members.new_channel() for _ in range(channels)]
     names = [f"bench-room{index}" for index in range(groups)]
     for index, group in enumerate(names):
-        await layer.group_add(group, channels[index % members])
-    return Rooms(layer, names, channels)
+        await members.group_add(group, made[index % channels])
+    return Rooms(sender, members, names, made)
 
 
-async def group_send_rooms(rooms: Rooms, *, bulk: bool) -> float:
-    """One numbered message to every group, by one ``group_send_many`` (``bulk``) or a loop of ``group_send``;
-    the seconds the sending took. Then every member receives its groups' messages, which must be those sent, in
-    order (``AssertionError`` otherwise)."""
-    layer, groups, channels = rooms.layer, rooms.groups, rooms.channels
+async def send_to_rooms(rooms: Rooms, *, bulk: bool) -> float:
+    """One numbered message to every group from the sender, by one ``group_send_many`` (``bulk``) or a loop of
+    ``group_send``; the seconds the sending took (run on the sender's event loop)."""
+    layer, groups = rooms.sender, rooms.groups
     first = rooms.sent
     rooms.sent += len(groups)
     pairs = [(group, numbered(first + index)) for index, group in enumerate(groups)]
@@ -230,12 +234,22 @@ async def group_send_rooms(rooms: Rooms, *, bulk: bool) -> float:
     elapsed = time.perf_counter() - start
     if bulk and (result.sent != len(pairs) or result.over_capacity):
         raise AssertionError(f"group_send_many of {len(pairs)} groups: {result!r}")
+    return elapsed
+
+
+async def check_rooms(rooms: Rooms) -> None:
+    """Every member receives its groups' messages of the round sent since the last check, which must be those
+    messages in order (``AssertionError`` otherwise); run on the members' event loop."""
+    layer, groups, channels = rooms.members, rooms.groups, rooms.channels
+    first, count = rooms.checked, rooms.sent - rooms.checked
+    if count != len(groups):
+        raise AssertionError(f"{count} messages sent since the last check, not one round of {len(groups)}")
+    rooms.checked = rooms.sent
 
     async def member(place: int) -> None:
-        wanted = [first + index for index in range(place, len(groups), len(channels))]
+        wanted = [first + index for index in range(place, count, len(channels))]
         arrived = [_number(await receive_within(layer, channels[place])) for _ in wanted]
         if arrived != wanted:
             raise AssertionError(f"{channels[place]!r} received {arrived[:5]!r}..., not {wanted[:5]!r}...")
 
     await asyncio.gather(*(member(place) for place in range(len(channels))))
-    return elapsed
