@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import json
 import random
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from channels_valkey.serializers.crypto import (
@@ -40,6 +41,14 @@ Message = dict[str, Any]
 _VIEW_THRESHOLD = 64 * 1024
 
 _getrandbits = random.getrandbits
+#: What ``serialize_many`` compares the first message with: no message is this object.
+_NO_MESSAGE = object()
+
+
+def _not_a_dict(message: object) -> MessageEncodeError:
+    return MessageEncodeError(
+        f"a message must be a dict, not {type(message).__name__}: channels messages are dicts with a 'type' key"
+    )
 
 
 class BaseMessageSerializer(abc.ABC):
@@ -116,10 +125,7 @@ class BaseMessageSerializer(abc.ABC):
     def serialize(self, message: Message) -> bytes:
         """The bytes to store for ``message``: random prefix + format bytes, encrypted when keys are set."""
         if type(message) is not dict and not isinstance(message, dict):
-            raise MessageEncodeError(
-                f"a message must be a dict, not {type(message).__name__}: channels messages are dicts "
-                "with a 'type' key"
-            )
+            raise _not_a_dict(message)
         packer_type = self._packer
         if packer_type is None:
             data = self._encode(message)
@@ -135,6 +141,42 @@ class BaseMessageSerializer(abc.ABC):
         if size > 0:
             return _getrandbits(size * 8).to_bytes(size, "big") + data
         return data
+
+    def serialize_many(self, messages: Sequence[Message]) -> list[bytes]:
+        """What ``[self.serialize(message) for message in messages]`` gives, in fewer steps: for bulk sends.
+
+        Where a message's bytes depend on nothing but the message (no random prefix, no encryption, the format's
+        own encoder), one msgpack packer serves every message and a message object given again right after itself
+        (one dict sent to many groups) is encoded once. Otherwise each message goes through :meth:`serialize`, so
+        each gets its own random prefix or token, as it would sent alone.
+        """
+        encode = self._encode
+        if (
+            self.crypter is not None
+            or self.random_prefix_length > 0
+            or type(self).serialize is not BaseMessageSerializer.serialize
+            or type(self)._encode is BaseMessageSerializer._encode
+        ):
+            return [self.serialize(message) for message in messages]
+        packer_type = self._packer
+        pack = None if packer_type is None else packer_type().pack
+        encoded: list[bytes] = []
+        previous: object = _NO_MESSAGE
+        data = b""
+        for message in messages:
+            if message is not previous:
+                if type(message) is not dict and not isinstance(message, dict):
+                    raise _not_a_dict(message)
+                if pack is None:
+                    data = encode(message)
+                else:
+                    try:
+                        data = pack(message)
+                    except (TypeError, ValueError, OverflowError) as exc:
+                        raise self._encode_error(message, exc) from exc
+                previous = message
+            encoded.append(data)
+        return encoded
 
     def deserialize(self, message: bytes) -> Message:
         """The message stored as ``message``; any bad input raises ``MessageDecodeError`` (log it, skip it)."""
