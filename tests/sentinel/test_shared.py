@@ -23,6 +23,7 @@ from channels_valkey.sentinel import (
     check_policy,
     check_prefix,
     check_whole_number,
+    checked_pairs,
     is_process_channel,
     non_local_name,
 )
@@ -47,6 +48,50 @@ def test_messages_are_dicts_without_the_reserved_key() -> None:
         check_message(["type"])
     with pytest.raises(ValueError, match="__asgi_channel__"):
         check_message({"type": "x", "__asgi_channel__": "elsewhere"})
+
+
+class _Name(str):
+    """A str subclass: still a name."""
+
+
+class _Message(dict):  # type: ignore[type-arg]
+    """A dict subclass: still a message."""
+
+
+@pytest.mark.parametrize("check", [check_channel, check_group])
+def test_checked_pairs_accept_and_refuse_what_the_single_checks_do(check: Any) -> None:
+    """Bulk calls test the usual pair inline, without calling the checks: the same names and messages pass, and a
+    bad one raises the single check's exception, naming the pair."""
+    names: list[Any] = [
+        "chat.room",
+        "g" * 99,
+        "g" * 100,
+        "trailing\n",
+        "ü",
+        "",
+        "with space",
+        "a!b",
+        "a!b!c",
+        5,
+    ]
+    names.append(_Name("sub.name"))
+    messages: list[Any] = [{"type": "x"}, _Message(type="y"), {"__asgi_channel__": "x"}, ["type"], None]
+    for name in names:
+        for message in messages:
+            for pair in [(name, message), [name, message]]:
+                try:
+                    check(name)
+                    check_message(message)
+                except (TypeError, ValueError) as error:
+                    with pytest.raises(
+                        type(error), match=r"^bulk: pairs\[1\]: " + re.escape(str(error)) + "$"
+                    ):
+                        checked_pairs([("chat.room", {}), pair], check, "bulk")
+                else:
+                    assert checked_pairs([("chat.room", {}), pair], check, "bulk") == [
+                        ("chat.room", {}),
+                        (name, message),
+                    ]
 
 
 def test_process_channels_share_their_non_local_name() -> None:

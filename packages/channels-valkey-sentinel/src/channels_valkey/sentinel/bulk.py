@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from channels_valkey.sentinel.naming import check_message
+from channels_valkey.sentinel.naming import MAX_NAME_LENGTH, check_message, name_pattern
 
 if TYPE_CHECKING:
     import valkey.asyncio as avalkey
@@ -77,8 +77,24 @@ def checked_pairs(
     """
     if isinstance(pairs, str | bytes | Mapping):
         raise TypeError(f"{what} takes an iterable of (name, message) pairs, not {type(pairs).__name__}")
+    pattern = name_pattern(check_name)
+    fits = pattern.fullmatch if pattern is not None else None
     checked: list[tuple[str, dict[str, Any]]] = []
     for index, pair in enumerate(pairs):
+        # The common pair, a tuple of a good name and a plain dict, passes the same tests inline: one bulk call
+        # checks thousands, and a function call each cost as much as the rest of the sending.
+        if type(pair) is tuple and len(pair) == 2:
+            name, message = pair
+            if (
+                type(message) is dict
+                and "__asgi_channel__" not in message
+                and fits is not None
+                and type(name) is str
+                and len(name) < MAX_NAME_LENGTH
+                and fits(name)
+            ):
+                checked.append(pair)
+                continue
         if not isinstance(pair, tuple | list) or len(pair) != 2:
             raise TypeError(f"{what}: pairs[{index}] must be a (name, message) pair, not {pair!r:.80}")
         name, message = pair

@@ -8,6 +8,7 @@ business (its ``names.py`` or key methods); process channels (``name!suffix``) m
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -42,6 +43,16 @@ def check_group(name: object) -> str:
     return name
 
 
+def name_pattern(check: Callable[[object], str]) -> re.Pattern[str] | None:
+    """The pattern ``check`` (:func:`check_channel` or :func:`check_group`) matches a whole ``str`` name against,
+    once the name is shorter than :data:`MAX_NAME_LENGTH`; None for another check.
+
+    A loop over many names (a bulk send) tests them with it inline, and calls ``check`` only for a name that does
+    not pass, to raise its error.
+    """
+    return _PATTERNS.get(check)
+
+
 def check_message(message: object) -> None:
     """Raise unless ``message`` is a dict a layer may send.
 
@@ -54,6 +65,9 @@ def check_message(message: object) -> None:
         raise ValueError(
             "message must not contain the key '__asgi_channel__', which the channel layers reserve"
         )
+
+
+_PATTERNS: dict[Callable[[object], str], re.Pattern[str]] = {check_channel: _CHANNEL, check_group: _GROUP}
 
 
 def non_local_name(channel: str) -> str:
