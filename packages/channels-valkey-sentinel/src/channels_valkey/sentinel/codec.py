@@ -10,7 +10,7 @@ subclass overriding ``serialize``/``deserialize`` (which channels-valkey 0.3 all
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from channels_valkey.sentinel.counters import DropCounters
@@ -88,3 +88,22 @@ class SerializerMethods:
         if limit is not None and len(payload) > limit:
             raise MessageTooLarge(f"{kind} {name!r}", len(payload), limit)
         return payload
+
+    def _payloads(self, pairs: Sequence[tuple[str, dict[str, Any]]], kind: str) -> list[bytes]:
+        """The bytes :meth:`_payload` gives for each ``(name, message)`` pair, for a bulk send: the same bytes, in
+        one pass of the serializer's ``serialize_many`` where it has one and :meth:`serialize` is not overridden.
+
+        An unencodable message raises before any size is looked at; then the first pair over
+        ``max_message_bytes`` raises :class:`MessageTooLarge` naming the ``kind`` and name.
+        """
+        messages = [message for _, message in pairs]
+        serialize_many = getattr(self._serializer, "serialize_many", None)
+        if serialize_many is None or type(self).serialize is not SerializerMethods.serialize:
+            payloads = [self.serialize(message) for message in messages]
+        else:
+            payloads = serialize_many(messages)
+        limit = self.max_message_bytes
+        if limit is not None and payloads and max(map(len, payloads)) > limit:
+            index = next(index for index, payload in enumerate(payloads) if len(payload) > limit)
+            raise MessageTooLarge(f"{kind} {pairs[index][0]!r}", len(payloads[index]), limit)
+        return payloads
