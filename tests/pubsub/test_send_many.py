@@ -127,6 +127,54 @@ async def test_one_script_call_per_chunk_and_one_publish_per_message(
         await layer.close_pools()
 
 
+class _TaggedLayer(ValkeyPubSubChannelLayer):
+    """A layer whose serialize is overridden, as channels-valkey 0.3 allowed: its bytes are used for every send."""
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        return b"tagged:" + super().serialize(message)
+
+
+@pytest.mark.parametrize(
+    ("layer_class", "settings"),
+    [
+        (ValkeyPubSubChannelLayer, {}),
+        (ValkeyPubSubChannelLayer, {"serializer_format": "json"}),
+        (_TaggedLayer, {}),
+    ],
+)
+async def test_group_send_many_publishes_what_group_send_publishes(
+    valkey_server: ValkeyProcess, key_prefix: str, layer_class: type[ValkeyPubSubChannelLayer], settings: Any
+) -> None:
+    """Each message goes out under its group's Pub/Sub name in the bytes its own group_send publishes, whatever
+    the bulk call's shortcuts: one dict given for many groups, or one after another, is the same bytes each time."""
+    layer = layer_class(hosts=[valkey_server.url()], prefix=key_prefix, **settings)
+    shared = {"type": "room.notice", "text": "to every room"}
+    pairs = [(f"bulk-room{n}", shared) for n in range(4)]
+    pairs += [(f"bulk-room{n}", {"type": "room.own", "n": n, "data": b"\x00\xff"}) for n in range(4)]
+    pairs += [("bulk-room9", shared), ("bulk-room0", {"type": "last"}), ("bulk-room1", shared)]
+    with valkey_server.client() as client, client.pubsub() as watcher:
+        watcher.psubscribe(f"{key_prefix}*")
+        assert watcher.get_message(timeout=5)["type"] == "psubscribe"
+
+        def published() -> list[tuple[bytes, bytes]]:
+            seen = [watcher.get_message(timeout=5) for _ in pairs]
+            return [(message["channel"], message["data"]) for message in seen]
+
+        try:
+            for group, message in pairs:
+                await layer.group_send(group, message)
+            one_by_one = published()
+            assert (await layer.group_send_many(pairs)).sent == len(pairs)
+            assert published() == one_by_one
+            assert watcher.get_message(timeout=0.2) is None
+        finally:
+            await layer.close_pools()
+    assert [channel for channel, _ in one_by_one] == [
+        layer.group_channel_name(group).encode() for group, _ in pairs
+    ]
+    assert one_by_one[0][1] == layer.serialize(shared)
+
+
 def _calls(server: ValkeyProcess, *commands: str) -> int:
     stats = server.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)

@@ -64,6 +64,7 @@ class BulkSends:
 
         def get_capacity(self, channel: str) -> int: ...
         def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
+        def _payloads(self, pairs: Sequence[tuple[str, dict[str, Any]]], kind: str) -> list[bytes]: ...
         def _kind(self, channel: str) -> str: ...
         def _is_worker(self, channel: str, kind: str | None = None) -> bool: ...
         async def _publish(self, shard: int, name: str, payload: bytes) -> None: ...
@@ -105,24 +106,49 @@ class BulkSends:
         return SendManyResult(sent_count, tuple(checked[index] for index in sorted(full)))
 
     async def group_send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> GroupSendManyResult:
-        """Publish each ``(group, message)`` as :meth:`group_send` would, in one pipeline per shard and chunk.
+        """Publish each ``(group, message)`` as :meth:`group_send` would, in one script call per shard and chunk.
 
         Every pair is checked first, as in :meth:`send_many`. Groups travel on Pub/Sub, so no member is ever
         over capacity here: the result's ``over_capacity`` is always empty.
         """
         checked = checked_pairs(pairs, check_group, "group_send_many")
+        payloads = self._payloads(checked, "group")
         ring = await self._connections.ring()
-        published: dict[int, list[_Message]] = defaultdict(list)
-        for index, (group, message) in enumerate(checked):
-            name = group_channel(self.prefix, group)
-            payload = self._payload(message, "group", group)
-            published[ring.index(name)].append(_Message(index, name, "group", payload))
-        done, error = await self._publish_many(published)
-        self._counts.sent["group"] += len(done)
+        head = group_channel(self.prefix, "")  # every group's Pub/Sub name is head + group (names.py)
+        if self.cluster:
+            published: dict[int, list[_Message]] = defaultdict(list)
+            for index, ((group, _), payload) in enumerate(zip(checked, payloads, strict=True)):
+                name = head + group
+                published[ring.index(name)].append(_Message(index, name, "group", payload))
+            done, error = await self._publish_many(published)
+            sent = len(done)
+        else:
+            # The script's arguments straight away, name and payload after name and payload, a list per shard:
+            # at a few microseconds a message, an object per message would be a good part of the call.
+            by_shard: dict[int, list[str | bytes]] = defaultdict(list)
+            for (group, _), payload in zip(checked, payloads, strict=True):
+                name = head + group
+                by_shard[ring.index(name)] += (name, payload)
+            step = 2 * scripts.BULK_CHUNK
+            chunks = {
+                shard: [args[start : start + step] for start in range(0, len(args), step)]
+                for shard, args in by_shard.items()
+            }
+
+            async def publish(shard: int, chunk: Sequence[list[str | bytes]]) -> list[int]:
+                counts = []
+                for args in chunk:
+                    await self._publish_in_order(shard, args)
+                    counts.append(len(args) // 2)
+                return counts
+
+            published_chunks, error = await run_batches(chunks, publish, 1)
+            sent = sum(count for _, count in published_chunks)
+        self._counts.sent["group"] += sent
         if error is not None:
-            raise_if_reply_lost(error, f"group_send_many ({len(done)} of {len(checked)} group sends made)")
+            raise_if_reply_lost(error, f"group_send_many ({sent} of {len(checked)} group sends made)")
             raise error
-        return GroupSendManyResult(len(done))
+        return GroupSendManyResult(sent)
 
     async def _enqueue(self, batches: Mapping[tuple[int, int], list[_Message]]) -> _Outcome:
         """Queue every batch's messages on worker queues by script: 1 queued or 0 full for each."""
@@ -157,24 +183,9 @@ class BulkSends:
         if not self.cluster:
 
             async def write(shard: int, chunk: Sequence[_Message]) -> list[int]:
-                facts = self._connections.facts(shard)
-                if not facts.scripts_refused:
-                    args = [part for message in chunk for part in (message.name, message.payload)]
-                    try:
-                        # Not idempotent: a retried publish whose reply was lost would deliver twice.
-                        await scripts.PUBLISH_MANY_SCRIPT.run(
-                            self._connections, shard, [], args, idempotent=False
-                        )
-                        return [1] * len(chunk)
-                    except ShardUnavailable as error:
-                        if not isinstance(error.cause, valkey_errors.NoPermissionError):
-                            raise
-                        facts.scripts_refused = True  # refused before it ran: nothing was published
-                        logger.info(
-                            "shard %d refuses scripts (%s); bulk publishes go as a pipeline", shard, error
-                        )
-                commands = [("PUBLISH", message.name, message.payload) for message in chunk]
-                await pipelined(self._connections, shard, commands)
+                await self._publish_in_order(
+                    shard, [part for message in chunk for part in (message.name, message.payload)]
+                )
                 return [1] * len(chunk)
 
             return await run_batches(by_shard, write, scripts.BULK_CHUNK)
@@ -191,3 +202,20 @@ class BulkSends:
             return [1] * len(chunk)
 
         return await run_batches(by_name, publish, 1)
+
+    async def _publish_in_order(self, shard: int, args: list[str | bytes]) -> None:
+        """``PUBLISH`` each name and payload of ``args`` (name, payload, name, payload...) on ``shard``, in order:
+        one script call, or a pipeline of ``PUBLISH`` commands where the ACL refuses scripts (not on a cluster)."""
+        facts = self._connections.facts(shard)
+        if not facts.scripts_refused:
+            try:
+                # Not idempotent: a retried publish whose reply was lost would deliver twice.
+                await scripts.PUBLISH_MANY_SCRIPT.run(self._connections, shard, [], args, idempotent=False)
+                return
+            except ShardUnavailable as error:
+                if not isinstance(error.cause, valkey_errors.NoPermissionError):
+                    raise
+                facts.scripts_refused = True  # refused before it ran: nothing was published
+                logger.info("shard %d refuses scripts (%s); bulk publishes go as a pipeline", shard, error)
+        commands = [("PUBLISH", args[index], args[index + 1]) for index in range(0, len(args), 2)]
+        await pipelined(self._connections, shard, commands)
