@@ -60,21 +60,10 @@ class _Message(dict):  # type: ignore[type-arg]
 
 @pytest.mark.parametrize("check", [check_channel, check_group])
 def test_checked_pairs_accept_and_refuse_what_the_single_checks_do(check: Any) -> None:
-    """Bulk calls test the usual pair inline, without calling the checks: the same names and messages pass, and a
-    bad one raises the single check's exception, naming the pair."""
-    names: list[Any] = [
-        "chat.room",
-        "g" * 99,
-        "g" * 100,
-        "trailing\n",
-        "ü",
-        "",
-        "with space",
-        "a!b",
-        "a!b!c",
-        5,
-    ]
-    names.append(_Name("sub.name"))
+    """Bulk calls test the usual pairs all at once, without calling the checks: the same names and messages pass,
+    and a bad one raises the single check's exception, naming the pair."""
+    names: list[Any] = ["chat.room", "g" * 99, "g" * 100, "trailing\n", "two\nlines", "\n", "ü", "", "a b"]
+    names += ["a!b", "a!", "a!b!c", "!b", 5, None, _Name("sub.name")]
     messages: list[Any] = [{"type": "x"}, _Message(type="y"), {"__asgi_channel__": "x"}, ["type"], None]
     for name in names:
         for message in messages:
@@ -83,15 +72,14 @@ def test_checked_pairs_accept_and_refuse_what_the_single_checks_do(check: Any) -
                     check(name)
                     check_message(message)
                 except (TypeError, ValueError) as error:
-                    with pytest.raises(
-                        type(error), match=r"^bulk: pairs\[1\]: " + re.escape(str(error)) + "$"
-                    ):
+                    expected = r"^bulk: pairs\[1\]: " + re.escape(str(error)) + "$"
+                    with pytest.raises(type(error), match=expected):
                         checked_pairs([("chat.room", {}), pair], check, "bulk")
                 else:
-                    assert checked_pairs([("chat.room", {}), pair], check, "bulk") == [
-                        ("chat.room", {}),
-                        (name, message),
-                    ]
+                    good = ("chat.room", {})
+                    assert checked_pairs([good, pair], check, "bulk") == [good, (name, message)]
+                    assert checked_pairs(iter([pair] * 3), check, "bulk") == [(name, message)] * 3
+    assert checked_pairs([], check, "bulk") == []
 
 
 def test_process_channels_share_their_non_local_name() -> None:

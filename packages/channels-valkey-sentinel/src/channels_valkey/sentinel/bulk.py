@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Se
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from channels_valkey.sentinel.naming import MAX_NAME_LENGTH, check_message, name_pattern
+from channels_valkey.sentinel.naming import check_message, lines_pattern
 
 if TYPE_CHECKING:
     import valkey.asyncio as avalkey
@@ -77,24 +77,11 @@ def checked_pairs(
     """
     if isinstance(pairs, str | bytes | Mapping):
         raise TypeError(f"{what} takes an iterable of (name, message) pairs, not {type(pairs).__name__}")
-    pattern = name_pattern(check_name)
-    fits = pattern.fullmatch if pattern is not None else None
+    given = list(pairs)
+    if _usual(given, check_name):
+        return given
     checked: list[tuple[str, dict[str, Any]]] = []
-    for index, pair in enumerate(pairs):
-        # The common pair, a tuple of a good name and a plain dict, passes the same tests inline: one bulk call
-        # checks thousands, and a function call each cost as much as the rest of the sending.
-        if type(pair) is tuple and len(pair) == 2:
-            name, message = pair
-            if (
-                type(message) is dict
-                and "__asgi_channel__" not in message
-                and fits is not None
-                and type(name) is str
-                and len(name) < MAX_NAME_LENGTH
-                and fits(name)
-            ):
-                checked.append(pair)
-                continue
+    for index, pair in enumerate(given):
         if not isinstance(pair, tuple | list) or len(pair) != 2:
             raise TypeError(f"{what}: pairs[{index}] must be a (name, message) pair, not {pair!r:.80}")
         name, message = pair
@@ -105,6 +92,28 @@ def checked_pairs(
             raise type(error)(f"{what}: pairs[{index}]: {error}") from None
         checked.append((name, message))
     return checked
+
+
+def _usual(pairs: list[Any], check_name: Callable[[object], str]) -> bool:
+    """Whether every pair is the usual one, a tuple of a good ``str`` name and a plain ``dict`` message without the
+    reserved key: then it passes the checks, tested here in one pass and one pattern match of all the names.
+
+    At a microsecond or two a message for a bulk call's whole work, two check calls a pair were a tenth of it.
+    Any other pair (a list, a subclass, a bad one) sends the caller to the checks one by one.
+    """
+    lines = lines_pattern(check_name)
+    if lines is None:
+        return False
+    names = []
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            return False
+        name, message = pair
+        if type(name) is not str or type(message) is not dict or "__asgi_channel__" in message:
+            return False
+        names.append(name)
+    joined = "\n".join(names) + "\n"
+    return joined.count("\n") == len(names) and lines.fullmatch(joined) is not None
 
 
 class ScoreClock:
