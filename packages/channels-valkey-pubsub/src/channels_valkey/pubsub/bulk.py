@@ -128,7 +128,9 @@ class BulkSends:
             by_shard: dict[int, list[str | bytes]] = defaultdict(list)
             for (group, _), payload in zip(checked, payloads, strict=True):
                 name = head + group
-                by_shard[ring.index(name)] += (name, payload)
+                args = by_shard[ring.index(name)]
+                args.append(name)
+                args.append(payload)
             step = 2 * scripts.BULK_CHUNK
             chunks = {
                 shard: [args[start : start + step] for start in range(0, len(args), step)]
