@@ -20,7 +20,7 @@ from valkey.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
-from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from valkey.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from channels_valkey.sentinel.blocking import InterruptibleCalls, OnInterrupted
 from channels_valkey.sentinel.counters import ShardCounts
@@ -269,6 +269,27 @@ class Shard:
                     await sentinel_client.aclose()
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """valkey-py's connection to a Sentinel service's primary, whose ``repr`` survives its pool.
+
+    The connection holds its pool by a weak proxy. When a layer is dropped without ``close_pools()``, the garbage
+    collector may free the pool before an open connection of it, whose ``__del__`` then warns of an unclosed
+    connection with its ``repr``: valkey-py's raised ``ReferenceError`` there, which turned the warning into an
+    "exception ignored" that test runners format in whichever thread collected it (and Python 3.11's traceback
+    formatting is not safe in two threads at once).
+    """
+
+    def __repr__(self) -> str:
+        try:
+            return str(super().__repr__())  # type: ignore[no-untyped-call]
+        except ReferenceError:
+            return f"<{type(self).__module__}.{type(self).__name__}(host={self.host},port={self.port})>"
+
+
+class FollowingSSLConnection(FollowingConnection, SSLConnection):
+    """:class:`FollowingConnection` over TLS."""
+
+
 class FollowingPool(SentinelConnectionPool, CheckedPool):
     """A Sentinel pool that connects where the process's follower of the service points (follower.py), asking the
     Sentinels only while the follower cannot say; with ``park_of``, its sockets wait between loops in the park of
@@ -283,6 +304,9 @@ class FollowingPool(SentinelConnectionPool, CheckedPool):
         park_of: Callable[[Address], ConnectionPark] | None = None,
         **kwargs: Any,
     ) -> None:
+        if "connection_class" not in kwargs:
+            tls = kwargs.pop("ssl", False)
+            kwargs["connection_class"] = FollowingSSLConnection if tls else FollowingConnection
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
         self.follower = follower
         self._park_of = park_of
