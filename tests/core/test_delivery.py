@@ -236,6 +236,26 @@ async def test_buffers_of_channels_nobody_receives_from_expire(
         await layer.close_pools()
 
 
+async def test_buffers_of_channels_nobody_receives_from_expire_when_nothing_else_arrives(
+    valkey_server: ValkeyProcess, key_prefix: str, eventually: Eventually
+) -> None:
+    """A process whose consumers have all gone quiet (no receive, no message) still drops what it buffered for a
+    channel nobody receives from, once it is older than expiry: found by the soak (tests/faults/test_soak.py),
+    where such messages stayed until the next message arrived."""
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix, expiry=1)
+    try:
+        forgotten, alive = await layer.new_channel(), await layer.new_channel()
+        await layer.send(forgotten, {"type": "never read"})
+        await layer.send(alive, {"type": "read"})
+        assert await asyncio.wait_for(layer.receive(alive), 5) == {"type": "read"}
+        assert layer.stats()["held"]["process"] == 1  # the forgotten channel's message came along
+        await eventually(lambda: layer.stats()["held"]["process"] == 0, "the buffered message to expire")
+        assert layer.counters.expired == 1
+    finally:
+        await layer.flush()
+        await layer.close_pools()
+
+
 async def test_receive_survives_a_cut_connection(
     fault_proxy: FaultProxy, valkey_server: ValkeyProcess, key_prefix: str, eventually: Eventually
 ) -> None:

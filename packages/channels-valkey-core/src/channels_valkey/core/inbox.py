@@ -59,6 +59,8 @@ class ProcessInbox:
         #: Queue key -> the loop whose reader pops it now.
         self._readers: dict[str, asyncio.AbstractEventLoop] = {}
         self._last_sweep = time.monotonic()
+        #: The loop whose timer sweeps while no reader delivers (see :meth:`keep_sweeping`), if any.
+        self._sweeper: asyncio.AbstractEventLoop | None = None
 
     # Messages ---------------------------------------------------------------------------------------------------
 
@@ -107,6 +109,28 @@ class ProcessInbox:
                     self._count_expired(channel)
                 if not kept:
                     del self._messages[channel]
+
+    def keep_sweeping(self) -> None:
+        """Sweep every ``SWEEP_INTERVAL`` on the running loop for as long as messages are kept.
+
+        Called when a reader stops: only deliveries sweep, so without this a process whose receives have all gone
+        quiet would keep the messages of channels nobody receives from until its next message arrived, however
+        long that took. One loop sweeps at a time; when it closes, the next reader to stop takes over.
+        """
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._messages or (self._sweeper is not None and not self._sweeper.is_closed()):
+                return
+            self._sweeper = loop
+        loop.call_later(SWEEP_INTERVAL, self._sweep_tick)
+
+    def _sweep_tick(self) -> None:
+        self.sweep_if_due()
+        with self._lock:
+            if not self._messages:
+                self._sweeper = None
+                return
+        asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep_tick)
 
     def held(self) -> int:
         """How many messages are kept now, for every channel."""

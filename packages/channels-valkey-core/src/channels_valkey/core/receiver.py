@@ -88,6 +88,7 @@ class ProcessQueueReader(QueueReader):
 
     def finished(self) -> None:
         self.receiver.inbox.release(self.key)  # receives waiting on other loops read it from now on
+        self.receiver.inbox.keep_sweeping()  # no delivery sweeps the buffers until a reader runs again
         if self.lingering:
             self.lingering = False
             self.receiver.lingering -= 1
