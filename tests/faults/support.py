@@ -3,7 +3,9 @@ of how long each command held it, and one line of figures per test (imported as 
 
 A fault test whose size matters runs twice from one body (:func:`sizes`): a CI-sized variant marked ``quick`` that
 plain ``hatch test`` selects, and the issue's full size marked ``chaos``, which ``hatch test`` leaves out (the root
-pytest settings pass ``-m "not chaos"``) and ``hatch run chaos`` selects (``-m "not quick"`` on tests/faults).
+pytest settings pass ``-m "not chaos and not soak"``) and ``hatch run chaos`` selects (``-m "not quick and not
+soak"`` on tests/faults). The soak's CI-sized run, five minutes, is marked ``soak`` instead of ``quick``: too long for
+``hatch test``, it runs on its own (``hatch run chaos:soak``).
 """
 
 from __future__ import annotations
@@ -35,13 +37,16 @@ def make_layer(backend: str, hosts: list[Any], prefix: str, **config: Any) -> An
     return getattr(importlib.import_module(module), name)(hosts=hosts, prefix=prefix, **config)
 
 
-def sizes(ci: int, chaos: int) -> pytest.MarkDecorator:
+def sizes(ci: int, chaos: int, ci_mark: pytest.MarkDecorator = pytest.mark.quick) -> pytest.MarkDecorator:
     """Parametrize ``size`` with the CI-sized run (id ``ci``, marked ``quick``) and the issue's full size (id
-    ``chaos``, marked ``chaos``). A fault test without sizes runs in both."""
+    ``chaos``, marked ``chaos``). A fault test without sizes runs in both.
+
+    ``ci_mark=pytest.mark.soak`` marks the CI-sized run ``soak`` instead: a run too long for ``hatch test``, which
+    leaves it out, run by ``hatch run chaos:soak`` (and CI) on its own."""
     return pytest.mark.parametrize(
         "size",
         [
-            pytest.param(ci, id="ci", marks=pytest.mark.quick),
+            pytest.param(ci, id="ci", marks=ci_mark),
             pytest.param(chaos, id="chaos", marks=pytest.mark.chaos),
         ],
     )
