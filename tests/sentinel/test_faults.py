@@ -10,7 +10,7 @@ import pytest
 import valkey
 from valkey.asyncio.connection import Connection
 
-from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts
+from channels_valkey.sentinel import ConnectionManager, Failure, ResiliencePolicy, classify, decode_hosts
 
 from servers.fault_proxy import FaultProxy
 
@@ -125,6 +125,29 @@ async def test_refused_connections_are_retried_until_the_server_is_reachable(
         assert not pending.done()
         fault_proxy.accept()
         assert await asyncio.wait_for(pending, 10) == b"v"
+    finally:
+        fault_proxy.accept()
+        await manager.close()
+
+
+async def test_without_retry_a_refused_command_fails_at_its_first_refusal(
+    fault_proxy: FaultProxy, key_prefix: str
+) -> None:
+    """``retry=False`` is for a caller with somewhere else to go: the refusal comes back as it is, at once."""
+    manager = _manager(fault_proxy)
+    try:
+        await manager.execute_command(0, "SET", f"{key_prefix}k", "v", idempotent=True)
+        fault_proxy.refuse()
+        fault_proxy.cut()
+        with pytest.raises(valkey.ConnectionError) as refused:
+            await asyncio.wait_for(
+                manager.execute_command(0, "GET", f"{key_prefix}k", idempotent=True, retry=False), 10
+            )
+        # The lane's reset connection or the refused new one: either way the command never ran.
+        assert classify(refused.value) is Failure.NOT_RUN
+        assert manager.shard_counts(0).reconnects == 0
+        fault_proxy.accept()
+        assert await manager.execute_command(0, "GET", f"{key_prefix}k", idempotent=True, retry=False) == b"v"
     finally:
         fault_proxy.accept()
         await manager.close()

@@ -248,15 +248,21 @@ class ConnectionManager:
             idempotent=idempotent,
         )
 
-    async def execute_command(self, index: int, *args: Any, idempotent: bool) -> Any:
+    async def execute_command(self, index: int, *args: Any, idempotent: bool, retry: bool = True) -> Any:
         """Send one command on shard ``index``'s pipelined lane, with :meth:`execute`'s retries.
 
         The lane (:class:`channels_valkey.sentinel.lane.CommandLane`) shares one connection between concurrent
         callers, so this is the cheap way to send short commands; the reply is raw (no valkey-py callbacks).
         On a cluster the command goes to the primary of its (first) key's slot.
+
+        ``retry=False``: one attempt, whose failure is raised as it is (still ``ShardUnavailable`` for a shard that
+        cannot be used), for a caller with somewhere else to go: the core layer sends a normal channel's message to
+        the next shard rather than wait for one that refuses connections.
         """
         shard = await self.shard(index)
-        return await self._with_retries(shard, lambda: shard.execute_command(*args), idempotent=idempotent)
+        return await self._with_retries(
+            shard, lambda: shard.execute_command(*args), idempotent=idempotent, retry=retry
+        )
 
     async def execute_on(self, shard: Shard, operation: Operation[T], *, idempotent: bool) -> T:
         """Run ``operation(client)`` on one server shard got from :meth:`primaries`, with :meth:`execute`'s
@@ -264,7 +270,12 @@ class ConnectionManager:
         return await self._with_retries(shard, lambda: operation(shard.client), idempotent=idempotent)
 
     async def _with_retries(
-        self, shard: AnyShard, attempt_once: Callable[[], Awaitable[T]], *, idempotent: bool
+        self,
+        shard: AnyShard,
+        attempt_once: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool,
+        retry: bool = True,
     ) -> T:
         retries: Retries | None = None  # made at the first failure: most commands never need it
         while True:
@@ -281,7 +292,9 @@ class ConnectionManager:
                     await shard.reset()
                 if failure is Failure.FATAL or not shard.ever_connected:
                     raise ShardUnavailable(shard.describe(), error) from error
-                retry = failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
+                again = retry and (
+                    failure is Failure.NOT_RUN or (failure is Failure.MAYBE_RUN and idempotent)
+                )
                 if retries is None:
                     retries = Retries(
                         self.policy,
@@ -289,7 +302,7 @@ class ConnectionManager:
                         logger=logger,
                         on_retry=self.shard_counts(shard.index).reconnected,
                     )
-                if not retry or not retries.failed():
+                if not again or not retries.failed():
                     raise
                 await retries.wait(error)
             else:

@@ -41,17 +41,18 @@ class Script:
         args: Sequence[Any],
         *,
         idempotent: bool,
+        retry: bool = True,
     ) -> Any:
         """The script's reply, run on ``shard`` with ``keys`` and ``args`` under the connection retries.
 
-        ``idempotent`` as for :meth:`ConnectionManager.execute_command`: a script that writes something new each
-        time is not retried once it may have run.
+        ``idempotent`` and ``retry`` as for :meth:`ConnectionManager.execute_command`: a script that writes
+        something new each time is not retried once it may have run; with ``retry=False`` it is not retried at all.
         """
         facts = connections.facts(shard)
         if not facts.evalsha_refused:
             try:
                 return await connections.execute_command(
-                    shard, "EVALSHA", self.sha, len(keys), *keys, *args, idempotent=idempotent
+                    shard, "EVALSHA", self.sha, len(keys), *keys, *args, idempotent=idempotent, retry=retry
                 )
             except valkey_errors.NoScriptError:
                 pass
@@ -63,7 +64,7 @@ class Script:
                 logger.info("shard %d refuses EVALSHA; using EVAL from now on", shard)
                 facts.evalsha_refused = True
         return await connections.execute_command(
-            shard, "EVAL", self.source, len(keys), *keys, *args, idempotent=idempotent
+            shard, "EVAL", self.source, len(keys), *keys, *args, idempotent=idempotent, retry=retry
         )
 
 
