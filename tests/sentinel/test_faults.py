@@ -4,13 +4,15 @@ cancellations; the pool recovers and every reply reaches the request that asked 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 import valkey
 from valkey.asyncio.connection import Connection
 
-from channels_valkey.sentinel import ConnectionManager, Failure, ResiliencePolicy, classify, decode_hosts
+from channels_valkey.sentinel import CommandNotSent, ConnectionManager, ResiliencePolicy, Script, decode_hosts
 
 from servers.fault_proxy import FaultProxy
 
@@ -139,15 +141,79 @@ async def test_without_retry_a_refused_command_fails_at_its_first_refusal(
         await manager.execute_command(0, "SET", f"{key_prefix}k", "v", idempotent=True)
         fault_proxy.refuse()
         fault_proxy.cut()
-        with pytest.raises(valkey.ConnectionError) as refused:
+        # The proxy resets each connection (refused at connect, or cut at the first write): an idempotent command
+        # would be retried, but not with retry=False.
+        with pytest.raises(valkey.ConnectionError):
             await asyncio.wait_for(
                 manager.execute_command(0, "GET", f"{key_prefix}k", idempotent=True, retry=False), 10
             )
-        # The lane's reset connection or the refused new one: either way the command never ran.
-        assert classify(refused.value) is Failure.NOT_RUN
         assert manager.shard_counts(0).reconnects == 0
         fault_proxy.accept()
         assert await manager.execute_command(0, "GET", f"{key_prefix}k", idempotent=True, retry=False) == b"v"
+    finally:
+        fault_proxy.accept()
+        await manager.close()
+
+
+async def test_a_shard_down_past_the_retry_budget_is_tried_once_per_backoff_cap_until_it_answers(
+    fault_proxy: FaultProxy, key_prefix: str, eventually: Callable[..., Awaitable[None]]
+) -> None:
+    """Decision: once a command spent its whole retry budget on a shard, the shard is down for longer than the policy
+    rides out. Its next commands fail at once with CommandNotSent, without a connection attempt, except one every
+    ``backoff_cap`` seconds, which tries once; the first that succeeds gives the shard its retries back."""
+    rest = 0.2
+    manager = _manager(fault_proxy, retry_deadline=0.5, backoff_cap=rest)
+    reconnects = manager.shard_counts(0)
+
+    async def get() -> bytes | None:
+        value: bytes | None = await asyncio.wait_for(
+            manager.execute_command(0, "GET", f"{key_prefix}k", idempotent=True), 10
+        )
+        return value
+
+    try:
+        await manager.execute_command(0, "SET", f"{key_prefix}k", "v", idempotent=True)
+        fault_proxy.refuse()
+        fault_proxy.cut()
+        with pytest.raises(valkey.ConnectionError):
+            await get()
+        given_up = asyncio.get_running_loop().time()
+        spent, tried = reconnects.reconnects, fault_proxy.accepted_connections
+        assert spent >= 2  # the budget: retried until retry_deadline
+        # Commands fail at once, not trying, until the rest is over; then one tries (the proxy sees it) and fails.
+        refused_at_once = 0
+        while fault_proxy.accepted_connections == tried:
+            with pytest.raises(valkey.ConnectionError) as refused:
+                await get()
+            if isinstance(refused.value, CommandNotSent):
+                refused_at_once += 1
+            await asyncio.sleep(0.01)  # the pace of the commands
+            assert asyncio.get_running_loop().time() - given_up < 10, "no command tried the shard again"
+        assert refused_at_once >= 5
+        assert asyncio.get_running_loop().time() - given_up >= rest * 0.9
+        assert reconnects.reconnects == spent  # nothing retried meanwhile
+        fault_proxy.accept()
+        # The next command that tries succeeds, and gives the shard its retries back. A script call the server has
+        # not seen (as after a restart): the EVALSHA that tries gets NOSCRIPT, an answer all the same, and the EVAL
+        # after it goes through.
+        unseen = Script(f"return '{key_prefix}back'")
+        answers: list[object] = []
+
+        async def try_script() -> None:
+            with contextlib.suppress(CommandNotSent):
+                answers.append(await unseen.run(manager, 0, [], [], idempotent=True))
+
+        while not answers:
+            await try_script()
+            await asyncio.sleep(0.01)  # the pace of the commands
+            assert asyncio.get_running_loop().time() - given_up < 10, "the shard was not tried again"
+        assert answers == [f"{key_prefix}back".encode()]
+        fault_proxy.refuse()
+        fault_proxy.cut()
+        pending = asyncio.create_task(get())
+        await eventually(lambda: reconnects.reconnects > spent, "a retry")
+        fault_proxy.accept()
+        assert await pending == b"v"
     finally:
         fault_proxy.accept()
         await manager.close()
