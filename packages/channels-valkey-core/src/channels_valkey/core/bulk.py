@@ -32,8 +32,7 @@ from channels_valkey.sentinel import (
 )
 
 if TYPE_CHECKING:
-    import itertools
-
+    from channels_valkey.core.rotation import SendRotation
     from channels_valkey.sentinel import ConnectionManager, DropCounters, MessageCounts
 
 logger = logging.getLogger("channels_valkey.core")
@@ -67,7 +66,7 @@ class BulkSends:
         counters: DropCounters
         _connections: ConnectionManager
         _counts: MessageCounts
-        _sends: itertools.count[int]
+        _rotation: SendRotation
         _clock: ScoreClock
 
         def get_capacity(self, channel: str) -> int: ...
@@ -97,7 +96,7 @@ class BulkSends:
                 # All of one channel's messages on one shard, so they are received in order; channels in turns.
                 shard = normal_shards.get(channel, -1)
                 if shard < 0:
-                    shard = normal_shards[channel] = next(self._sends) % ring.size
+                    shard = normal_shards[channel] = self._rotation.next(ring.size)
             key = self.queue_key(channel)
             member = self._payload(message, "channel", channel)
             queued = _Queued(key, self.get_capacity(channel), member, index, [channel])

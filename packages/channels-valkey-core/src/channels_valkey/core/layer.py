@@ -12,7 +12,6 @@ never uses ``KEYS`` when ``SCAN`` is allowed.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from channels_valkey.core.bulk import BulkSends
 from channels_valkey.core.exceptions import ForeignChannelError
 from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import LoopReceiver
+from channels_valkey.core.rotation import SendRotation, refused_before_running
 from channels_valkey.sentinel import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ConnectionManager,
@@ -129,8 +129,8 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         self._counts = MessageCounts("core")
         # Decoding goes through serialize()/deserialize(), so a subclass overriding them (as 0.3 allowed) is heard.
         self._codec = MessageCodec(self, self.counters, logger)
-        #: Normal channels' sends take the shards in turn.
-        self._sends = itertools.count()
+        #: Normal channels' sends take the shards in turn, passing over one that refuses connections.
+        self._rotation = SendRotation(self.policy.backoff_cap)
         #: Queue scores: the send time, never at or below one given before (bulk sends give consecutive ones).
         self._clock = ScoreClock()
         #: What the queue readers need of this layer.
@@ -227,20 +227,47 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         # Encoded before anything else: a message over max_message_bytes raises before a byte goes anywhere.
         member = self._payload(message, "channel", channel)
         ring = await self.shard_ring()
-        shard = self._shard_of_channel(ring, channel) if process else next(self._sends) % ring.size
+        keys = [self.queue_key(channel)]
         args = [repr(self._clock.take()), int(self.expiry), self.get_capacity(channel), member]
         try:
-            # Not idempotent: a receiver may take the message before a lost reply is noticed, and a second call
-            # would then queue it again. Only calls refused before they ran are retried.
-            added = await scripts.SEND_SCRIPT.run(
-                self._connections, shard, [self.queue_key(channel)], args, idempotent=False
-            )
+            if process:
+                # Not idempotent: a receiver may take the message before a lost reply is noticed, and a second
+                # call would then queue it again. Only calls refused before they ran are retried.
+                added = await scripts.SEND_SCRIPT.run(
+                    self._connections, self._shard_of_channel(ring, channel), keys, args, idempotent=False
+                )
+            else:
+                added = await self._send_normal(ring.size, keys, args)
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"send to {channel!r}")
             raise
         if not added:
             raise ChannelFull(f"channel {channel!r} is at capacity ({self.get_capacity(channel)})")
         self._counts.sent["process" if process else "normal"] += 1
+
+    async def _send_normal(self, size: int, keys: list[str], args: list[Any]) -> Any:
+        """Queue a normal channel's message on the shard in turn, or on the next when that one refuses (it cannot
+        have run there, so the message is not sent twice); the last shard tried gets the policy's retries."""
+        shards = self._rotation.order(size)
+        for shard in shards[:-1]:
+            try:
+                added = await scripts.SEND_SCRIPT.run(
+                    self._connections, shard, keys, args, idempotent=False, retry=False
+                )
+            except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
+                if not refused_before_running(error):
+                    raise
+                self._rotation.refused(shard)
+                logger.info(
+                    "shard %d refused a send (%s); normal channels' sends pass it over for %.2fs",
+                    shard,
+                    error,
+                    self._rotation.pause,
+                )
+                continue
+            self._rotation.answered(shard)
+            return added
+        return await scripts.SEND_SCRIPT.run(self._connections, shards[-1], keys, args, idempotent=False)
 
     # Receiving ---------------------------------------------------------------------------------------------------
 
@@ -409,3 +436,4 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
             receiver = self._receivers.pop(loop, None)
         if receiver is not None:
             await receiver.aclose()
+
