@@ -34,6 +34,24 @@ IDLE_LINGER = 0.5
 MAX_LINGERING = 16
 
 
+class NormalQueueReader(QueueReader):
+    """Pops a normal channel's queue on one shard, for receives that read the channel on every shard at once.
+
+    A shard that cannot be read (down past the retries) fails those receives only when no other shard's reader is
+    still reading for them: the live shards' messages keep coming while one shard is down.
+    """
+
+    def __init__(self, source: QueueSource, shard: int, key: str, receiver: LoopReceiver) -> None:
+        super().__init__(source, shard, key, on_finished=receiver.forget)
+        self.receiver = receiver
+
+    def fail(self, error: BaseException) -> None:
+        if self.receiver.read_elsewhere(self):
+            self.waiters.clear()  # they wait on the other shards' readers too; the next receive tries here again
+            return
+        super().fail(error)
+
+
 class ProcessQueueReader(QueueReader):
     """Drains one process's ``name!`` queue in batches into the inbox, for the receives of every event loop.
 
@@ -109,10 +127,18 @@ class LoopReceiver:
         """The reader of a normal channel's queue ``key`` on ``shard``."""
         found = self._readers.get((shard, key))
         if found is None:
-            found = self._readers[(shard, key)] = QueueReader(
-                self.source, shard, key, on_finished=self.forget
-            )
+            found = self._readers[(shard, key)] = NormalQueueReader(self.source, shard, key, self)
         return found
+
+    def read_elsewhere(self, reader: QueueReader) -> bool:
+        """Whether another shard's reader of ``reader``'s queue is reading now (rarely asked: a reader giving up)."""
+        return any(
+            other is not reader
+            and other.key == reader.key
+            and other.task is not None
+            and not other.task.done()
+            for other in self._readers.values()
+        )
 
     def forget(self, reader: QueueReader) -> None:
         """Drop a reader that stopped with nothing to do (a process may use many channel names once)."""
