@@ -21,7 +21,15 @@ import time
 from typing import Any
 
 from channels_valkey.core.inbox import ProcessInbox
-from channels_valkey.sentinel import Entry, Handover, QueueReader, QueueSource
+from channels_valkey.sentinel import (
+    Entry,
+    Failure,
+    Handover,
+    QueueReader,
+    QueueSource,
+    ShardUnavailable,
+    classify,
+)
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -37,19 +45,22 @@ MAX_LINGERING = 16
 class NormalQueueReader(QueueReader):
     """Pops a normal channel's queue on one shard, for receives that read the channel on every shard at once.
 
-    A shard that cannot be read (down past the retries) fails those receives only when no other shard's reader is
-    still reading for them: the live shards' messages keep coming while one shard is down.
+    When its shard cannot be read (down, refusing connections) while another shard's reader is reading for the same
+    receives, it leaves them to that reader and rests for ``backoff_cap`` seconds: the live shards' messages keep
+    coming, no receive fails for want of one shard, and a dead shard is tried at the pace of a retry rather than once
+    more (a refused connection, about a millisecond of this loop here) by every receive the live shards answer.
+    Credentials, rights and TLS refused are not rested on: they fail the receives, to be fixed.
     """
 
     def __init__(self, source: QueueSource, shard: int, key: str, receiver: LoopReceiver) -> None:
         super().__init__(source, shard, key, on_finished=receiver.forget)
         self.receiver = receiver
 
-    def fail(self, error: BaseException) -> None:
-        if self.receiver.read_elsewhere(self):
-            self.waiters.clear()  # they wait on the other shards' readers too; the next receive tries here again
-            return
-        super().fail(error)
+    def served_elsewhere(self, error: BaseException) -> float | None:
+        cause = error.cause if isinstance(error, ShardUnavailable) else error
+        if classify(cause) is Failure.FATAL or not self.receiver.read_elsewhere(self):
+            return None
+        return self.source.connections.policy.backoff_cap
 
 
 class ProcessQueueReader(QueueReader):
@@ -131,12 +142,15 @@ class LoopReceiver:
         return found
 
     def read_elsewhere(self, reader: QueueReader) -> bool:
-        """Whether another shard's reader of ``reader``'s queue is reading now (rarely asked: a reader giving up)."""
+        """Whether another shard's reader of ``reader``'s queue is reading now, not resting (asked only when a
+        shard fails)."""
+        now = asyncio.get_running_loop().time()
         return any(
             other is not reader
             and other.key == reader.key
             and other.task is not None
             and not other.task.done()
+            and other.resting_until <= now
             for other in self._readers.values()
         )
 

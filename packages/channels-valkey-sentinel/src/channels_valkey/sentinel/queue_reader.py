@@ -17,7 +17,8 @@ Both layers keep normal channels in sorted-set queues (score = send time) and re
   receives see an error only when the retries give up or the shard cannot be used.
 
 A layer may read a queue differently (the core layer drains a process's own queue in batches into its inbox) by
-overriding :meth:`QueueReader.plan`, :meth:`QueueReader.deliver` and :meth:`QueueReader.fail`.
+overriding :meth:`QueueReader.plan`, :meth:`QueueReader.deliver` and :meth:`QueueReader.fail`, and let a queue its
+receives can do without rest instead of retrying (:meth:`QueueReader.served_elsewhere`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ class QueueReader:
         self.held: deque[tuple[Entry, Message]] = deque()
         self.task: asyncio.Task[None] | None = None
         self._on_finished = on_finished
+        #: Loop time before which the queue is not read again (see :meth:`served_elsewhere`), also by a new task.
+        self.resting_until = 0.0
 
     # What receives call ------------------------------------------------------------------------------------------
 
@@ -179,6 +182,12 @@ class QueueReader:
                 waiter.set_exception(error)
         self.waiters.clear()
 
+    def served_elsewhere(self, error: BaseException) -> float | None:
+        """After ``error``, the seconds to rest before reading the queue again, when its receives are served some
+        other way meanwhile (the same channel's queue on another shard): they keep waiting, no retry is counted.
+        None (here, always): retry as usual, and fail the receives when the retries give up."""
+        return None
+
     def finished(self) -> None:
         """The reader's task ends (nothing wanted, gave up, or cancelled)."""
         if self._on_finished is not None:
@@ -206,8 +215,11 @@ class QueueReader:
             logger=source.logger,
             on_retry=source.connections.shard_counts(self.shard).reconnected,
         )
+        loop = asyncio.get_running_loop()
         while True:
             raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
+            if self.resting_until > loop.time():
+                await asyncio.sleep(self.resting_until - loop.time())
             try:
                 if self.held:
                     self._settle_held()
@@ -225,6 +237,10 @@ class QueueReader:
                 if source.on_refused(self.shard, error):
                     self.waiters.clear()  # they wait on the layer's other way
                     return
+                rest = self.served_elsewhere(error)
+                if rest is not None:
+                    self.resting_until = loop.time() + rest
+                    continue
                 # Receivers see an error only when the retries give up (a Sentinel failover lasts seconds) or the
                 # shard cannot be used at all.
                 if isinstance(error, ShardUnavailable) or not retries.failed():
