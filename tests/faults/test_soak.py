@@ -44,7 +44,8 @@ import pytest
 from channels_valkey.sentinel import ResiliencePolicy
 
 from faults.proxy_process import ProxyProcess
-from faults.soak_memory import RssSampler, largest_growth, net_growth, slope
+from faults.soak_memory import largest_growth, net_growth, start_tracing
+from faults.soak_rss import RssSampler, slope
 from faults.soak_state import Baseline, Rest, come_to_rest, grown, long_lived, server_keys
 from faults.soak_traffic import Traffic
 from faults.support import CORE, PUBSUB, make_layer, report, sizes
@@ -189,7 +190,7 @@ async def test_soak_with_a_fault_every_30_seconds(
             ("pubsub", make_layer(PUBSUB, [proxy.url()], prefixes[1], **config)),
         ]
         baseline = Baseline.of(server, prefixes)
-        tracemalloc.start()
+        start_tracing()
         sampler = RssSampler(RSS_INTERVAL).start()
         traffic = [Traffic(name, layer).start() for name, layer in layers]
         clock = _TrafficClock()
