@@ -18,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from channels.exceptions import ChannelFull
@@ -50,6 +50,7 @@ from channels_valkey.sentinel import (
     check_health,
     check_message,
     delete_prefixed,
+    every_result,
     is_process_channel,
     layer_stats,
     non_local_name,
@@ -371,7 +372,7 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         ]
         try:
             # One call (a group on one server) is awaited as it is: gather would add a task for nothing.
-            dropped = await calls[0] if len(calls) == 1 else await _every_call(calls)
+            dropped = await calls[0] if len(calls) == 1 else sum(await every_result(calls))
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
@@ -436,16 +437,3 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
             receiver = self._receivers.pop(loop, None)
         if receiver is not None:
             await receiver.aclose()
-
-
-async def _every_call(calls: list[Coroutine[Any, Any, int]]) -> int:
-    """The sum of the calls' results once every call has finished; then the first failure, if any, is raised.
-
-    A shard that fails (down, past its retries) does not take the other shards' deliveries with it: they are made
-    and waited for, so none is left running behind the error (an ``async_to_sync`` caller's loop closes at once).
-    """
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    failures = [result for result in results if isinstance(result, BaseException)]
-    if failures:
-        raise failures[0]
-    return sum(result for result in results if not isinstance(result, BaseException))

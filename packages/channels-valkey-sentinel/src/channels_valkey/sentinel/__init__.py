@@ -85,7 +85,7 @@ from channels_valkey.sentinel.specs import (
     ServerHost,
 )
 from channels_valkey.sentinel.sync_layer import SyncLayer, SyncLayerAccess
-from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, raise_if_cancelling
+from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, every_result, raise_if_cancelling
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -161,6 +161,7 @@ __all__ = [
     "decode_hosts",
     "delete_prefixed",
     "discover_services",
+    "every_result",
     "feed_replies",
     "glob_escape",
     "is_process_channel",

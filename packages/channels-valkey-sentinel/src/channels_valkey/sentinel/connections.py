@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeAlias, TypeVar
@@ -20,10 +19,11 @@ import valkey.asyncio as avalkey
 from channels_valkey.sentinel.cluster import ClusterShard
 from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.discovery import discover_services
-from channels_valkey.sentinel.exceptions import CommandNotSent, ShardUnavailable
+from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.follower import PrimaryFollower, PrimaryFollowers
+from channels_valkey.sentinel.given_up import GivenUpShards
 from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.parking import ConnectionParks
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
@@ -91,9 +91,8 @@ class ConnectionManager:
         )
         self._facts: dict[int, ShardFacts] = {}
         self._counts: dict[int, ShardCounts] = {}
-        #: Shards (by index: a cluster's nodes share theirs) on which a command spent its whole retry budget -> the
-        #: monotonic time until which their commands fail without trying (see ``_with_retries``).
-        self._given_up: dict[int, float] = {}
+        #: Shards on which a command spent its whole retry budget: their commands fail at once for a while.
+        self._given_up = GivenUpShards(self.policy.backoff_cap)
         #: Sockets of closed loops' idle connections, for the next loop (see parking.py); closed with the manager.
         self._parks = ConnectionParks()
         weakref.finalize(self, self._parks.close)
@@ -282,9 +281,7 @@ class ConnectionManager:
         retry: bool = True,
     ) -> T:
         retries: Retries | None = None  # made at the first failure: most commands never need it
-        until = self._given_up.get(shard.index) if self._given_up else None
-        if until is not None:
-            self._try_again_or_refuse(shard, until)
+        if self._given_up and self._given_up.refuse_or_try(shard):
             retry = False
         while True:
             try:
@@ -298,7 +295,7 @@ class ConnectionManager:
                     # An error reply (NOSCRIPT, WRONGTYPE...): the shard answered. Given up on, it is back (the
                     # caller's next command, EVAL after NOSCRIPT, must not find it resting).
                     if self._given_up:
-                        self._answered(shard)
+                        self._given_up.answered(shard)
                     raise
                 if is_not_primary(error):
                     await shard.reset()
@@ -317,45 +314,14 @@ class ConnectionManager:
                 if not again:
                     raise
                 if not retries.failed():
-                    self._give_up(shard, error)
+                    self._given_up.give_up(shard, error)
                     raise
                 await retries.wait(error)
             else:
                 shard.ever_connected = True
                 if self._given_up:
-                    self._answered(shard)
+                    self._given_up.answered(shard)
                 return result
-
-    def _answered(self, shard: AnyShard) -> None:
-        if self._given_up.pop(shard.index, None) is not None:
-            logger.warning("%s answers again; its commands get their retries again", shard.describe())
-
-    def _give_up(self, shard: AnyShard, error: BaseException) -> None:
-        """A command spent its whole retry budget on ``shard``: down for longer than a failover the policy rides
-        out. Its commands fail at once from now on, without trying, but one every ``backoff_cap`` seconds, which
-        tries once; the first to succeed gives the shard its retries back. Spending the budget again on every
-        command would make each wait for it, and try to connect a few times: on a dead shard a refused connection
-        is about a millisecond of this loop's time here, which the live shards' work waits behind."""
-        if self._given_up.get(shard.index) is None:
-            logger.warning(
-                "%s: still failing after the retry budget (%s); its commands fail at once, one trying every %gs, "
-                "until it answers",
-                shard.describe(),
-                error,
-                self.policy.backoff_cap,
-            )
-        self._given_up[shard.index] = time.monotonic() + self.policy.backoff_cap
-
-    def _try_again_or_refuse(self, shard: AnyShard, until: float) -> None:
-        """For a shard given up on: raise :class:`CommandNotSent` while it rests, else let this command be the one
-        that tries (once), and rest the others meanwhile."""
-        now = time.monotonic()
-        if now < until:
-            raise CommandNotSent(
-                f"{shard.describe()} is down (a command spent the whole retry budget on it); its commands fail at "
-                f"once, one trying every {self.policy.backoff_cap:g}s, the next in {until - now:.2f}s"
-            )
-        self._given_up[shard.index] = now + self.policy.backoff_cap
 
     # Closing ---------------------------------------------------------------------------------------------------
 

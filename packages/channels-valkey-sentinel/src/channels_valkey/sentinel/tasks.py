@@ -8,6 +8,9 @@ therefore cancelled again until they have.
 A closing event loop does not do that: ``asyncio.run`` (and so every ``async_to_sync`` call) cancels each task left
 once and waits for all of them, so one that lost that cancellation and loops keeps the loop, and the call that made
 it, from ever returning. A :class:`BackgroundTask` ends anyway.
+
+:func:`every_result` runs calls at once and waits for all before raising a failure, so none is left running behind
+the error.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine, Sequence
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 #: Seconds to wait for a cancelled task before cancelling it again.
 RECANCEL_AFTER = 0.05
@@ -82,3 +87,16 @@ def raise_if_cancelling() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def every_result(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """The results of ``calls``, run at once, once every one has finished; then the first failure, if any, is raised.
+
+    One shard failing (down, past its retries) does not take the other shards' work with it: it is done and waited
+    for, so none is left running behind the error (an ``async_to_sync`` caller's loop closes at once).
+    """
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return cast("list[T]", results)
