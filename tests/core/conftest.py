@@ -81,8 +81,10 @@ class Topology:
         return result
 
     def blocked_clients(self) -> int:
-        """Connections blocked in a command such as BZPOPMIN, summed over the servers."""
-        return sum(int(server.info("clients")["blocked_clients"]) for server in self.servers)
+        """Receives waiting on the servers: connections blocked in a command such as BZPOPMIN, plus the queue keys
+        tracked for a reader's doorbell (a reader popping with a receipt waits for the server's ``invalidate``
+        push; its last pop leaves the key tracked until the key changes), summed over the servers."""
+        return sum(server.receives_waiting() for server in self.servers)
 
     def count(self, key: str) -> int:
         """How many members the sorted set ``key`` holds, summed over the servers."""

@@ -25,11 +25,6 @@ from servers.topologies import Shards
 Eventually = Callable[..., Awaitable[None]]
 
 
-def _blocked_clients(server: ValkeyProcess) -> int:
-    """Connections blocked in a command such as BZMPOP on ``server``."""
-    return int(server.info("clients")["blocked_clients"])
-
-
 @pytest.fixture
 async def layer(valkey_server: ValkeyProcess, key_prefix: str) -> AsyncIterator[ValkeyChannelLayer]:
     layer = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
@@ -259,17 +254,17 @@ async def test_buffers_of_channels_nobody_receives_from_expire_when_nothing_else
 async def test_receive_survives_a_cut_connection(
     fault_proxy: FaultProxy, valkey_server: ValkeyProcess, key_prefix: str, eventually: Eventually
 ) -> None:
-    blocked_before = _blocked_clients(valkey_server)
+    waiting_before = valkey_server.receives_waiting()
     layer = ValkeyChannelLayer(hosts=[fault_proxy.url()], prefix=key_prefix)
     try:
         await layer.send("c", {"type": "first"})
         assert await asyncio.wait_for(layer.receive("c"), 5) == {"type": "first"}
         waiting = asyncio.create_task(layer.receive("c"))
-        # The command lane and the receive's pop go through the proxy, and the pop is blocked on the server.
+        # The command lane and the receive's reader go through the proxy, and the reader waits on the server.
         await fault_proxy.wait_for_connections_async(2, timeout=5)
         await eventually(
-            lambda: _blocked_clients(valkey_server) > blocked_before,
-            "the receive's pop to block on the server",
+            lambda: valkey_server.receives_waiting() > waiting_before,
+            "the receive's reader to wait on the server",
         )
         fault_proxy.cut()
         await layer.send("c", {"type": "after the cut"})
@@ -302,7 +297,16 @@ async def test_channels_used_once_leave_nothing_behind_in_the_receiver(
 ) -> None:
     """A process that uses many channel names once (a consumer per connection) keeps no reader task and no
     memory for them once they are done."""
-    await layer.send("warm-up", {"type": "n"})  # the connection and its own tasks, which stay
+    # The connections and their own tasks, which stay: the command lane's, and the readers' tracking lane's.
+    await layer.send("warm-up", {"type": "n"})
+    assert await asyncio.wait_for(layer.receive("warm-up"), 5) == {"type": "n"}
+
+    def no_reader() -> bool:
+        return not any(
+            task.get_name().startswith("channels-valkey queue reader") for task in asyncio.all_tasks()
+        )
+
+    await eventually(no_reader, "the warm-up's reader task to end")
     baseline = asyncio.all_tasks()
 
     def idle() -> bool:

@@ -66,8 +66,10 @@ class Topology:
         return total
 
     def blocked_clients(self) -> int:
-        """Connections blocked in a command such as BZPOPMIN (a worker channel's reader), summed over the servers."""
-        return sum(int(server.info("clients")["blocked_clients"]) for server in self.servers)
+        """Receives waiting on the servers: connections blocked in a command such as BZPOPMIN, plus the queue keys
+        tracked for a reader's doorbell (a reader popping with a receipt waits for the server's ``invalidate``
+        push; its last pop leaves the key tracked until the key changes), summed over the servers."""
+        return sum(server.receives_waiting() for server in self.servers)
 
     def worker_queue(self, prefix: str, channel: str) -> str:
         """The key the layer queues a worker channel's messages under on this topology."""

@@ -135,9 +135,7 @@ async def test_a_process_that_only_receives_notices_the_restart(
         await sender.send(channel, {"type": "job", "n": 0})
         assert (await asyncio.wait_for(receiver.receive(channel), 10))["n"] == 0
         waiting = asyncio.create_task(receiver.receive(channel))
-        await eventually(
-            lambda: server.info("clients")["blocked_clients"] >= 1, "the receive to block on the server"
-        )
+        await eventually(lambda: server.receives_waiting() >= 1, "the receive to wait on the server")
         await _kill_and_start(server)
         await sender.send(channel, {"type": "job", "n": 1})
         assert (await asyncio.wait_for(waiting, 10))["n"] == 1

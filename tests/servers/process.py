@@ -376,6 +376,16 @@ class ValkeyProcess:
             info: dict[str, Any] = client.info(section)
             return info
 
+    def receives_waiting(self) -> int:
+        """Queue readers waiting on this server: connections blocked in ``BZMPOP`` (a shard that refuses receipts),
+        plus the keys tracked for readers popping with a receipt (receipts.py), which wait for the ``invalidate`` push
+        of the keys their last pop read (the queue, and on some servers the receipt too). A key stays tracked until
+        it changes, so the count rises when a reader first waits on a quiet key, and may stay up after."""
+        with self.client() as client:
+            blocked = int(client.info("clients")["blocked_clients"])
+            tracked = int(client.info("stats").get("tracking_total_items", 0))
+        return blocked + tracked
+
     def connected_clients(self) -> int:
         """Number of client connections the server sees, not counting the one asking."""
         return int(self.info("clients")["connected_clients"]) - 1

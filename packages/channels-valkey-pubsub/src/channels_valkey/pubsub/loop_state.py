@@ -313,12 +313,19 @@ class LoopState:
             for member in list(self.groups.get(group, ())):
                 self.leave_group(group, member)
         keep: list[str] = []
+        stopping: list[QueueReader] = []
         for name, channel in list(self.channels.items()):
             channel.items.clear()
             if channel.waiting():
                 keep.append(name)
             else:
                 del self.channels[name]
+                if channel.reader is not None:
+                    channel.reader.drop_held()
+                    stopping.append(channel.reader)
+        # A forgotten channel's reader may still be at work (clearing its receipt): stopped here, not left running
+        # past the loop's close.
+        await asyncio.gather(*(reader.aclose() for reader in stopping))
         names = {name for subscriber in self.subscribers.values() for name in subscriber.wanted}
         await self.unsubscribe(names.difference(keep))
 

@@ -31,6 +31,7 @@ from channels_valkey.sentinel.parking import ConnectionParks
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.specs import ClusterHost, ServerHost
+from channels_valkey.sentinel.tracking_lane import Doorbell, OnOrphaned
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -191,10 +192,20 @@ class ClusterShard:
                 host = asked[0]
             address = (host, int(port))
             owners[int(start) : int(end) + 1] = [address] * (int(end) - int(start) + 1)
+        moved = self._owners != owners
         self._owners = owners
         self._primaries = list(dict.fromkeys(owner for owner in owners if owner is not None))
+        if moved:
+            self._wake_readers()
         self._stale = False
         self.counts.primaries_are(self._primaries)
+
+    def _wake_readers(self) -> None:
+        """Slots moved: every queue reader waiting on a node pops again, to follow its queue. A node pushes nothing
+        for a tracked key that does not exist when its slot leaves."""
+        for node in self._nodes.values():
+            if "tracking_lane" in node.__dict__:
+                node.tracking_lane.ring_all()
 
     # Commands ---------------------------------------------------------------------------------------------------
 
@@ -213,6 +224,15 @@ class ClusterShard:
             return await node.blocking_call(args, on_interrupted)
 
         return await self._routed(args, block, self._wait_for_migration)
+
+    async def tracked_call(self, args: Sequence[object], bell: Doorbell, on_orphaned: OnOrphaned) -> object:
+        """Run a queue reader's pop on the tracking lane of its key's primary (see :meth:`Shard.tracked_call`);
+        while the key's slot is migrating, None after a short wait."""
+
+        async def pop(node: Shard, args: Sequence[Any]) -> object:
+            return await node.tracked_call(args, bell, on_orphaned)
+
+        return await self._routed(args, pop, self._wait_for_migration)
 
     async def _routed(
         self,

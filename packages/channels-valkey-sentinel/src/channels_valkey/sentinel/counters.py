@@ -83,7 +83,7 @@ class ShardCounts:
         return self.runs.restarts
 
     def reconnected(self) -> None:
-        """Count one reconnection (a retry after a connection failure, or a lost Pub/Sub connection)."""
+        """Count one reconnection (a retry after a connection failure, a lost Pub/Sub or tracking connection)."""
         self.reconnects += 1
         self.runs.connection_failed()
 

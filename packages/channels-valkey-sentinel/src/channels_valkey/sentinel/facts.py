@@ -16,6 +16,9 @@ class ShardFacts:
 
     #: ``EVALSHA`` is refused: scripts run with ``EVAL`` (channels-valkey 0.3's ACL documented only EVAL).
     evalsha_refused: bool = False
+    #: Popping with a receipt on a tracking connection is refused (``HELLO 3``, ``CLIENT TRACKING`` or the script):
+    #: queues are read with ``BZMPOP``, and a cut connection may lose what a pop carried.
+    receipts_refused: bool = False
     #: ``BZMPOP`` is refused or unknown: queues are read with ``BZPOPMIN``, then ``ZPOPMIN`` for a batch.
     bzmpop_refused: bool = False
     #: The queue commands are refused altogether: the Pub/Sub layer carries normal channels on Pub/Sub here.

@@ -111,10 +111,12 @@ class _Link:
         #: Why the watchdog closed the connection, reported instead of the read's error it causes.
         self.failure: BaseException | None = None
         self.released = False
+        #: The lane's setup of the connection (:meth:`CommandLane._prepare`) is done: callers may write on it.
+        self.ready = False
 
     @property
     def usable(self) -> bool:
-        if self.lost or not self.connection.is_connected:
+        if self.lost or not self.ready or not self.connection.is_connected:
             return False
         # Reset under the lane a moment ago, before the lane read that: a new connection is needed.
         writer = self.connection._writer
@@ -136,19 +138,15 @@ class CommandLane:
 
     async def execute_command(self, *args: Any) -> Any:
         """Send one command and return its reply (the raw reply: no valkey-py response callbacks)."""
+        return await (await self.issue(*args))
+
+    async def issue(self, *args: Any) -> asyncio.Future[Any]:
+        """Send one command; the future its reply will be set on (or the connection's failure)."""
         link, writer = await self._writable()
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            link.progress = loop.time()
-        # Written and queued in one step with no await between: the reply to read next is always this one's.
-        writer.writelines(pack(link.connection, args))
-        if writer.transport.is_closing():
-            raise _refused_write()
-        self._pending.append(reply)
+        reply = self._write_on(link, args)
         if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await writer.drain()
-        return await reply
+        return reply
 
     async def execute_asking(self, *args: Any) -> Any:
         """Send ``ASKING`` and then one command, with no other caller's command between them, and return the
@@ -194,7 +192,31 @@ class CommandLane:
 
             if not feed_replies(link.connection, on_reply, on_lost):
                 link.reader = loop.create_task(self._read(link), name="channels-valkey lane reader")
+            try:
+                await self._prepare(link)
+            except BaseException:
+                await self._drop(link)
+                raise
+            link.ready = True
             return link
+
+    async def _prepare(self, link: _Link) -> None:
+        """Set up a new connection before any caller writes on it (nothing here; see tracking_lane.py)."""
+
+    def _write_on(self, link: _Link, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Write one command on ``link``; the future of its reply."""
+        writer = link.connection._writer
+        if writer is None:
+            raise CommandNotSent("the lane's connection closed before the command was written")
+        reply: asyncio.Future[Any] = link.loop.create_future()
+        if not self._pending:
+            link.progress = link.loop.time()
+        # Written and queued in one step with no await between: the reply to read next is always this one's.
+        writer.writelines(pack(link.connection, args))
+        if writer.transport.is_closing():
+            raise _refused_write()
+        self._pending.append(reply)
+        return reply
 
     def _answer(self, link: _Link, reply: Any) -> None:
         """Hand ``reply`` to the oldest waiting command."""

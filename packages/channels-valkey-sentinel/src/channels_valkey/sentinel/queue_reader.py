@@ -13,6 +13,9 @@ Both layers keep normal channels in sorted-set queues (score = send time) and re
 - A message whose receive went away while it was on its way comes back to the reader (:meth:`give_back`): it goes
   to the next receive waiting here, or back to the head of the server queue with its original score, before
   anything newer is popped. A pop cut short by the loop closing puts back what the server popped meanwhile.
+- A pop moves what it takes into a receipt of the reader's on the server (receipts.py), read back after a pop whose
+  reply was lost, so a connection cut with messages on the wire loses none; the reader waits for a message on a
+  tracking connection (tracking_lane.py). Where a shard refuses that, it pops with ``BZMPOP``, as 0.3 did.
 - Connection failures are retried under the layer's :class:`~channels_valkey.sentinel.Retries`; the waiting
   receives see an error only when the retries give up or the shard cannot be used.
 
@@ -36,8 +39,10 @@ from valkey import exceptions as valkey_errors
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.histograms import Distribution
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
+from channels_valkey.sentinel.receipts import ACK_DELAY, REQUEUE, Receipt, pop_with_receipt, refuses_receipts
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
+from channels_valkey.sentinel.tracking_lane import Doorbell, wait_at_most
 
 if TYPE_CHECKING:
     from channels_valkey.sentinel.connections import ConnectionManager
@@ -111,12 +116,20 @@ class QueueReader:
         self._on_finished = on_finished
         #: Loop time before which the queue is not read again (see :meth:`served_elsewhere`), also by a new task.
         self.resting_until = 0.0
+        #: This reader's receipt and doorbell, made at its first pop with receipts.
+        self._receipt: Receipt | None = None
+        self._bell = Doorbell()
+        #: Done when a receive starts waiting, for a reader deciding whether to clear its receipt.
+        self._wanted: asyncio.Future[None] | None = None
 
     # What receives call ------------------------------------------------------------------------------------------
 
     def wait_for(self, waiter: asyncio.Future[Any]) -> None:
         """Register a receive's future; the reader fills it with a :class:`Handover`."""
         self.waiters.append(waiter)
+        wanted = self._wanted
+        if wanted is not None and not wanted.done():
+            wanted.set_result(None)
         self.ensure_running()
 
     def take_held(self) -> Message | None:
@@ -137,7 +150,8 @@ class QueueReader:
 
     def idle(self) -> bool:
         """Whether the reader holds nothing and is not popping (it may be forgotten)."""
-        return (self.task is None or self.task.done()) and not self.held
+        unread = self._receipt is not None and self._receipt.uncertain
+        return (self.task is None or self.task.done()) and not self.held and not unread
 
     def drop_held(self) -> None:
         """Forget the held messages (``flush``)."""
@@ -153,6 +167,7 @@ class QueueReader:
         """Stop popping (what a pop in progress took goes back), put back what is held, release the waiters."""
         if self.task is not None:
             await cancel_and_wait(self.task)
+        await self._close_receipt()
         if self.held:
             await self._requeue_held()
         for waiter in self.waiters:
@@ -228,11 +243,11 @@ class QueueReader:
                         continue
                 plan = self.plan()
                 if plan is None:
+                    if await self._settle_receipt():
+                        continue
                     return
                 count, timeout = plan
-                entries = await blocking_pop(
-                    source.connections, self.shard, self.key, timeout, count, self._put_back
-                )
+                entries = await self._pop(count, timeout)
             except (valkey_errors.ValkeyError, OSError) as error:
                 if source.on_refused(self.shard, error):
                     self.waiters.clear()  # they wait on the layer's other way
@@ -253,6 +268,84 @@ class QueueReader:
             if entries:
                 # Let the receives just answered finish (and stop counting as waiting) before the next pop.
                 await asyncio.sleep(0)
+
+    async def _pop(self, count: int, timeout: float) -> list[Entry]:
+        """Up to ``count`` entries, waiting up to ``timeout`` for the first: with a receipt where the shard allows."""
+        connections = self.source.connections
+        facts = connections.facts(self.shard)
+        if not facts.receipts_refused:
+            if self._receipt is None:
+                self._receipt = Receipt(self.key)
+            try:
+                return await pop_with_receipt(
+                    connections,
+                    self.shard,
+                    self._receipt,
+                    self._bell,
+                    count,
+                    timeout,
+                    self._ttl_ms(),
+                    self._requeue,
+                )
+            except valkey_errors.ResponseError as error:
+                if not refuses_receipts(error):
+                    raise
+                self.source.logger.info(
+                    "shard %d refuses popping with a receipt (%s); receiving with BZMPOP from now on, which loses a "
+                    "pop's messages when its connection is cut",
+                    self.shard,
+                    error,
+                )
+                facts.receipts_refused = True
+        return await blocking_pop(connections, self.shard, self.key, timeout, count, self._requeue)
+
+    async def _settle_receipt(self) -> bool:
+        """Nobody waits: deal with the receipt before stopping. True when the reader should look again (a receive
+        came meanwhile, or the receipt gave back what a lost reply had popped, now held), False to stop."""
+        receipt = self._receipt
+        if receipt is None or self.source.connections.facts(self.shard).receipts_refused:
+            return False
+        if receipt.uncertain:
+            recovered = await self._pop(0, 0.0)
+            self.deliver(self._fresh(recovered))  # nobody waits: held here, then put back
+            return True
+        if not receipt.outstanding:
+            return False
+        # A receive soon after (a consumer's next one) pops, which clears the receipt in the same call.
+        wanted = self._wanted = asyncio.get_running_loop().create_future()
+        await wait_at_most(wanted, ACK_DELAY)
+        self._wanted = None
+        if self.waiting():
+            return True
+        await self._clear_receipt(receipt)
+        return True
+
+    async def _clear_receipt(self, receipt: Receipt) -> None:
+        receipt.outstanding = False
+        try:
+            await self.source.connections.execute_command(self.shard, "DEL", receipt.name, idempotent=True)
+        except (valkey_errors.ValkeyError, OSError) as error:
+            self.source.logger.debug(
+                "clearing the receipt %s failed (it expires by itself): %s", receipt.name, error
+            )
+
+    async def _close_receipt(self) -> None:
+        """The loop is closing: put back what a lost reply left in the receipt, or clear it."""
+        receipt = self._receipt
+        if receipt is None or self.source.connections.facts(self.shard).receipts_refused:
+            return
+        try:
+            if receipt.uncertain:
+                self.held.extend(self._fresh(await self._pop(0, 0.0)))
+            if receipt.outstanding:
+                await self._clear_receipt(receipt)
+        except (valkey_errors.ValkeyError, OSError) as error:
+            self.source.logger.info(
+                "reading back the receipt %s failed; it expires by itself: %s", receipt.name, error
+            )
+
+    def _ttl_ms(self) -> int:
+        return max(int(self.source.expiry * 1000), 1000)
 
     def _fresh(self, entries: list[Entry]) -> list[tuple[Entry, Message]]:
         """The readable, unexpired messages of ``entries``; the rest is dropped and counted."""
@@ -307,12 +400,20 @@ class QueueReader:
         returning = list(self.held)
         self.held.clear()  # a receive meanwhile must not take what is on its way back
         try:
-            await requeue(self.source.connections, self.shard, self.key, [entry for entry, _ in returning])
+            await self._requeue([entry for entry, _ in returning])
         except BaseException:
             # Held again, so the next attempt (or aclose) puts them back: the same member and score twice is
             # harmless, a message dropped is not.
             self.held.extendleft(reversed(returning))
             raise
 
-    async def _put_back(self, entries: list[Entry]) -> None:
-        await requeue(self.source.connections, self.shard, self.key, entries)
+    async def _requeue(self, entries: list[Entry]) -> None:
+        """Put ``entries`` back at the head of the queue, and out of the receipt if the reader has one."""
+        receipt = self._receipt
+        connections = self.source.connections
+        if receipt is None or not entries or connections.facts(self.shard).receipts_refused:
+            await requeue(connections, self.shard, self.key, entries)
+            return
+        pairs = [part for member, score in entries for part in (repr(score), member)]
+        await REQUEUE.run(connections, self.shard, [self.key, receipt.name], pairs, idempotent=True)
+        receipt.returned(entries)

@@ -37,6 +37,7 @@ from channels_valkey.sentinel.parking import (
 from channels_valkey.sentinel.policy import ResiliencePolicy
 from channels_valkey.sentinel.restarts import CheckedPool, RunCheck
 from channels_valkey.sentinel.specs import HostSpec, SentinelHost, ServerHost
+from channels_valkey.sentinel.tracking_lane import Doorbell, OnOrphaned, TrackingLane
 from channels_valkey.sentinel.watcher import Address
 
 logger = logging.getLogger("channels_valkey.sentinel")
@@ -120,11 +121,33 @@ class Shard:
     def _blocking_calls(self) -> InterruptibleCalls:
         return InterruptibleCalls(self.blocking_client.connection_pool, self.client)
 
+    @functools.cached_property
+    def tracking_lane(self) -> TrackingLane:
+        """The lane of the queue readers' pops, on a RESP3 connection that tracks the queues they read (see
+        tracking_lane.py), made on first use."""
+        # The lane switches the connection to RESP3 itself (``HELLO 3`` with the tracking, one round trip): the
+        # pool connects and authenticates it as it does the command lane's.
+        pool = self._make_client(self.policy.connection_options(), "tracking").connection_pool
+        # Its readers wait on it as a subscriber waits on its Pub/Sub connection: losing it counts as a reconnection.
+        return TrackingLane(pool, on_lost=self.counts.reconnected)
+
+    async def tracked_call(self, args: Sequence[object], bell: Doorbell, on_orphaned: OnOrphaned) -> object:
+        key = str(args[3])
+        lane = self.tracking_lane
+        lane.watch(key, bell)
+        try:
+            return await lane.execute_keeping(on_orphaned, *args)
+        except BaseException:
+            lane.unwatch(key, bell)
+            raise
+
     def _pools(self) -> list[ConnectionPool]:
-        """The connection pools made so far: the command pool, and the blocking one once used."""
+        """The connection pools made so far: the command pool, and the blocking and tracking ones once used."""
         made: list[ConnectionPool] = [self._command_pool]
         if "blocking_client" in self.__dict__:
             made.append(self.blocking_client.connection_pool)
+        if "tracking_lane" in self.__dict__:
+            made.append(self.tracking_lane._pool)
         return made
 
     def open_connections(self) -> int:
@@ -257,6 +280,8 @@ class Shard:
         await self.lane.aclose(keep_connection=park)
         if "_blocking_calls" in self.__dict__:
             await self._blocking_calls.aclose(keep_connections=park)
+        if "tracking_lane" in self.__dict__:
+            await self.tracking_lane.aclose(keep_connection=park)
         if park:
             for pool in self._pools():
                 if isinstance(pool, ParkingPool | FollowingPool):

@@ -18,6 +18,7 @@ from channels_valkey.sentinel.blocking import OnInterrupted
 if TYPE_CHECKING:
     from channels_valkey.sentinel.counters import ShardCounts
     from channels_valkey.sentinel.shard import Shard
+    from channels_valkey.sentinel.tracking_lane import Doorbell, OnOrphaned
 
 
 class ShardConnection(Protocol):
@@ -58,6 +59,12 @@ class ShardConnection(Protocol):
         What a cancelled caller's command popped goes to ``on_interrupted`` rather than being lost. On a cluster the
         command goes to the primary of its key.
         """
+
+    async def tracked_call(self, args: Sequence[object], bell: Doorbell, on_orphaned: OnOrphaned) -> object:
+        """Run a queue reader's pop script (``EVALSHA sha 2 queue receipt ...``) on the tracking lane of the queue's
+        server, with ``bell`` armed on the queue (see tracking_lane.py); if the caller is cancelled, the reply's
+        future goes to ``on_orphaned`` once done. On a cluster, a slot being migrated answers None after a short
+        wait: the caller asks again."""
 
     async def primaries(self) -> list[Shard]:
         """The server shards holding this shard's keys: itself, or every primary of a cluster that owns slots now."""

@@ -232,6 +232,11 @@ def probe_args(command: str, key: str, channel: str, client_id: int | None = Non
         "BZMPOP": ("BZMPOP", PROBE_BLOCK, 1, key, "MIN"),
         "BZPOPMIN": ("BZPOPMIN", key, PROBE_BLOCK),
         "EXPIRE": ("EXPIRE", key, 60),
+        "PEXPIRE": ("PEXPIRE", key, 60_000),
+        "ZREMRANGEBYRANK": ("ZREMRANGEBYRANK", key, 1, 0),
+        # The probe's own connection: it speaks RESP2 already and tracks nothing.
+        "HELLO": ("HELLO", "2"),
+        "CLIENT TRACKING": ("CLIENT", "TRACKING", "OFF"),
         "DEL": ("DEL", key),
         "SCAN": ("SCAN", 0, "MATCH", glob_escape(key), "COUNT", 1),
         "KEYS": ("KEYS", glob_escape(key)),

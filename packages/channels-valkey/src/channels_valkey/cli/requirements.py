@@ -46,6 +46,21 @@ class Need:
 _CORE_SCRIPT_COMMANDS = ("ZRANGE", "ZREMRANGEBYSCORE", "ZCOUNT", "ZADD", "EXPIRE")
 _WORKER_SCRIPT_COMMANDS = ("ZSCORE", "ZREMRANGEBYSCORE", "ZCARD", "ZADD", "EXPIRE")
 _UNBLOCK = ("CLIENT ID", "CLIENT UNBLOCK")
+#: Receipt pops: RESP3 with client-side tracking on the pops' connection, and the pop and put-back scripts.
+_RECEIPT_COMMANDS = (
+    "HELLO",
+    "CLIENT TRACKING",
+    "ZRANGE",
+    "ZADD",
+    "PEXPIRE",
+    "ZREMRANGEBYRANK",
+    "ZCARD",
+    "DEL",
+    "ZREM",
+)
+_RECEIPTS_WITHOUT = (
+    "receives pop with BZMPOP: a connection cut with a pop's reply on the wire loses what it carried"
+)
 _HEALTH_CHECKS = Need(
     "health checks of idle connections",
     (("PING",),),
@@ -57,6 +72,12 @@ _HEALTH_CHECKS = Need(
 CORE_NEEDS: tuple[Need, ...] = (
     Need("send, group_add, group_send, group_channels (one script call each)", (("EVALSHA",), ("EVAL",))),
     Need("the scripts' own commands", (_CORE_SCRIPT_COMMANDS,)),
+    Need(
+        "receive (pops that survive a cut connection)",
+        tuple((script, *_RECEIPT_COMMANDS) for script in ("EVALSHA", "EVAL")),
+        without=_RECEIPTS_WITHOUT,
+        severity="warning",
+    ),
     Need("receive", (("BZMPOP",), ("BZPOPMIN", "ZPOPMIN"))),
     Need("receive (putting unclaimed messages back)", (("ZADD",),)),
     Need(
@@ -92,6 +113,13 @@ PUBSUB_NEEDS: tuple[Need, ...] = (
         ),
         without="worker channels fall back to Pub/Sub: every receiving process gets each message, "
         "as in channels-valkey 0.3",
+        severity="warning",
+        worker_queues=True,
+    ),
+    Need(
+        "worker channels: pops that survive a cut connection",
+        tuple((script, *_RECEIPT_COMMANDS) for script in ("EVALSHA", "EVAL")),
+        without=_RECEIPTS_WITHOUT,
         severity="warning",
         worker_queues=True,
     ),

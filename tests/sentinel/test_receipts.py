@@ -1,0 +1,168 @@
+"""Popping with a receipt (receipts.py): a pop whose reply was lost is read back, nothing is delivered twice.
+
+The reply of a pop is lost when its connection is cut with the reply on the wire. Such a cut cannot be timed from a
+test, so each case plays its steps on a real server: "the pop ran but its reply was lost" is the pop script run for
+the reader by another client, which is exactly what the server did in that case; "the pop never ran" is a pop that
+was not sent. ``tests/faults/test_connection_cuts.py`` makes real cuts (FIN and RST) under traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from channels_valkey.core import ValkeyChannelLayer
+from channels_valkey.pubsub import ValkeyPubSubChannelLayer
+from channels_valkey.sentinel import ConnectionManager, decode_hosts
+from channels_valkey.sentinel.queue_commands import Entry
+from channels_valkey.sentinel.receipts import POP, REQUEUE, Receipt, pop_with_receipt
+from channels_valkey.sentinel.tracking_lane import Doorbell
+
+from servers.process import ValkeyProcess
+
+TTL_MS = 60_000
+Eventually = Callable[..., Awaitable[None]]
+
+
+async def _nothing_interrupted(entries: list[Entry]) -> None:
+    raise AssertionError(f"no pop of these tests is cancelled, yet {entries!r} came back")
+
+
+async def _pop(manager: ConnectionManager, receipt: Receipt, count: int, timeout: float = 0.0) -> list[bytes]:
+    entries = await pop_with_receipt(
+        manager, 0, receipt, Doorbell(), count, timeout, TTL_MS, _nothing_interrupted
+    )
+    return [member for member, _ in entries]
+
+
+def _pop_with_lost_reply(server: ValkeyProcess, receipt: Receipt, count: int) -> None:
+    """What the server does for a pop whose reply never reaches the reader."""
+    with server.client() as client:
+        flag = "1" if receipt.uncertain else "0"
+        client.eval(POP.source, 2, receipt.key, receipt.name, count, TTL_MS, flag)
+    receipt.lost()
+
+
+def _queue(server: ValkeyProcess, key: str, *members: bytes, start: float = 1.0) -> None:
+    with server.client() as client:
+        client.zadd(key, {member: start + index for index, member in enumerate(members)})
+
+
+@pytest.fixture
+async def manager(valkey_server: ValkeyProcess) -> Any:
+    connections = ConnectionManager(decode_hosts([valkey_server.url()]))
+    yield connections
+    await connections.close()
+
+
+async def test_what_a_lost_reply_popped_comes_with_the_next_pop(
+    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    key = f"{key_prefix}queue"
+    receipt = Receipt(key)
+    _queue(valkey_server, key, b"m1", b"m2", b"m3", b"m4")
+    assert await _pop(manager, receipt, 1) == [b"m1"]
+    _pop_with_lost_reply(valkey_server, receipt, 2)  # m2 and m3 left the queue for the receipt only
+    assert await _pop(manager, receipt, 1) == [
+        b"m2",
+        b"m3",
+        b"m4",
+    ]  # read back, oldest first, then the new one
+    with valkey_server.client() as client:
+        assert client.zcard(key) == 0
+        # Kept until the next pop whose reply comes: it clears the receipt.
+        assert client.zrange(receipt.name, 0, -1) == [b"m2", b"m3", b"m4"]
+    assert await _pop(manager, receipt, 1) == []
+    with valkey_server.client() as client:
+        assert not client.exists(receipt.name)
+
+
+async def test_a_pop_that_never_ran_delivers_nothing_twice(
+    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    key = f"{key_prefix}queue"
+    receipt = Receipt(key)
+    _queue(valkey_server, key, b"m1", b"m2")
+    assert await _pop(manager, receipt, 1) == [b"m1"]
+    receipt.lost()  # the next pop failed before it reached the server: the receipt still holds m1, seen
+    assert await _pop(manager, receipt, 1) == [b"m2"]
+
+
+async def test_replies_lost_in_a_row_are_all_read_back(
+    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    key = f"{key_prefix}queue"
+    receipt = Receipt(key)
+    _queue(valkey_server, key, b"m1", b"m2", b"m3", b"m4")
+    assert await _pop(manager, receipt, 1) == [b"m1"]
+    _pop_with_lost_reply(valkey_server, receipt, 1)  # m2
+    _pop_with_lost_reply(valkey_server, receipt, 1)  # m3: the receipt keeps m2, as the reply of m2 never came
+    assert await _pop(manager, receipt, 1) == [b"m2", b"m3", b"m4"]
+
+
+async def test_a_message_given_back_and_popped_again_is_not_taken_for_one_seen(
+    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    """m1 is popped (seen), given back to the queue (a receive went away), and popped again by a pop whose reply is
+    lost: it must come with the next pop, although its bytes are those of a reply already read."""
+    key = f"{key_prefix}queue"
+    receipt = Receipt(key)
+    _queue(valkey_server, key, b"m1")
+    popped = await pop_with_receipt(manager, 0, receipt, Doorbell(), 1, 0.0, TTL_MS, _nothing_interrupted)
+    assert [member for member, _ in popped] == [b"m1"]
+    pairs = [part for member, score in popped for part in (repr(score), member)]
+    await REQUEUE.run(manager, 0, [key, receipt.name], pairs, idempotent=True)
+    receipt.returned(popped)
+    _pop_with_lost_reply(valkey_server, receipt, 1)
+    assert await _pop(manager, receipt, 1) == [b"m1"]
+
+
+async def test_a_waiting_pop_is_woken_by_a_send_and_by_nothing_else(
+    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    key = f"{key_prefix}queue"
+    receipt = Receipt(key)
+    waiting = asyncio.ensure_future(_pop(manager, receipt, 1, timeout=10.0))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # tracked, not polling: nothing to pop, nothing returned
+    with valkey_server.client() as client:
+        client.set(f"{key_prefix}other", b"x")  # another key changes: no wake-up for this queue
+    _queue(valkey_server, key, b"late")
+    assert await asyncio.wait_for(waiting, 5) == [b"late"]
+
+
+async def test_a_waiting_pop_returns_empty_after_its_timeout(
+    manager: ConnectionManager, key_prefix: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await _pop(manager, Receipt(f"{key_prefix}queue"), 1, timeout=0.3) == []
+    assert 0.3 <= loop.time() - started < 3.0
+
+
+@pytest.mark.parametrize("layer_class", [ValkeyChannelLayer, ValkeyPubSubChannelLayer])
+async def test_a_reader_that_stops_leaves_no_receipt_behind(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, eventually: Eventually
+) -> None:
+    """A receipt lives while its reader receives: a reader that stops clears it, and so does closing the loop."""
+    layer = layer_class(hosts=[valkey_server.url()], prefix=key_prefix)
+    channel = f"{key_prefix}jobs"
+
+    def receipts() -> list[bytes]:
+        with valkey_server.client() as client:
+            return list(client.scan_iter(match=f"{key_prefix}*$receipt:*"))
+
+    try:
+        await layer.send(channel, {"type": "one"})
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "one"}
+        await eventually(lambda: receipts() == [], "the stopped reader's receipt to be cleared")
+        await layer.send(channel, {"type": "two"})
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "two"}
+        await layer.close_pools()  # at once, before the reader clears the receipt itself
+        assert receipts() == []
+    finally:
+        await layer.flush()
+        await layer.close_pools()
