@@ -684,28 +684,29 @@ def process_round_trips(
     record: Callable[[str, Mapping[str, float]], None],
 ) -> Callable[..., None]:
     """``process_round_trips(rounds=, turn=)``: that many process-channel round trips per side, in turns, and their
-    p50 and p99 recorded (in us) under "2 process round trip p50" / "p99".
+    p50 and p99 recorded (in us) under "2 process round trip p50" / "p99" (``pair`` and ``name``: other layers
+    than the suite's pair, recorded under "{name} p50" / "p99").
 
     Latency is timed inside the event loop (``round_trip``), so the ~13 us of entering the loop for every round,
     which the benchmark table includes, stays out of the ratio. Each round trip's message carries the next number
     of its side's channel and must come back as sent (``round_trip`` raises otherwise).
     """
 
-    def measure(*, rounds: int, turn: int) -> None:
-        streams = {side: Stream(layer, run(layer.new_channel())) for side, layer in layers.items()}
+    def measure(
+        *, rounds: int, turn: int, pair: dict[str, Any] | None = None, name: str = "2 process round trip"
+    ) -> None:
+        sides = layers if pair is None else pair
+        streams = {side: Stream(layer, run(layer.new_channel())) for side, layer in sides.items()}
 
         def one_round_trip(side: str) -> float:
             return float(run(round_trip(streams[side])))
 
-        turns = take_turns(layers, one_round_trip, rounds=rounds, turn=turn, warmup=50)
+        turns = take_turns(sides, one_round_trip, rounds=rounds, turn=turn, warmup=50)
         if turns.timed:
             latencies = turns.results
+            record(f"{name} p50", {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()})
             record(
-                "2 process round trip p50",
-                {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()},
-            )
-            record(
-                "2 process round trip p99",
+                f"{name} p99",
                 {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
             )
 

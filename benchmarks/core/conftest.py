@@ -12,6 +12,8 @@ TARGETS: dict[str, dict[str, Any]] = {
     "1b send+receive concurrent": {"unit": "messages/s", "higher_is_better": True, "ratio": 5.0},
     "2 process round trip p50": {"unit": "us", "higher_is_better": False, "ratio": 1 / 3},
     "2 process round trip p99": {"unit": "us", "higher_is_better": False},
+    "2b process round trip, receipts off p50": {"unit": "us", "higher_is_better": False, "ratio": 1 / 3},
+    "2b process round trip, receipts off p99": {"unit": "us", "higher_is_better": False},
     "3 group_send 100 process channels": {"unit": "deliveries/s", "higher_is_better": True, "ratio": 3.0},
     "3 group_send 100 normal channels": {"unit": "deliveries/s", "higher_is_better": True, "ratio": 3.0},
     "4 backlog drain 2000": {"unit": "messages/s", "higher_is_better": True, "ratio": 5.0},

@@ -16,7 +16,7 @@ import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
-from channels_valkey.sentinel import ConnectionManager, decode_hosts
+from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts
 from channels_valkey.sentinel.queue_commands import Entry
 from channels_valkey.sentinel.receipts import POP, REQUEUE, Receipt, pop_with_receipt
 from channels_valkey.sentinel.tracking_lane import Doorbell
@@ -166,3 +166,33 @@ async def test_a_reader_that_stops_leaves_no_receipt_behind(
     finally:
         await layer.flush()
         await layer.close_pools()
+
+
+@pytest.mark.parametrize("layer_class", [ValkeyChannelLayer, ValkeyPubSubChannelLayer])
+async def test_a_policy_without_receipts_pops_with_bzmpop(
+    layer_class: type[Any],
+    server_factory: Callable[..., ValkeyProcess],
+    key_prefix: str,
+    eventually: Eventually,
+) -> None:
+    """``ResiliencePolicy(receipts=False)``: a waiting receive blocks on the server in ``BZMPOP``, as in 0.3, and
+    no receipt is written."""
+    server = server_factory()  # its own, so that its command counts are this test's
+    layer = layer_class(hosts=[server.url()], prefix=key_prefix, policy=ResiliencePolicy(receipts=False))
+    channel = f"{key_prefix}jobs"
+    try:
+        waiting = asyncio.create_task(layer.receive(channel))
+        await eventually(lambda: int(server.info("clients")["blocked_clients"]) == 1, "the receive to block")
+        await layer.send(channel, {"type": "one"})
+        assert await asyncio.wait_for(waiting, 5) == {"type": "one"}
+        with server.client() as client:
+            assert list(client.scan_iter(match=f"{key_prefix}*$receipt:*")) == []
+            assert "cmdstat_bzmpop" in client.info("commandstats")
+            assert "cmdstat_client|tracking" not in client.info("commandstats")
+    finally:
+        await layer.close_pools()
+
+
+def test_receipts_in_the_policy_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match=r"ResiliencePolicy.receipts must be True or False, not 'no'"):
+        ResiliencePolicy(receipts="no")  # type: ignore[arg-type]

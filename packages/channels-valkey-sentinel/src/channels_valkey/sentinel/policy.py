@@ -28,6 +28,10 @@ class ResiliencePolicy:
     from the first attempt; enough to outlast a Sentinel failover.
     ``backoff_base`` / ``backoff_cap``: exponential backoff with jitter between retries, in seconds; the cap
     bounds how late a retry notices that the new primary is up.
+    ``receipts``: queue readers pop with a receipt on the server and wait for messages through client-side
+    tracking, so that a connection cut with a pop's reply on the wire loses nothing (receipts.py). False: they
+    pop with ``BZMPOP`` as channels-valkey 0.3 did, which saves a waiting receive one round trip (the tracking
+    push, then the pop) and loses what a pop carried when its connection is cut with the reply on the wire.
     """
 
     connect_timeout: float = 5.0
@@ -39,6 +43,7 @@ class ResiliencePolicy:
     retry_deadline: float = 15.0
     backoff_base: float = 0.02
     backoff_cap: float = 0.5
+    receipts: bool = True
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -272,8 +272,7 @@ class QueueReader:
     async def _pop(self, count: int, timeout: float) -> list[Entry]:
         """Up to ``count`` entries, waiting up to ``timeout`` for the first: with a receipt where the shard allows."""
         connections = self.source.connections
-        facts = connections.facts(self.shard)
-        if not facts.receipts_refused:
+        if self._with_receipts():
             if self._receipt is None:
                 self._receipt = Receipt(self.key)
             try:
@@ -296,14 +295,14 @@ class QueueReader:
                     self.shard,
                     error,
                 )
-                facts.receipts_refused = True
+                connections.facts(self.shard).receipts_refused = True
         return await blocking_pop(connections, self.shard, self.key, timeout, count, self._requeue)
 
     async def _settle_receipt(self) -> bool:
         """Nobody waits: deal with the receipt before stopping. True when the reader should look again (a receive
         came meanwhile, or the receipt gave back what a lost reply had popped, now held), False to stop."""
         receipt = self._receipt
-        if receipt is None or self.source.connections.facts(self.shard).receipts_refused:
+        if receipt is None or not self._with_receipts():
             return False
         if receipt.uncertain:
             recovered = await self._pop(0, 0.0)
@@ -332,7 +331,7 @@ class QueueReader:
     async def _close_receipt(self) -> None:
         """The loop is closing: put back what a lost reply left in the receipt, or clear it."""
         receipt = self._receipt
-        if receipt is None or self.source.connections.facts(self.shard).receipts_refused:
+        if receipt is None or not self._with_receipts():
             return
         try:
             if receipt.uncertain:
@@ -343,6 +342,11 @@ class QueueReader:
             self.source.logger.info(
                 "reading back the receipt %s failed; it expires by itself: %s", receipt.name, error
             )
+
+    def _with_receipts(self) -> bool:
+        """Whether this queue is popped with a receipt: the policy wants it and the shard has not refused it."""
+        connections = self.source.connections
+        return connections.policy.receipts and not connections.facts(self.shard).receipts_refused
 
     def _ttl_ms(self) -> int:
         return max(int(self.source.expiry * 1000), 1000)
@@ -411,7 +415,7 @@ class QueueReader:
         """Put ``entries`` back at the head of the queue, and out of the receipt if the reader has one."""
         receipt = self._receipt
         connections = self.source.connections
-        if receipt is None or not entries or connections.facts(self.shard).receipts_refused:
+        if receipt is None or not entries or not self._with_receipts():
             await requeue(connections, self.shard, self.key, entries)
             return
         pairs = [part for member, score in entries for part in (repr(score), member)]
