@@ -52,6 +52,12 @@ def _queue(server: ValkeyProcess, key: str, *members: bytes, start: float = 1.0)
 
 
 @pytest.fixture
+def receipt(key_prefix: str) -> Receipt:
+    """A reader's receipt for the queue ``{key_prefix}queue``."""
+    return Receipt(f"{key_prefix}queue")
+
+
+@pytest.fixture
 async def manager(valkey_server: ValkeyProcess) -> Any:
     connections = ConnectionManager(decode_hosts([valkey_server.url()]))
     yield connections
@@ -59,10 +65,9 @@ async def manager(valkey_server: ValkeyProcess) -> Any:
 
 
 async def test_what_a_lost_reply_popped_comes_with_the_next_pop(
-    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+    manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
 ) -> None:
-    key = f"{key_prefix}queue"
-    receipt = Receipt(key)
+    key = receipt.key
     _queue(valkey_server, key, b"m1", b"m2", b"m3", b"m4")
     assert await _pop(manager, receipt, 1) == [b"m1"]
     _pop_with_lost_reply(valkey_server, receipt, 2)  # m2 and m3 left the queue for the receipt only
@@ -81,10 +86,9 @@ async def test_what_a_lost_reply_popped_comes_with_the_next_pop(
 
 
 async def test_a_pop_that_never_ran_delivers_nothing_twice(
-    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+    manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
 ) -> None:
-    key = f"{key_prefix}queue"
-    receipt = Receipt(key)
+    key = receipt.key
     _queue(valkey_server, key, b"m1", b"m2")
     assert await _pop(manager, receipt, 1) == [b"m1"]
     receipt.lost()  # the next pop failed before it reached the server: the receipt still holds m1, seen
@@ -92,10 +96,9 @@ async def test_a_pop_that_never_ran_delivers_nothing_twice(
 
 
 async def test_replies_lost_in_a_row_are_all_read_back(
-    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+    manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
 ) -> None:
-    key = f"{key_prefix}queue"
-    receipt = Receipt(key)
+    key = receipt.key
     _queue(valkey_server, key, b"m1", b"m2", b"m3", b"m4")
     assert await _pop(manager, receipt, 1) == [b"m1"]
     _pop_with_lost_reply(valkey_server, receipt, 1)  # m2
@@ -104,12 +107,11 @@ async def test_replies_lost_in_a_row_are_all_read_back(
 
 
 async def test_a_message_given_back_and_popped_again_is_not_taken_for_one_seen(
-    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+    manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
 ) -> None:
     """m1 is popped (seen), given back to the queue (a receive went away), and popped again by a pop whose reply is
     lost: it must come with the next pop, although its bytes are those of a reply already read."""
-    key = f"{key_prefix}queue"
-    receipt = Receipt(key)
+    key = receipt.key
     _queue(valkey_server, key, b"m1")
     popped = await pop_with_receipt(manager, 0, receipt, Doorbell(), 1, 0.0, TTL_MS, _nothing_interrupted)
     assert [member for member, _ in popped] == [b"m1"]
@@ -121,25 +123,24 @@ async def test_a_message_given_back_and_popped_again_is_not_taken_for_one_seen(
 
 
 async def test_a_waiting_pop_is_woken_by_a_send_and_by_nothing_else(
-    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
+    manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
 ) -> None:
-    key = f"{key_prefix}queue"
-    receipt = Receipt(key)
+    key = receipt.key
     waiting = asyncio.ensure_future(_pop(manager, receipt, 1, timeout=10.0))
     await asyncio.sleep(0.3)
     assert not waiting.done()  # tracked, not polling: nothing to pop, nothing returned
     with valkey_server.client() as client:
-        client.set(f"{key_prefix}other", b"x")  # another key changes: no wake-up for this queue
+        client.set(f"{key}-other", b"x")  # another key changes: no wake-up for this queue
     _queue(valkey_server, key, b"late")
     assert await asyncio.wait_for(waiting, 5) == [b"late"]
 
 
 async def test_a_waiting_pop_returns_empty_after_its_timeout(
-    manager: ConnectionManager, key_prefix: str
+    manager: ConnectionManager, receipt: Receipt
 ) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert await _pop(manager, Receipt(f"{key_prefix}queue"), 1, timeout=0.3) == []
+    assert await _pop(manager, receipt, 1, timeout=0.3) == []
     assert 0.3 <= loop.time() - started < 3.0
 
 
