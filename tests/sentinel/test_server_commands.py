@@ -1,8 +1,10 @@
 """What the layers do on the server the tests run on (``pytest --server NAME``; the server matrix runs this file on
 every server): where it lacks a command they prefer, the documented fallback is what runs, and the test says which.
 
-- ``BZMPOP`` came with Redis 7.0: before it, queues are read with ``BZPOPMIN`` then ``ZPOPMIN`` for a batch, and
-  the shard's facts say ``bzmpop_refused``.
+- Queues are popped with a receipt on every server of the matrix (RESP3, client-side tracking and the pop script
+  exist on all four). With ``ResiliencePolicy(receipts=False)`` they are read with ``BZMPOP``, which came with
+  Redis 7.0: before it, with ``BZPOPMIN`` then ``ZPOPMIN`` for a batch, and the shard's facts say
+  ``bzmpop_refused``.
 - Lua: Valkey has a ``server`` global beside ``redis``, Redis only ``redis``, so every script calls ``redis.call``.
 """
 
@@ -20,7 +22,7 @@ from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.core import scripts as core_scripts
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.pubsub import scripts as pubsub_scripts
-from channels_valkey.sentinel import Script
+from channels_valkey.sentinel import ResiliencePolicy, Script
 
 from servers.binaries import Release
 from servers.process import ValkeyProcess
@@ -33,8 +35,10 @@ LAYERS = pytest.mark.parametrize(
 
 
 @LAYERS
-async def test_queues_are_read_with_bzmpop_or_its_fallback(
+@pytest.mark.parametrize("receipts", [True, False], ids=["receipts", "bzmpop"])
+async def test_queues_are_read_with_receipts_or_bzmpop_or_its_fallback(
     layer_class: type[Any],
+    receipts: bool,
     valkey_server: ValkeyProcess,
     server_under_test: Release,
     key_prefix: str,
@@ -43,17 +47,20 @@ async def test_queues_are_read_with_bzmpop_or_its_fallback(
 ) -> None:
     caplog.set_level(logging.INFO, logger="channels_valkey.sentinel")
     # A normal channel: a sorted-set queue for both layers (the Pub/Sub layer's worker queue).
-    layer = layer_class(hosts=[valkey_server.url()], prefix=key_prefix)
+    layer = layer_class(
+        hosts=[valkey_server.url()], prefix=key_prefix, policy=ResiliencePolicy(receipts=receipts)
+    )
     try:
         for n in range(5):
             await layer.send("jobs", {"type": "job", "n": n})
         assert [(await receive(layer, "jobs"))["n"] for _ in range(5)] == [0, 1, 2, 3, 4]
+        assert not layer._connections.facts(0).receipts_refused, f"{server_under_test} refused receipt pops"
         fell_back = layer._connections.facts(0).bzmpop_refused
         said_so = any("refuses BZMPOP" in record.getMessage() for record in caplog.records)
     finally:
         await layer.flush()
         await layer.close_pools()
-    if server_under_test.has_bzmpop:
+    if receipts or server_under_test.has_bzmpop:
         assert (fell_back, said_so) == (False, False), (
             f"{server_under_test} has BZMPOP, yet the layer fell back"
         )
