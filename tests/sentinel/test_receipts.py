@@ -197,3 +197,19 @@ async def test_a_policy_without_receipts_pops_with_bzmpop(
 def test_receipts_in_the_policy_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match=r"ResiliencePolicy.receipts must be True or False, not 'no'"):
         ResiliencePolicy(receipts="no")  # type: ignore[arg-type]
+
+
+async def test_wait_received_returns_once_the_receipts_are_cleared(
+    valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    """The core layer's ``wait_received`` (0.3's, for its in-flight backups) waits for the readers to clear their
+    receipts, so a caller counting the server's keys right after finds none of them."""
+    layer = ValkeyChannelLayer(hosts=[valkey_server.url()], prefix=key_prefix)
+    try:
+        await layer.send("jobs", {"type": "one"})
+        assert await asyncio.wait_for(layer.receive("jobs"), 5) == {"type": "one"}
+        await layer.wait_received()
+        with valkey_server.client() as client:
+            assert list(client.scan_iter(match=f"{key_prefix}*$receipt:*")) == []
+    finally:
+        await layer.close_pools()

@@ -429,7 +429,12 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         await self._connections.close()
 
     async def wait_received(self) -> None:
-        """Kept for channels-valkey 0.3 compatibility: receiving leaves no background clean-up to wait for."""
+        """Wait for what follows the receives on this loop: readers clearing their receipts (about 50 ms after the
+        last receive) and process-queue readers ending their linger. 0.3 waited here for its in-flight backups."""
+        with self._lock:
+            receiver = self._receivers.get(asyncio.get_running_loop())
+        if receiver is not None:
+            await receiver.settled()
 
     async def _close_receiver(self) -> None:
         loop = asyncio.get_running_loop()

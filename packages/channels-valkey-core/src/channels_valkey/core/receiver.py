@@ -38,6 +38,8 @@ PROCESS_BATCH = 100
 #: Seconds a process queue's reader keeps popping after its last receive, so that a consumer that receives again
 #: at once finds its message already here.
 IDLE_LINGER = 0.5
+#: Most seconds ``wait_received`` waits for the readers to settle (a linger is 0.5 s, clearing a receipt 50 ms).
+SETTLE_TIMEOUT = 1.0
 #: Process queue readers per loop allowed to linger at once.
 MAX_LINGERING = 16
 
@@ -224,6 +226,18 @@ class LoopReceiver:
         """Forget every message held on this loop (``flush``); waiting receives keep waiting for new ones."""
         for reader in self._readers.values():
             reader.drop_held()
+
+    async def settled(self) -> None:
+        """Wait for the readers that no receive waits on to end (they clear their receipts, or linger), for at most
+        :data:`SETTLE_TIMEOUT`: one whose receive went away while it waited on an empty queue waits out its block
+        time, holding nothing."""
+        finishing = [
+            reader.task
+            for reader in list(self._readers.values())
+            if reader.task is not None and not reader.task.done() and not reader.waiting()
+        ]
+        if finishing:
+            await asyncio.wait(finishing, timeout=SETTLE_TIMEOUT)
 
     async def aclose(self) -> None:
         """Stop every reader (each hands back what it holds) and release the waiters."""
