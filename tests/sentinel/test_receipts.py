@@ -106,6 +106,22 @@ async def test_replies_lost_in_a_row_are_all_read_back(
     assert await _pop(manager, receipt, 1) == [b"m2", b"m3", b"m4"]
 
 
+async def test_an_older_receipt_after_a_failover_delivers_nothing_twice(
+    manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
+) -> None:
+    """Replication is asynchronous: a primary promoted after a kill may hold the receipt of an earlier pop than the
+    reader's last. Its entries were delivered lately, so they are not delivered again."""
+    key = receipt.key
+    _queue(valkey_server, key, b"m1", b"m2", b"m3")
+    assert await _pop(manager, receipt, 1) == [b"m1"]
+    assert await _pop(manager, receipt, 1) == [b"m2"]
+    with valkey_server.client() as client:  # what the new primary got: the first pop's receipt, not the second's
+        client.delete(receipt.name)
+        client.zadd(receipt.name, {b"m1": 1.0})
+    receipt.lost()
+    assert await _pop(manager, receipt, 1) == [b"m3"]
+
+
 async def test_a_message_given_back_and_popped_again_is_not_taken_for_one_seen(
     manager: ConnectionManager, valkey_server: ValkeyProcess, receipt: Receipt
 ) -> None:

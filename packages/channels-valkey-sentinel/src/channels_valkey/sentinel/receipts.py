@@ -13,6 +13,9 @@ deliver nothing twice:
 - Giving popped messages back to the queue (a receive went away) strikes them from the receipt in the same script
   (:data:`REQUEUE`) and from the reader's memory of the last reply, so a message popped again is never mistaken for
   one already seen.
+- A failover can leave on the new primary an older receipt than the reader's last (replication is asynchronous):
+  the receipt's entries are also dropped when the reader delivered them lately (:data:`RECENT_SECONDS`, at most
+  :data:`RECENT_MEMBERS` members).
 - A reader that stops with a receipt still holding the last reply clears it a moment later (:data:`ACK_DELAY`,
   unless it pops again first) or when its loop closes; one whose last reply was lost reads the receipt back and
   returns it to the queue.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
@@ -41,6 +45,9 @@ if TYPE_CHECKING:
 
 #: Most seconds a reader waits on an empty queue of a Valkey Cluster before popping again (see pop_with_receipt).
 CLUSTER_RECHECK = 1.0
+#: How long, and for how many members, a reader remembers what it delivered, to drop a stale receipt's copies.
+RECENT_SECONDS = 10.0
+RECENT_MEMBERS = 4096
 #: Seconds a stopped reader waits before clearing its receipt itself: a receive that comes meanwhile (the next
 #: message of a sequential consumer) pops, which clears it at no cost.
 ACK_DELAY = 0.05
@@ -100,7 +107,7 @@ at the head of the queue (their original scores). In that order: if the second w
 class Receipt:
     """One queue reader's receipt: its key on the server and what the reader knows of it."""
 
-    __slots__ = ("key", "name", "outstanding", "seen", "uncertain")
+    __slots__ = ("key", "name", "outstanding", "recent", "seen", "uncertain")
 
     def __init__(self, key: str) -> None:
         #: The queue.
@@ -113,6 +120,8 @@ class Receipt:
         self.uncertain = False
         #: The receipt holds the last reply's entries, not yet cleared.
         self.outstanding = False
+        #: Members of the replies read lately -> when (monotonic), oldest first.
+        self.recent: dict[bytes, float] = {}
 
     def pop_args(self, count: int, ttl_ms: int, *, sha: bool = True) -> tuple[object, ...]:
         flag = "1" if self.uncertain else "0"
@@ -128,8 +137,20 @@ class Receipt:
         held = reply[0]
         flat = reply[1:]
         entries = [(bytes(member), float(score)) for member, score in zip(flat[::2], flat[1::2], strict=True)]
-        fresh = [entry for entry in entries[:held] if entry[0] not in self.seen] + entries[held:]
+        if held:
+            self._forget_older()
+        recent = self.recent
+        fresh = [
+            entry for entry in entries[:held] if entry[0] not in self.seen and entry[0] not in recent
+        ] + entries[held:]
         self.seen = {member for member, _ in entries}
+        if entries:
+            now = time.monotonic()
+            for member in self.seen:
+                recent.pop(member, None)
+                recent[member] = now
+            while len(recent) > RECENT_MEMBERS:
+                del recent[next(iter(recent))]
         self.uncertain = False
         self.outstanding = bool(entries)
         return fresh
@@ -140,7 +161,15 @@ class Receipt:
 
     def returned(self, entries: Sequence[Entry]) -> None:
         """``entries`` went back to the queue and out of the receipt."""
-        self.seen.difference_update(member for member, _ in entries)
+        for member, _ in entries:
+            self.seen.discard(member)
+            self.recent.pop(member, None)
+
+    def _forget_older(self) -> None:
+        oldest_kept = time.monotonic() - RECENT_SECONDS
+        recent = self.recent
+        while recent and next(iter(recent.values())) < oldest_kept:
+            del recent[next(iter(recent))]
 
 
 async def pop_with_receipt(
