@@ -115,7 +115,8 @@ async def test_an_older_receipt_after_a_failover_delivers_nothing_twice(
     _queue(valkey_server, key, b"m1", b"m2", b"m3")
     assert await _pop(manager, receipt, 1) == [b"m1"]
     assert await _pop(manager, receipt, 1) == [b"m2"]
-    with valkey_server.client() as client:  # what the new primary got: the first pop's receipt, not the second's
+    # What the new primary got: the first pop's receipt, not the second's.
+    with valkey_server.client() as client:
         client.delete(receipt.name)
         client.zadd(receipt.name, {b"m1": 1.0})
     receipt.lost()
