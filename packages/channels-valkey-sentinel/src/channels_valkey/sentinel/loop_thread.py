@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Coroutine
@@ -21,6 +22,8 @@ from typing import Any, TypeVar
 __all__ = ["LoopThread"]
 
 T = TypeVar("T")
+#: Most seconds :meth:`LoopThread.stop` waits for the loop's tasks left after the last coroutine to end.
+WIND_DOWN_TIMEOUT = 5.0
 
 
 class LoopThread:
@@ -82,6 +85,8 @@ class LoopThread:
             if last is not None:
                 asyncio.run_coroutine_threadsafe(last, loop).result()
         finally:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=WIND_DOWN_TIMEOUT)
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
             loop.close()
@@ -97,6 +102,18 @@ class LoopThread:
                 ready.wait()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
+
+
+async def _wind_down() -> None:
+    """What ``asyncio.run`` does before it closes a loop: the tasks left are cancelled and awaited, so that what they
+    hold is closed, and the transports closed meanwhile get a loop step to finish closing."""
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current]
+    for task in left:
+        task.cancel()
+    if left:
+        await asyncio.gather(*left, return_exceptions=True)
+    await asyncio.sleep(0)
 
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
