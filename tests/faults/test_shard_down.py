@@ -57,8 +57,9 @@ ERROR_MARGIN = POLICY.socket_timeout * 0.2
 #: kill (every connection of the shard failing at once, retried after short back-offs) weigh in a round as they would
 #: in a real outage, not as most of it.
 ROUND_SECONDS = {"ci": 0.5, "chaos": 1.5}
-#: The issue's "used again when back": every kind of operation on the victim succeeds this soon after it answers.
-BACK_WITHIN = 1.0
+#: The issue's "used again when back": every kind of operation on the victim succeeds this soon after it answers;
+#: at full size the README's 1 s, in CI (other test workers share the 2 cores) a floor of 1.5 s.
+BACK_WITHIN = {"ci": 1.5, "chaos": 1.0}
 #: Longest the test waits for the victim to be used again, or for messages to arrive, before it reports and fails.
 SETTLE_TIMEOUT = 10.0
 #: (least throughput ratio, most p99 ratio): the issue's at full size; a floor in CI, where two pairs of rounds are
@@ -251,8 +252,8 @@ async def test_one_of_three_shards_killed(
     for kind in ("send", "group_send", "receive"):
         assert any(a.kind == kind and a.error for a, _ in during), f"no {kind} failed on the dead shard"
     assert delivered, f"the victim group's live member missed {sorted(expected - traffic.witnessed)[:20]}"
-    slow = {kind: value for kind, value in back.items() if value > BACK_WITHIN}
-    assert not slow, f"not used again within {BACK_WITHIN:.0f}s of answering: {slow}"
+    slow = {kind: value for kind, value in back.items() if value > BACK_WITHIN[variant]}
+    assert not slow, f"not used again within {BACK_WITHIN[variant]:g}s of answering: {slow}"
     least_throughput, most_p99 = BOUNDS[variant]
     assert throughput >= least_throughput, f"throughput ratio {throughput:.3f}, pairs {pair_throughput}"
     assert p99 <= most_p99, f"p99 ratio {p99:.3f}, pairs {pair_p99}"
