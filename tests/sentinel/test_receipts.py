@@ -17,7 +17,7 @@ import pytest
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts
-from channels_valkey.sentinel.queue_commands import Entry
+from channels_valkey.sentinel.queue_commands import Entry, score_member_pairs
 from channels_valkey.sentinel.receipts import POP, REQUEUE, Receipt, pop_with_receipt
 from channels_valkey.sentinel.tracking_lane import Doorbell
 
@@ -132,8 +132,7 @@ async def test_a_message_given_back_and_popped_again_is_not_taken_for_one_seen(
     _queue(valkey_server, key, b"m1")
     popped = await pop_with_receipt(manager, 0, receipt, Doorbell(), 1, 0.0, TTL_MS, _nothing_interrupted)
     assert [member for member, _ in popped] == [b"m1"]
-    pairs = [part for member, score in popped for part in (repr(score), member)]
-    await REQUEUE.run(manager, 0, [key, receipt.name], pairs, idempotent=True)
+    await REQUEUE.run(manager, 0, [key, receipt.name], score_member_pairs(popped), idempotent=True)
     receipt.returned(popped)
     _pop_with_lost_reply(valkey_server, receipt, 1)
     assert await _pop(manager, receipt, 1) == [b"m1"]

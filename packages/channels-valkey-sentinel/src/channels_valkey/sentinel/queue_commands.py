@@ -97,8 +97,12 @@ async def _give_back(taken: list[Entry], rest: asyncio.Future[Any], on_interrupt
 
 async def requeue(connections: ConnectionManager, shard: int, key: str, entries: list[Entry]) -> None:
     """Put popped ``entries`` back at the head of ``key`` (their original scores keep the order)."""
-    pairs = [part for member, score in entries for part in (repr(score), member)]
-    await connections.execute_command(shard, "ZADD", key, *pairs, idempotent=True)
+    await connections.execute_command(shard, "ZADD", key, *score_member_pairs(entries), idempotent=True)
+
+
+def score_member_pairs(entries: list[Entry]) -> list[object]:
+    """``entries`` as ``ZADD`` takes them: score, member, score, member... (the scores as exact text)."""
+    return [part for member, score in entries for part in (repr(score), member)]
 
 
 def bzmpop_entries(reply: object) -> list[Entry]:

@@ -38,11 +38,11 @@ from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel.exceptions import ShardUnavailable
 from channels_valkey.sentinel.histograms import Distribution
-from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
+from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue, score_member_pairs
 from channels_valkey.sentinel.receipts import ACK_DELAY, REQUEUE, Receipt, pop_with_receipt, refuses_receipts
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.tasks import cancel_and_wait, raise_if_cancelling
-from channels_valkey.sentinel.tracking_lane import Doorbell, wait_at_most
+from channels_valkey.sentinel.tracking_lane import Doorbell
 
 if TYPE_CHECKING:
     from channels_valkey.sentinel.connections import ConnectionManager
@@ -119,17 +119,15 @@ class QueueReader:
         #: This reader's receipt and doorbell, made at its first pop with receipts.
         self._receipt: Receipt | None = None
         self._bell = Doorbell()
-        #: Done when a receive starts waiting, for a reader deciding whether to clear its receipt.
-        self._wanted: asyncio.Future[None] | None = None
+        #: Rung when a receive starts waiting, for a reader deciding whether to clear its receipt.
+        self._wanted = Doorbell()
 
     # What receives call ------------------------------------------------------------------------------------------
 
     def wait_for(self, waiter: asyncio.Future[Any]) -> None:
         """Register a receive's future; the reader fills it with a :class:`Handover`."""
         self.waiters.append(waiter)
-        wanted = self._wanted
-        if wanted is not None and not wanted.done():
-            wanted.set_result(None)
+        self._wanted.ring()
         self.ensure_running()
 
     def take_held(self) -> Message | None:
@@ -311,9 +309,8 @@ class QueueReader:
         if not receipt.outstanding:
             return False
         # A receive soon after (a consumer's next one) pops, which clears the receipt in the same call.
-        wanted = self._wanted = asyncio.get_running_loop().create_future()
-        await wait_at_most(wanted, ACK_DELAY)
-        self._wanted = None
+        self._wanted.arm()
+        await self._wanted.wait(ACK_DELAY)
         if self.waiting():
             return True
         await self._clear_receipt(receipt)
@@ -418,6 +415,6 @@ class QueueReader:
         if receipt is None or not entries or not self._with_receipts():
             await requeue(connections, self.shard, self.key, entries)
             return
-        pairs = [part for member, score in entries for part in (repr(score), member)]
+        pairs = score_member_pairs(entries)
         await REQUEUE.run(connections, self.shard, [self.key, receipt.name], pairs, idempotent=True)
         receipt.returned(entries)

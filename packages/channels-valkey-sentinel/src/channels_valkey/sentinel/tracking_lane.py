@@ -54,7 +54,7 @@ class Doorbell:
     async def wait(self, timeout: float) -> bool:
         """Whether it rang (at once if it already has) within ``timeout`` seconds."""
         if not self._rung:
-            await wait_at_most(self._set_waiting(), timeout)
+            await _wait_at_most(self._set_waiting(), timeout)
             self._waiting = None
         return self._rung
 
@@ -63,7 +63,7 @@ class Doorbell:
         return self._waiting
 
 
-async def wait_at_most(future: asyncio.Future[None], timeout: float) -> None:
+async def _wait_at_most(future: asyncio.Future[None], timeout: float) -> None:
     """Wait for ``future`` to be done, or ``timeout`` seconds (then it is done with None). ``asyncio.wait_for``
     would make a task for each wait; a queue reader waits once per message."""
     timer = asyncio.get_running_loop().call_later(timeout, _time_up, future)
