@@ -89,6 +89,11 @@ async def test_a_message_over_the_limit_fails_before_anything_is_written(
                 await layer.send("big.normal", over)
             with pytest.raises(MessageTooLarge, match="group 'big'"):
                 await layer.group_send("big", over)
+            # A group nobody is in is refused the same (a message is checked, not only its copies written).
+            with pytest.raises(MessageTooLarge, match="group 'nobody'"):
+                await layer.group_send("nobody", over)
+            with pytest.raises(MessageTooLarge, match="group 'nobody'"):
+                await layer.group_send_many([("big", message), ("nobody", over)])
             with pytest.raises(MessageTooLarge, match=r"channel 'big\.normal'"):
                 await layer.send_many([("big.normal", message), ("big.normal", over)])
             with pytest.raises(MessageTooLarge, match="group 'big'"):
@@ -97,7 +102,7 @@ async def test_a_message_over_the_limit_fails_before_anything_is_written(
             report(
                 f"over the limit, {backend.split('.')[1]}",
                 limit_bytes=limit,
-                refused_sends=4,
+                refused_sends=6,
                 connections_before_the_first=0,
                 commands_written=written,
             )
