@@ -166,14 +166,16 @@ class _TrafficClock:
         self._resting += rest.at - started
 
 
-def _plan(seconds: float, interval: float) -> tuple[int, float, float]:
-    """How many faults, and when (in seconds of traffic) the two rests come: after the first round of faults (or
+def _plan(seconds: float, interval: float) -> tuple[int, float, float, float]:
+    """How many faults; when (in seconds of traffic) the two rests come: after the first round of faults (or
     halfway through a shorter run), and where the tracemalloc window and the RSS window past its settling are about
-    the same length, each rest half an interval after a fault."""
+    the same length, each rest half an interval after a fault; and how long RSS settles after the second rest
+    (``RSS_SETTLE``, or half of what is left in a run shortened to try it out)."""
     faults = max(math.ceil(seconds / interval) - 1, 0)
     warm_up = min(len(FAULTS), faults // 2) * interval + interval / 2
     halves = max(round((seconds - warm_up - RSS_SETTLE) / (2 * interval)), 1)
-    return faults, warm_up, warm_up + halves * interval
+    rss_from = warm_up + halves * interval
+    return faults, warm_up, rss_from, min(RSS_SETTLE, (seconds - rss_from) / 2)
 
 
 @sizes(ci=390, chaos=1800, ci_mark=pytest.mark.soak)
@@ -185,7 +187,7 @@ async def test_soak_with_a_fault_every_30_seconds(
 ) -> None:
     seconds = float(request.config.getoption("soak_seconds") or size)
     interval = float(request.config.getoption("soak_fault_interval") or FAULT_INTERVAL)
-    faults, tracing_from, rss_from = _plan(seconds, interval)
+    faults, tracing_from, rss_from, settle = _plan(seconds, interval)
     server = server_factory()
     with server.client() as client:
         persistence = client.config_get("save")["save"], client.config_get("appendonly")["appendonly"]
@@ -235,7 +237,7 @@ async def test_soak_with_a_fault_every_30_seconds(
                     each.resume()
             await clock.until(seconds)
             progress.append(tuple(each.tally.counts["stream received"] for each in traffic))
-            rss = sampler.since(rests[1].at + RSS_SETTLE)
+            rss = sampler.since(rests[1].at + settle)
             end = await rest()
         finally:
             tracemalloc.stop()
