@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
@@ -183,6 +184,25 @@ async def test_a_reader_that_stops_leaves_no_receipt_behind(
     finally:
         await layer.flush()
         await layer.close_pools()
+
+
+@pytest.mark.parametrize("layer_class", [ValkeyChannelLayer, ValkeyPubSubChannelLayer])
+def test_a_receive_through_async_to_sync_leaves_no_receipt_behind(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str
+) -> None:
+    """``async_to_sync`` (and ``asyncio.run``) cancel the reader as its loop closes, before the layers' hooks on
+    the loop's close run: the reader clears its receipt then, so none outlives the call with a copy of the message
+    (the core layer's used to stay until ``expiry``, one per call)."""
+    layer = layer_class(hosts=[valkey_server.url()], prefix=key_prefix)
+    channel = f"{key_prefix}jobs"
+    try:
+        for number in range(3):
+            async_to_sync(layer.send)(channel, {"type": "job", "n": number})
+            assert async_to_sync(layer.receive)(channel) == {"type": "job", "n": number}
+            with valkey_server.client() as client:
+                assert list(client.scan_iter(match=f"{key_prefix}*$receipt:*")) == []
+    finally:
+        async_to_sync(layer.flush)()
 
 
 @pytest.mark.parametrize("layer_class", [ValkeyChannelLayer, ValkeyPubSubChannelLayer])

@@ -165,9 +165,7 @@ class QueueReader:
         """Stop popping (what a pop in progress took goes back), put back what is held, release the waiters."""
         if self.task is not None:
             await cancel_and_wait(self.task)
-        await self._close_receipt()
-        if self.held:
-            await self._requeue_held()
+        await self._hand_back()
         for waiter in self.waiters:
             waiter.cancel()
         self.waiters.clear()
@@ -212,10 +210,11 @@ class QueueReader:
         try:
             await self._pop_while_wanted()
         except asyncio.CancelledError:
-            # The loop is closing (asyncio.run and async_to_sync cancel what is left): what is held here would
-            # die with it, so it goes back to the server first.
-            if self.held:
-                await asyncio.shield(self._requeue_held())
+            # The loop is closing (asyncio.run and async_to_sync cancel what is left before they close it, and
+            # the layers' hooks on the loop's close come after): what is held here would die with it, and the
+            # receipt would keep a copy of the last reply on the server until it expires, so both are dealt
+            # with first.
+            await asyncio.shield(self._hand_back())
             raise
         finally:
             self.finished()
@@ -339,6 +338,13 @@ class QueueReader:
             self.source.logger.info(
                 "reading back the receipt %s failed; it expires by itself: %s", receipt.name, error
             )
+
+    async def _hand_back(self) -> None:
+        """Before the reader goes with its loop: the receipt read back (a lost reply's messages, now held) or
+        cleared, then everything held put back on the server."""
+        await self._close_receipt()
+        if self.held:
+            await self._requeue_held()
 
     def _with_receipts(self) -> bool:
         """Whether this queue is popped with a receipt: the policy wants it and the shard has not refused it."""
