@@ -99,6 +99,26 @@ def test_async_to_sync_sends_reuse_connections(
     assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(CALLS)] == list(range(CALLS))
 
 
+def test_async_to_sync_receives_reuse_connections(
+    valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    """A receive pops on a tracking connection (tracking_lane.py), which turns its tracking off as the loop closes,
+    so it is parked and taken by the next loop: a parked socket told of a change since would be thrown away. The
+    core layer only: the Pub/Sub layer's loop also opens a subscriber connection, which is not parked."""
+    layer = _make(layers, ValkeyChannelLayer, [valkey_server.url()], key_prefix)
+    channel = f"{key_prefix}jobs"
+    receive = async_to_sync(layer.receive)
+    layer.sync.send(channel, {"type": "warm-up"})
+    assert receive(channel) == {"type": "warm-up"}
+    opened_since = NewConnections(valkey_server)
+    for n in range(CALLS):
+        layer.sync.send(channel, {"type": "job", "n": n})
+        assert receive(channel) == {"type": "job", "n": n}
+    opened = opened_since()
+    print(f"\n{opened} new connections for {CALLS} async_to_sync receives")
+    assert opened <= 0.05 * CALLS
+
+
 @LAYERS
 def test_async_to_sync_on_a_cluster_reuses_each_nodes_connections(
     layer_class: type[Any], valkey_cluster: ValkeyCluster, key_prefix: str, layers: list[Any]

@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import ConnectionPool
 
 from channels_valkey.sentinel.lane import CommandLane, _Link
@@ -152,5 +153,14 @@ class TrackingLane(CommandLane):
         return lost
 
     async def aclose(self, *, keep_connection: bool = False) -> None:
+        """As the command lane's; a connection kept for the park (the loop is closing) first turns its tracking
+        off. A parked socket that speaks before it is taken is thrown away (parking.py), and a tracking one would
+        be told of the next change of the queue it read: without this, every ``async_to_sync(layer.receive)``
+        opened a new connection."""
+        if keep_connection and self._link is not None and self._link.usable:
+            try:
+                await self.execute_command("CLIENT", "TRACKING", "OFF")
+            except (valkey_errors.ValkeyError, OSError):
+                keep_connection = False
         await super().aclose(keep_connection=keep_connection)
         self.ring_all()
