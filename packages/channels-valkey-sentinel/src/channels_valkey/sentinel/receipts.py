@@ -120,8 +120,10 @@ class Receipt:
         self.uncertain = False
         #: The receipt holds the last reply's entries, not yet cleared.
         self.outstanding = False
-        #: Members of the replies read lately -> when (monotonic), oldest first.
-        self.recent: dict[bytes, float] = {}
+        #: The hashes of the members of the replies read in the last RECENT_SECONDS -> when (monotonic), oldest
+        #: first. Hashes, not members: the members are whole messages, which this must not keep alive. Only a
+        #: receipt read back is checked against them, so a 64-bit collision would have to fall on one of those.
+        self.recent: dict[int, float] = {}
 
     def pop_args(self, count: int, ttl_ms: int, *, sha: bool = True) -> tuple[object, ...]:
         flag = "1" if self.uncertain else "0"
@@ -137,18 +139,18 @@ class Receipt:
         held = reply[0]
         flat = reply[1:]
         entries = [(bytes(member), float(score)) for member, score in zip(flat[::2], flat[1::2], strict=True)]
-        if held:
-            self._forget_older()
         recent = self.recent
+        if entries:
+            self._forget_older()
         fresh = [
-            entry for entry in entries[:held] if entry[0] not in self.seen and entry[0] not in recent
+            entry for entry in entries[:held] if entry[0] not in self.seen and hash(entry[0]) not in recent
         ] + entries[held:]
         self.seen = {member for member, _ in entries}
         if entries:
             now = time.monotonic()
             for member in self.seen:
-                recent.pop(member, None)
-                recent[member] = now
+                recent.pop(hash(member), None)
+                recent[hash(member)] = now
             while len(recent) > RECENT_MEMBERS:
                 del recent[next(iter(recent))]
         self.uncertain = False
@@ -163,7 +165,7 @@ class Receipt:
         """``entries`` went back to the queue and out of the receipt."""
         for member, _ in entries:
             self.seen.discard(member)
-            self.recent.pop(member, None)
+            self.recent.pop(hash(member), None)
 
     def _forget_older(self) -> None:
         oldest_kept = time.monotonic() - RECENT_SECONDS
