@@ -722,10 +722,11 @@ def bulk_group_sends(
     record: Callable[[str, Mapping[str, float]], None],
     benchmark: Any,
 ) -> Callable[..., None]:
-    """``bulk_group_sends(groups=, members=, rounds=, rows=(bulk_row, loop_row))``: one message to each of
+    """``bulk_group_sends(groups=, members=, rounds=, rows=(bulk_row, loop_row, own_row))``: one message to each of
     ``groups`` groups (one member each, ``members`` process channels in all), by ours in one ``group_send_many``
     and by both sides in a loop of ``group_send``, in turns; groups per second of the sending recorded under
-    ``bulk_row`` (ours: ``group_send_many``, the peer: its loop) and ``loop_row`` (both loops).
+    ``bulk_row`` (ours: ``group_send_many``, the peer: its loop), ``loop_row`` (both loops) and ``own_row`` (ours:
+    ``group_send_many``, in the peer's column our own loop: the ratio issue #17 sets its target on).
 
     The members are channels of a second layer of the same side, on an event loop of its own that runs only
     between the sends, to receive and check what each send delivered: as in a deployment, where a task sending to
@@ -736,7 +737,7 @@ def bulk_group_sends(
     ways in each of its rounds, so its two figures come from the same moments.
     """
 
-    def measure(*, groups: int, members: int, rounds: int, rows: tuple[str, str]) -> None:
+    def measure(*, groups: int, members: int, rounds: int, rows: tuple[str, str, str]) -> None:
         ours, peer = layers
         with event_loop() as members_loop:
             on_members = members_loop.run_until_complete
@@ -769,6 +770,7 @@ def bulk_group_sends(
         }
         record(rows[0], {ours: groups / bulk, peer: groups / loop[peer]})
         record(rows[1], {side: groups / seconds for side, seconds in loop.items()})
+        record(rows[2], {ours: groups / bulk, peer: groups / loop[ours]})
         benchmark.extra_info["group_send_many / our loop"] = loop[ours] / bulk
 
     return measure

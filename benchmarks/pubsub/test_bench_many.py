@@ -18,10 +18,13 @@ MEMBERS = 10
 ROUNDS = 10
 BULK_ROW = "1 group_send_many 1000 groups (channels_redis: a loop)"
 LOOP_ROW = "2 a loop of 1000 group_send"
+#: The issue's target: group_send_many against our own loop, whose figure stands in the channels_redis column.
+OWN_ROW = "3 group_send_many / our own loop (in the peer's column)"
 
 TARGETS: dict[str, dict[str, Any]] = {
-    BULK_ROW: {"unit": "groups/s", "higher_is_better": True, "ratio": 10.0},
+    BULK_ROW: {"unit": "groups/s", "higher_is_better": True},
     LOOP_ROW: {"unit": "groups/s", "higher_is_better": True},
+    OWN_ROW: {"unit": "groups/s", "higher_is_better": True, "ratio": 10.0},
 }
 
 
@@ -32,4 +35,4 @@ def report(target_report: Any) -> Any:
 
 @pytest.mark.benchmark(group="group_send_many 1000 groups")
 def test_group_send_many(bulk_group_sends: Callable[..., None]) -> None:
-    bulk_group_sends(groups=GROUPS, members=MEMBERS, rounds=ROUNDS, rows=(BULK_ROW, LOOP_ROW))
+    bulk_group_sends(groups=GROUPS, members=MEMBERS, rounds=ROUNDS, rows=(BULK_ROW, LOOP_ROW, OWN_ROW))
