@@ -10,6 +10,8 @@ import pytest
 TARGETS: dict[str, dict[str, Any]] = {
     "1a send+receive sequential": {"unit": "messages/s", "higher_is_better": True, "ratio": 5.0},
     "1b send+receive concurrent": {"unit": "messages/s", "higher_is_better": True, "ratio": 5.0},
+    "1c normal, two instances, window of 50": {"unit": "messages/s", "higher_is_better": True},
+    "1d process, two instances, window of 50": {"unit": "messages/s", "higher_is_better": True},
     "2 process round trip p50": {"unit": "us", "higher_is_better": False, "ratio": 1 / 3},
     "2 process round trip p99": {"unit": "us", "higher_is_better": False},
     "2b process round trip, receipts off p50": {"unit": "us", "higher_is_better": False, "ratio": 1 / 3},

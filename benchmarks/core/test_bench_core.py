@@ -41,6 +41,7 @@ from checked_flows import (
     numbered,
     produce_and_consume,
     send_receive_pairs,
+    windowed,
 )
 from servers.process import ValkeyProcess
 
@@ -57,6 +58,9 @@ FAN_OUT_ROUNDS = 30
 #: group_sends one side runs before the other's turn: each takes a few milliseconds.
 FAN_OUT_TURN = 5
 BACKLOG = 2000
+#: 1c, 1d: messages one instance sends to another, and how many may be in flight at once.
+WINDOWED_MESSAGES = 1000
+WINDOW = 50
 BACKLOG_ROUNDS = 5
 
 SOAK_MESSAGES = int(os.environ.get("CORE_SOAK_MESSAGES", "5000"))
@@ -114,6 +118,35 @@ def test_send_receive_concurrent(flow_turns: FlowTurns, record: Record) -> None:
     if turns.timed:
         record("1b send+receive concurrent", turns.rate(CONCURRENT_MESSAGES))
         record("5 client CPU per message", turns.cpu_per(CONCURRENT_MESSAGES))
+
+
+# 1c, 1d: another process's shape: one layer instance sends, another receives, at most a window of messages in flight.
+@pytest.mark.benchmark(group="1b send+receive concurrent")
+@pytest.mark.parametrize("kind", ["normal", "process"])
+def test_send_receive_between_two_instances(
+    take_turns: TakeTurns,
+    run: Run,
+    layers: Layers,
+    build_layer: Callable[..., Any],
+    record: Record,
+    kind: str,
+) -> None:
+    senders = {side: build_layer(side) for side in layers}
+    channels = {
+        side: run(layer.new_channel()) if kind == "process" else f"{CHANNEL}{index}"
+        for index, (side, layer) in enumerate(layers.items())
+    }
+    streams = {side: Stream(layer, channels[side]) for side, layer in layers.items()}
+    turns = take_turns(
+        layers,
+        lambda side: run(windowed(streams[side], senders[side], WINDOWED_MESSAGES, WINDOW)),
+        rounds=THROUGHPUT_ROUNDS,
+        warmup=1,
+    )
+    turns.check(WINDOWED_MESSAGES)
+    if turns.timed:
+        row = {"normal": "1c normal", "process": "1d process"}[kind] + ", two instances, window of 50"
+        record(row, turns.rate(WINDOWED_MESSAGES))
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------
