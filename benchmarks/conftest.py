@@ -47,7 +47,17 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from checked_flows import GROUP, Fan, Stream, check_rooms, fan_out, join_rooms, round_trip, send_to_rooms
+from checked_flows import (
+    GROUP,
+    Fan,
+    Stream,
+    check_rooms,
+    fan_out,
+    join_rooms,
+    round_trip,
+    send_to_rooms,
+    windowed,
+)
 from servers.cluster import ValkeyCluster, start_cluster
 from servers.process import ValkeyProcess
 from servers.topologies import SentinelGroup, start_standalone
@@ -857,6 +867,34 @@ def sync_group_sends(
     yield measure
     for measured in used:
         measured[OURS].sync.close()
+
+
+@pytest.fixture
+def windowed_turns(
+    take_turns: Callable[..., Turns[Any]],
+    run: Callable[[Awaitable[Any]], Any],
+    layers: dict[str, Any],
+    build_layer: Callable[..., Any],
+    record: Callable[[str, Mapping[str, float]], None],
+) -> Callable[..., None]:
+    """``windowed_turns(channels, count=, window=, rounds=, row=)``: another process's shape, in turns. A second
+    layer instance of each side sends ``count`` messages to that side's channel in ``channels`` (ready to receive on
+    the test's layer), never more than ``window`` ahead of what arrived; messages per second recorded under ``row``."""
+
+    def measure(channels: Mapping[str, str], *, count: int, window: int, rounds: int, row: str) -> None:
+        senders = {side: build_layer(side) for side in layers}
+        streams = {side: Stream(layer, channels[side]) for side, layer in layers.items()}
+        turns = take_turns(
+            layers,
+            lambda side: run(windowed(streams[side], senders[side], count, window)),
+            rounds=rounds,
+            warmup=1,
+        )
+        turns.check(count)
+        if turns.timed:
+            record(row, turns.rate(count))
+
+    return measure
 
 
 @pytest.fixture

@@ -41,7 +41,6 @@ from checked_flows import (
     numbered,
     produce_and_consume,
     send_receive_pairs,
-    windowed,
 )
 from servers.process import ValkeyProcess
 
@@ -124,29 +123,14 @@ def test_send_receive_concurrent(flow_turns: FlowTurns, record: Record) -> None:
 @pytest.mark.benchmark(group="1b send+receive concurrent")
 @pytest.mark.parametrize("kind", ["normal", "process"])
 def test_send_receive_between_two_instances(
-    take_turns: TakeTurns,
-    run: Run,
-    layers: Layers,
-    build_layer: Callable[..., Any],
-    record: Record,
-    kind: str,
+    windowed_turns: Callable[..., None], run: Run, layers: Layers, kind: str
 ) -> None:
-    senders = {side: build_layer(side) for side in layers}
     channels = {
         side: run(layer.new_channel()) if kind == "process" else f"{CHANNEL}{index}"
         for index, (side, layer) in enumerate(layers.items())
     }
-    streams = {side: Stream(layer, channels[side]) for side, layer in layers.items()}
-    turns = take_turns(
-        layers,
-        lambda side: run(windowed(streams[side], senders[side], WINDOWED_MESSAGES, WINDOW)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
-    )
-    turns.check(WINDOWED_MESSAGES)
-    if turns.timed:
-        row = {"normal": "1c normal", "process": "1d process"}[kind] + ", two instances, window of 50"
-        record(row, turns.rate(WINDOWED_MESSAGES))
+    row = {"normal": "1c normal", "process": "1d process"}[kind] + ", two instances, window of 50"
+    windowed_turns(channels, count=WINDOWED_MESSAGES, window=WINDOW, rounds=THROUGHPUT_ROUNDS, row=row)
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------

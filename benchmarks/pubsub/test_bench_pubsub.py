@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from checked_flows import GROUP, Fan, Stream, fan_out, produce_and_consume, send_receive_pairs, windowed
+from checked_flows import GROUP, Fan, fan_out, produce_and_consume, send_receive_pairs
 from servers.process import ValkeyProcess
 
 #: The normal channel of the throughput tests; each side adds a digit of its own (open_channels).
@@ -191,26 +191,11 @@ WINDOWED_MESSAGES = 1000
 @pytest.mark.benchmark(group="1 send+receive concurrent")
 @pytest.mark.parametrize("kind", ["normal", "process"])
 def test_send_receive_between_two_instances(
-    take_turns: TakeTurns,
-    run: Run,
-    layers: Layers,
-    build_layer: Callable[..., Any],
-    record: Record,
-    kind: str,
+    windowed_turns: Callable[..., None], run: Run, layers: Layers, kind: str
 ) -> None:
-    senders = {side: build_layer(side) for side in layers}
+    row = {"normal": "1f normal", "process": "1g process"}[kind] + ", two instances, window of 50"
     channels = open_channels(run, layers, kind)
-    streams = {side: Stream(layer, channels[side]) for side, layer in layers.items()}
-    turns = take_turns(
-        layers,
-        lambda side: run(windowed(streams[side], senders[side], WINDOWED_MESSAGES, WINDOW)),
-        rounds=THROUGHPUT_ROUNDS,
-        warmup=1,
-    )
-    turns.check(WINDOWED_MESSAGES)
-    if turns.timed:
-        row = {"normal": "1f normal", "process": "1g process"}[kind] + ", two instances, window of 50"
-        record(row, turns.rate(WINDOWED_MESSAGES))
+    windowed_turns(channels, count=WINDOWED_MESSAGES, window=WINDOW, rounds=THROUGHPUT_ROUNDS, row=row)
 
 
 # 2. process-channel round trip ------------------------------------------------------------------------------------
