@@ -8,6 +8,7 @@ server only after checking it is alive, so a crashed server fails the next test 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -23,7 +24,13 @@ from servers.binaries import SERVERS, Release, ServerNotFound
 from servers.certificates import CertificateFiles, create_certificates
 from servers.cluster import TLSCluster, ValkeyCluster, start_cluster, start_tls_cluster
 from servers.fault_proxy import FaultProxy
-from servers.process import ValkeyProcess, install_shutdown_handlers, server_binary, server_release
+from servers.process import (
+    ValkeyProcess,
+    install_shutdown_handlers,
+    server_binary,
+    server_release,
+    wait_until,
+)
 from servers.tls_proxy import TLSProxy
 from servers.tls_sentinel import TLSSentinelGroup
 from servers.topologies import (
@@ -339,6 +346,23 @@ def eventually() -> Callable[..., Awaitable[None]]:
             await asyncio.sleep(0.01)
 
     return wait
+
+
+#: The name of the thread a connection manager follows its Sentinels on (follower.py).
+FOLLOWER_THREAD = "channels-valkey sentinel follower"
+
+
+@pytest.fixture
+def no_other_followers() -> None:
+    """No Sentinel follower thread runs when the test starts. Layers of earlier tests whose ``async_to_sync`` sends
+    went to their ``layer.sync`` loop keep its connections, and a follower for Sentinel hosts, until they are
+    collected (sync_layer.py): they are collected here, and their threads waited for."""
+    gc.collect()
+    wait_until(
+        lambda: FOLLOWER_THREAD not in {thread.name for thread in threading.enumerate()},
+        timeout=WAIT_TIMEOUT,
+        message="the Sentinel followers of earlier tests' layers to end",
+    )
 
 
 @pytest.fixture

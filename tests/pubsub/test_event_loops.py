@@ -28,9 +28,11 @@ from sync_patterns import (
 
 
 def _wait_for_no_clients(server: ValkeyProcess, layer: ValkeyPubSubChannelLayer) -> None:
-    """Nothing left open by the loops that came and went but the sockets parked for the next one (parking.py),
-    and nothing at all once ``close_pools()`` closed those too."""
-    assert server.connected_clients() == layer.stats()["shards"]["0"]["parked_connections"]
+    """Nothing left open by the loops that came and went but the sockets parked for the next one (parking.py) and
+    the connections of the layer's own loop, which their sends were handed to (call_loops.py); nothing at all once
+    ``close_pools()`` from a call's loop closed those too."""
+    shard = layer.stats()["shards"]["0"]
+    assert server.connected_clients() == shard["parked_connections"] + shard["open_connections"]
     async_to_sync(layer.close_pools)()
     wait_until(
         lambda: server.connected_clients() == 0 and not server.client().pubsub_channels(),

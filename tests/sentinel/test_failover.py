@@ -14,13 +14,13 @@ import valkey
 
 from channels_valkey.sentinel import ConnectionManager, decode_hosts
 
+from conftest import FOLLOWER_THREAD
 from servers.process import wait_until
 from servers.topologies import SentinelGroup
 
 pytestmark = pytest.mark.slow
 
 #: The thread on which the process follows each Sentinel service (follower.py).
-FOLLOWER_THREAD = "channels-valkey sentinel follower"
 
 
 @dataclass
@@ -177,6 +177,7 @@ async def test_graceful_failover_moves_pub_sub_connections_too(
         await manager.close()
 
 
+@pytest.mark.usefixtures("no_other_followers")
 def test_a_failover_moves_every_event_loops_writer_through_the_one_follower(
     private_sentinel_group: SentinelGroup, key_prefix: str
 ) -> None:

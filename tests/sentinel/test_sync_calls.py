@@ -1,9 +1,11 @@
-"""Sync callers: ``async_to_sync`` reusing connections across its short-lived loops (parking.py), and the layers'
-synchronous API ``layer.sync`` (sync_layer.py). Both layers, against real servers; connections are counted on the
-server (``total_connections_received``, ``connected_clients``)."""
+"""Sync callers: ``async_to_sync`` handing its sends to the layer's own loop (call_loops.py) and reusing connections
+across its short-lived loops for the rest (parking.py), and the layers' synchronous API ``layer.sync``
+(sync_layer.py). Both layers, against real servers; connections are counted on the server
+(``total_connections_received``, ``connected_clients``)."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import subprocess
@@ -20,8 +22,9 @@ from channels.exceptions import ChannelFull
 from channels_valkey.core import ValkeyChannelLayer
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer
 from channels_valkey.sentinel import PARK_LIMIT
+from channels_valkey.sentinel.call_loops import HAND_OFF_LIMIT
 
-from conftest import WAIT_TIMEOUT, skip_unless_sharded_pubsub
+from conftest import FOLLOWER_THREAD, WAIT_TIMEOUT, skip_unless_sharded_pubsub
 from servers.binaries import Release
 from servers.cluster import ValkeyCluster
 from servers.process import ValkeyProcess, wait_until
@@ -68,7 +71,19 @@ def _make(layers: list[Any], layer_class: type[Any], hosts: list[Any], prefix: s
     return layer
 
 
-# async_to_sync: connections parked between loops ---------------------------------------------------------------
+def _send_on_call_loop(layer: Any, channel: str, numbers: range) -> None:
+    """One ``async_to_sync`` call whose coroutine sends ``numbers`` to ``channel`` in turn: its loop hands the first
+    HAND_OFF_LIMIT sends to the layer's own loop (call_loops.py) and sends the rest itself, over a socket parked by an
+    earlier call's loop where there is one, parked again as the loop closes (parking.py)."""
+
+    async def send_all() -> None:
+        for n in numbers:
+            await layer.send(channel, {"type": "job", "n": n})
+
+    async_to_sync(send_all)()
+
+
+# async_to_sync: sends handed to the layer's loop, connections parked between loops -------------------------------
 
 
 @LAYERS
@@ -97,6 +112,100 @@ def test_async_to_sync_sends_reuse_connections(
     assert opened <= 0.05 * CALLS
     assert layer.sync.receive(channel, timeout=5) == {"type": "warm-up"}
     assert [layer.sync.receive(channel, timeout=5)["n"] for _ in range(CALLS)] == list(range(CALLS))
+
+
+@LAYERS
+def test_async_to_sync_sends_are_handed_to_the_layers_own_loop(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    """``send``, ``group_send``, ``send_many`` and ``group_send_many`` run by ``async_to_sync`` from a thread with no
+    loop go to the loop of ``layer.sync`` (call_loops.py): no call's loop opens or parks a connection."""
+    layer = _make(layers, layer_class, [valkey_server.url()], key_prefix, capacity=1000)
+    channel = f"{key_prefix}jobs"
+    member = layer.sync.new_channel()
+    layer.sync.group_add("room", member)
+    opened_since = NewConnections(valkey_server)
+    for n in range(0, 4 * CALLS, 4):
+        async_to_sync(layer.send)(channel, {"type": "job", "n": n})
+        async_to_sync(layer.group_send)("room", {"type": "room", "n": n})
+        pairs = [(channel, {"type": "job", "n": n + 1}), (channel, {"type": "job", "n": n + 2})]
+        sent = async_to_sync(layer.send_many)(pairs)
+        assert sent.full == ()
+        rooms = async_to_sync(layer.group_send_many)([("room", {"type": "room", "n": n + 3})])
+        assert rooms.over_capacity == {}
+    assert opened_since() <= 1  # the layer's loop's command lane, where its own calls had not needed it yet
+    shard = layer.stats()["shards"]["0"]
+    assert shard["parked_connections"] == 0
+    jobs = [layer.sync.receive(channel, timeout=5)["n"] for _ in range(3 * CALLS)]
+    assert jobs == [n for n in range(4 * CALLS) if n % 4 != 3]
+    in_room = [layer.sync.receive(member, timeout=5)["n"] for _ in range(2 * CALLS)]
+    assert in_room == [n for n in range(4 * CALLS) if n % 4 in (0, 3)]
+
+
+@LAYERS
+def test_a_call_loop_that_keeps_sending_sends_for_itself_after_the_first_sends(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    """A loop ``async_to_sync`` made that runs a whole program hands off its first HAND_OFF_LIMIT sends, then
+    sends itself (its connection parked as it closes); the messages arrive in the order sent."""
+    layer = _make(layers, layer_class, [valkey_server.url()], key_prefix, capacity=1000)
+    channel = f"{key_prefix}jobs"
+    _send_on_call_loop(layer, channel, range(3 * HAND_OFF_LIMIT))
+    shard = layer.stats()["shards"]["0"]
+    assert shard["open_connections"] == 1  # the layer's loop's, which took the first sends
+    assert shard["parked_connections"] == 1  # the call's loop's, which sent the rest
+    received = [layer.sync.receive(channel, timeout=5)["n"] for _ in range(3 * HAND_OFF_LIMIT)]
+    assert received == list(range(3 * HAND_OFF_LIMIT))
+
+
+@LAYERS
+def test_a_handed_off_send_raises_in_the_caller_and_runs_an_override_once(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    calls: list[str] = []
+
+    class Recording(layer_class):  # type: ignore[misc, valid-type]
+        async def send(self, channel: str, message: dict[str, Any]) -> None:
+            calls.append(channel)
+            await super().send(channel, message)
+
+    layer = Recording(hosts=[valkey_server.url()], prefix=key_prefix, capacity=1)
+    layers.append(layer)
+    send = async_to_sync(layer.send)
+    send(f"{key_prefix}jobs", {"type": "job", "n": 1})
+    with pytest.raises(ChannelFull):
+        send(f"{key_prefix}jobs", {"type": "job", "n": 2})
+    with pytest.raises(TypeError, match="12345"):
+        send(12345, {"type": "job", "n": 3})
+    assert calls == [f"{key_prefix}jobs", f"{key_prefix}jobs", 12345]
+    assert layer.stats()["shards"]["0"]["parked_connections"] == 0
+    assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "job", "n": 1}
+
+
+@LAYERS
+def test_a_layer_dropped_without_close_takes_its_sync_thread_and_connections_along(
+    layer_class: type[Any], server_factory: Callable[..., ValkeyProcess], key_prefix: str
+) -> None:
+    """Code that makes a layer per task and never closes it: the thread and connections its ``async_to_sync`` sends
+    started end when the layer is collected."""
+    server = server_factory()
+    layer = layer_class(hosts=[server.url()], prefix=key_prefix)
+    async_to_sync(layer.send)(f"{key_prefix}jobs", {"type": "job"})
+    thread_name = layer.sync.thread_name
+    assert thread_name in {thread.name for thread in threading.enumerate()}
+    assert server.connected_clients() >= 1
+    del layer
+    gc.collect()
+    wait_until(
+        lambda: (
+            thread_name not in {thread.name for thread in threading.enumerate()}
+            and server.connected_clients() == 0
+        ),
+        timeout=WAIT_TIMEOUT,
+        message=lambda: (
+            f"the dropped layer's thread and connections to end ({server.connected_clients()} open)"
+        ),
+    )
 
 
 def test_async_to_sync_receives_reuse_connections(
@@ -170,16 +279,22 @@ def test_async_to_sync_on_sentinel_hosts_asks_the_sentinels_once_and_reuses_conn
 def test_async_to_sync_on_tls_sentinel_hosts_parks_nothing(
     private_tls_sentinel_group: TLSSentinelGroup, key_prefix: str, layers: list[Any]
 ) -> None:
-    """TLS keeps its state in the loop's transport: each call connects to the primary, and closes what it opened."""
+    """TLS keeps its state in the loop's transport: a call's loop that sends for itself connects to the primary
+    and closes what it opened. Sends handed to the layer's loop share its one connection."""
     group = private_tls_sentinel_group
     layer = _make(layers, ValkeyChannelLayer, [group.host_entry()], key_prefix)
     send = async_to_sync(layer.send)
     for n in range(10):
         send(f"{key_prefix}jobs", {"type": "job", "n": n})
+    assert layer.stats()["shards"]["0"]["open_connections"] == 1  # the layer's loop's
+    _send_on_call_loop(layer, f"{key_prefix}jobs", range(10, 10 + HAND_OFF_LIMIT + 4))
     assert layer.stats()["shards"]["0"]["parked_connections"] == 0
-    assert layer.stats()["shards"]["0"]["open_connections"] == 0
+    assert layer.stats()["shards"]["0"]["open_connections"] == 1
     group.check_transport(group.current_primary())
-    assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(10)] == list(range(10))
+    received = [
+        layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(10 + HAND_OFF_LIMIT + 4)
+    ]
+    assert received == list(range(10 + HAND_OFF_LIMIT + 4))
 
 
 def _readonly_refusals(server: ValkeyProcess) -> int:
@@ -193,9 +308,9 @@ def test_async_to_sync_calls_follow_a_failover_and_drop_the_old_primarys_sockets
     group = private_sentinel_group
     layer = _make(layers, layer_class, [group.host_entry()], key_prefix)
     channel = f"{key_prefix}jobs"
-    send = async_to_sync(layer.send)
-    for n in range(20):
-        send(channel, {"type": "job", "n": n})
+    _send_on_call_loop(
+        layer, channel, range(20)
+    )  # the last 4 on the call's loop, whose socket is then parked
     assert layer.stats()["shards"]["0"]["parked_connections"] >= 1
     old = group.current_primary()
     group.failover()
@@ -206,9 +321,9 @@ def test_async_to_sync_calls_follow_a_failover_and_drop_the_old_primarys_sockets
         message="the follower to hear of the switch",
     )
     refused_before = _readonly_refusals(old)
-    for n in range(20, 40):
-        send(channel, {"type": "job", "n": n})
-    # No call wrote to the demoted primary over a socket parked before the switch: each went to the new one.
+    _send_on_call_loop(layer, channel, range(20, 40))
+    # Neither the layer's loop nor the call's wrote to the demoted primary (over a socket parked before the
+    # switch): each send went to the new one.
     assert _readonly_refusals(old) == refused_before
     with new.client() as client:
         assert client.zcard(layer.queue_key(channel)) == 40
@@ -221,17 +336,21 @@ def test_tls_connections_are_not_parked_and_not_leaked(
     hosts = [{"address": tls_valkey.url(), "ssl_ca_certs": str(tls_valkey.ca_file)}]
     layer = _make(layers, ValkeyChannelLayer, hosts, key_prefix)
     baseline = valkey_server.connected_clients()
-    send = async_to_sync(layer.send)
-    for n in range(20):
-        send(f"{key_prefix}jobs", {"type": "job", "n": n})
-    assert layer.stats()["shards"]["0"]["open_connections"] == 0
-    # Each loop closed its TLS connection; the server counts it gone once the proxy has passed the close on.
+    sent = HAND_OFF_LIMIT + 4
+    for call in range(5):
+        _send_on_call_loop(layer, f"{key_prefix}jobs", range(call * sent, (call + 1) * sent))
+    assert layer.stats()["shards"]["0"]["parked_connections"] == 0
+    assert (
+        layer.stats()["shards"]["0"]["open_connections"] == 1
+    )  # the layer's loop's, which the sends were handed
+    # Each call's loop closed its TLS connection; the server counts it gone once the proxy has passed the close on.
     wait_until(
-        lambda: valkey_server.connected_clients() <= baseline,
+        lambda: valkey_server.connected_clients() <= baseline + 1,
         timeout=WAIT_TIMEOUT,
-        message="the server to see every TLS connection closed",
+        message="the server to see every TLS connection of a call's loop closed",
     )
-    assert [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(20)] == list(range(20))
+    received = [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(5 * sent)]
+    assert received == list(range(5 * sent))
 
 
 def test_a_parked_socket_the_server_closed_is_replaced(
@@ -239,17 +358,19 @@ def test_a_parked_socket_the_server_closed_is_replaced(
 ) -> None:
     server = server_factory()
     layer = _make(layers, ValkeyChannelLayer, [server.url()], key_prefix)
-    send = async_to_sync(layer.send)
-    send(f"{key_prefix}jobs", {"type": "before"})
+    sent = HAND_OFF_LIMIT + 2
+    _send_on_call_loop(layer, f"{key_prefix}jobs", range(sent))
+    assert layer.stats()["shards"]["0"]["parked_connections"] == 1
     with server.client() as admin:
-        admin.client_kill_filter(_type="normal", skipme=True)  # the parked connection's server side ends
-    send(f"{key_prefix}jobs", {"type": "after"})
-    assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "before"}
-    assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "after"}
+        # The server side of every connection ends: the parked one's and the layer's loop's.
+        admin.client_kill_filter(_type="normal", skipme=True)
+    _send_on_call_loop(layer, f"{key_prefix}jobs", range(sent, 2 * sent))
+    received = [layer.sync.receive(f"{key_prefix}jobs", timeout=5)["n"] for _ in range(2 * sent)]
+    assert received == list(range(2 * sent))
 
 
 def _send_in_child(layer: Any, channel: str) -> None:
-    async_to_sync(layer.send)(channel, {"type": "from-child"})
+    _send_on_call_loop(layer, channel, range(100, 100 + HAND_OFF_LIMIT + 2))
 
 
 @pytest.mark.parametrize("topology", ["tcp", "sentinel"])
@@ -264,21 +385,23 @@ def test_a_forked_child_never_uses_its_parents_parked_sockets(
         hosts = [request.getfixturevalue("valkey_url")]
     layer = _make(layers, ValkeyChannelLayer, hosts, key_prefix)
     channel = f"{key_prefix}jobs"
-    send = async_to_sync(layer.send)
-    send(channel, {"type": "parent-1"})  # leaves a parked socket, copied into the child by fork
+    sent = HAND_OFF_LIMIT + 2
+    # Leaves a parked socket, and the layer's loop's connection, both copied into the child by fork.
+    _send_on_call_loop(layer, channel, range(sent))
+    assert layer.stats()["shards"]["0"]["parked_connections"] == 1
     child = multiprocessing.get_context("fork").Process(target=_send_in_child, args=(layer, channel))
     child.start()
     child.join(timeout=30)
     assert child.exitcode == 0
-    send(channel, {"type": "parent-2"})  # on the parent's parked socket, which the child left alone
-    received = [layer.sync.receive(channel, timeout=5)["type"] for _ in range(3)]
-    assert sorted(received) == ["from-child", "parent-1", "parent-2"]
-    assert received.index("parent-1") < received.index("parent-2")
+    # On the parent's parked socket and its loop's connection, which the child left alone.
+    _send_on_call_loop(layer, channel, range(sent, 2 * sent))
+    received = [layer.sync.receive(channel, timeout=5)["n"] for _ in range(3 * sent)]
+    assert sorted(received) == sorted([*range(2 * sent), *range(100, 100 + sent)])
+    from_parent = [n for n in received if n < 100]
+    assert from_parent == list(range(2 * sent))
 
 
-FOLLOWER_THREAD = "channels-valkey sentinel follower"
-
-
+@pytest.mark.usefixtures("no_other_followers")
 def test_one_sentinel_follower_thread_serves_every_loop_and_stops_with_the_last_close(
     sentinel_group: SentinelGroup, key_prefix: str, layers: list[Any]
 ) -> None:
@@ -365,7 +488,7 @@ async def test_the_sync_api_refuses_to_block_a_running_loop(
         layer.sync.send(f"{key_prefix}jobs", {"type": "x"})
     with valkey_server.client() as client:
         assert client.keys(f"{key_prefix}*") == []  # refused before it ran
-    assert not any(thread.name.startswith("channels-valkey sync") for thread in threading.enumerate())
+    assert layer.sync.thread_name not in {thread.name for thread in threading.enumerate()}
 
 
 @LAYERS
@@ -474,10 +597,9 @@ def test_sync_close_stops_the_loop_and_the_next_call_starts_it_again(
 ) -> None:
     layer = _make(layers, ValkeyChannelLayer, [valkey_server.url()], key_prefix)
     layer.sync.send(f"{key_prefix}jobs", {"type": "1"})
-    names = {thread.name for thread in threading.enumerate()}
-    assert any(name.startswith("channels-valkey sync calls") for name in names)
+    assert layer.sync.thread_name in {thread.name for thread in threading.enumerate()}
     layer.sync.close()
-    assert not any(thread.name.startswith("channels-valkey sync calls") for thread in threading.enumerate())
+    assert layer.sync.thread_name not in {thread.name for thread in threading.enumerate()}
     assert layer.sync.receive(f"{key_prefix}jobs", timeout=5) == {"type": "1"}
 
 
@@ -537,5 +659,5 @@ def test_async_to_sync_from_a_thread_pool_reuses_connections(
 def test_sync_loop_thread_is_a_daemon(valkey_url: str, key_prefix: str, layers: list[Any]) -> None:
     layer = _make(layers, ValkeyChannelLayer, [valkey_url], key_prefix)
     layer.sync.send(f"{key_prefix}jobs", {"type": "x"})
-    [thread] = [thread for thread in threading.enumerate() if thread.name.startswith("channels-valkey sync")]
+    [thread] = [thread for thread in threading.enumerate() if thread.name == layer.sync.thread_name]
     assert thread.daemon  # a process exits without closing the layer

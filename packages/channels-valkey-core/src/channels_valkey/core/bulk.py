@@ -33,7 +33,7 @@ from channels_valkey.sentinel import (
 
 if TYPE_CHECKING:
     from channels_valkey.core.rotation import SendRotation
-    from channels_valkey.sentinel import ConnectionManager, DropCounters, MessageCounts
+    from channels_valkey.sentinel import ConnectionManager, DropCounters, MessageCounts, SyncLayer
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -71,6 +71,7 @@ class BulkSends:
 
         def get_capacity(self, channel: str) -> int: ...
         def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
+        def _hand_off_to(self) -> SyncLayer | None: ...
         def queue_key(self, channel: str) -> str: ...
         def group_key(self, group: str) -> str: ...
         async def shard_ring(self) -> ShardRing: ...
@@ -84,6 +85,8 @@ class BulkSends:
         on one shard per call). A connection lost after the messages were written raises ``ReplyLost``: they are
         never sent twice.
         """
+        if (sync := self._hand_off_to()) is not None:
+            return await sync.hand_off(BulkSends.send_many(self, pairs))
         checked = checked_pairs(pairs, check_channel, "send_many")
         ring = await self.shard_ring()
         batches: dict[_Place, list[_Queued]] = defaultdict(list)
@@ -123,6 +126,8 @@ class BulkSends:
         misses the message, counted and logged as ``group_send`` does, and is listed by group in the result's
         ``over_capacity``.
         """
+        if (sync := self._hand_off_to()) is not None:
+            return await sync.hand_off(BulkSends.group_send_many(self, pairs))
         checked = checked_pairs(pairs, check_group, "group_send_many")
         # Encoded before the members are read: a message over max_message_bytes raises before anything is written.
         plain = [self._payload(message, "group", group) for group, message in checked]

@@ -220,6 +220,9 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` to ``channel``; raise ChannelFull when its queue is at capacity."""
+        if (sync := self._hand_off_to()) is not None:
+            await sync.hand_off(ValkeyChannelLayer.send(self, channel, message))
+            return
         check_channel(channel)
         check_message(message)
         process = is_process_channel(channel)
@@ -343,6 +346,9 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every channel of ``group``; full queues drop it (counted and logged)."""
+        if (sync := self._hand_off_to()) is not None:
+            await sync.hand_off(ValkeyChannelLayer.group_send(self, group, message))
+            return
         check_group(group)
         check_message(message)
         # Encoded before the members are read: a message over max_message_bytes raises before anything is written.
@@ -424,7 +430,9 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         return await check_health(self._connections, timeout=timeout)
 
     async def close_pools(self) -> None:
-        """Close this event loop's readers and connections (they reopen on next use)."""
+        """Close this event loop's readers and connections (they reopen on next use); from a loop ``async_to_sync``
+        made for one call, those its sends were handed to as well."""
+        await self._close_handed_off()
         await self._close_receiver()
         await self._connections.close()
 

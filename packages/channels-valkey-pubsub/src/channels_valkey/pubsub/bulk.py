@@ -35,7 +35,7 @@ from channels_valkey.sentinel import (
 
 if TYPE_CHECKING:
     from channels_valkey.pubsub.worker_queues import WorkerQueues
-    from channels_valkey.sentinel import ConnectionManager, MessageCounts
+    from channels_valkey.sentinel import ConnectionManager, MessageCounts, SyncLayer
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
@@ -64,6 +64,7 @@ class BulkSends:
 
         def get_capacity(self, channel: str) -> int: ...
         def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
+        def _hand_off_to(self) -> SyncLayer | None: ...
         def _payloads(self, pairs: Sequence[tuple[str, dict[str, Any]]], kind: str) -> list[bytes]: ...
         def _kind(self, channel: str) -> str: ...
         def _is_worker(self, channel: str, kind: str | None = None) -> bool: ...
@@ -77,6 +78,8 @@ class BulkSends:
         pairs come back in the result's ``full``. A channel's messages go out in the order given. A connection
         lost after the messages were written raises ``ReplyLost``: they are never sent twice.
         """
+        if (sync := self._hand_off_to()) is not None:
+            return await sync.hand_off(BulkSends.send_many(self, pairs))
         checked = checked_pairs(pairs, check_channel, "send_many")
         ring = await self._connections.ring()
         queued: dict[tuple[int, int], list[_Message]] = defaultdict(list)
@@ -111,6 +114,8 @@ class BulkSends:
         Every pair is checked first, as in :meth:`send_many`. Groups travel on Pub/Sub, so no member is ever
         over capacity here: the result's ``over_capacity`` is always empty.
         """
+        if (sync := self._hand_off_to()) is not None:
+            return await sync.hand_off(BulkSends.group_send_many(self, pairs))
         checked = checked_pairs(pairs, check_group, "group_send_many")
         payloads = self._payloads(checked, "group")
         ring = await self._connections.ring()

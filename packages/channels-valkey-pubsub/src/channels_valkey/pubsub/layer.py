@@ -204,6 +204,9 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
 
         Raises ChannelFull when a worker channel's queue holds ``capacity`` messages.
         """
+        if (sync := self._hand_off_to()) is not None:
+            await sync.hand_off(ValkeyPubSubChannelLayer.send(self, channel, message))
+            return
         check_channel(channel)
         check_message(message)
         payload = self._payload(message, "channel", channel)
@@ -355,6 +358,9 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Publish ``message`` to every process subscribed to ``group``."""
+        if (sync := self._hand_off_to()) is not None:
+            await sync.hand_off(ValkeyPubSubChannelLayer.group_send(self, group, message))
+            return
         check_group(group)
         check_message(message)
         name = group_channel(self.prefix, group)
@@ -397,7 +403,9 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
         return await check_health(self._connections, timeout=timeout)
 
     async def close_pools(self) -> None:
-        """Close this event loop's subscriptions, readers and connections (they reopen on next use)."""
+        """Close this event loop's subscriptions, readers and connections (they reopen on next use); from a loop
+        ``async_to_sync`` made for one call, those its sends were handed to as well."""
+        await self._close_handed_off()
         await _close_loop_state(self)
         await self._connections.close()
 

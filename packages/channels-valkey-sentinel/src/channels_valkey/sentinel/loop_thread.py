@@ -86,10 +86,35 @@ class LoopThread:
                 asyncio.run_coroutine_threadsafe(last, loop).result()
         finally:
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_wind_down(), loop).result(timeout=WIND_DOWN_TIMEOUT)
+                asyncio.run_coroutine_threadsafe(_wind_down(WIND_DOWN_TIMEOUT), loop).result()
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
             loop.close()
+
+    def stop_soon(self, last: Coroutine[Any, Any, object] | None = None) -> None:
+        """:meth:`stop` without waiting for it, for a finalizer, which may run on any thread (an event loop's too):
+        ``last`` runs on the loop, the tasks left are wound down, and the thread closes its loop as it ends."""
+        with self._lock:
+            loop = self._loop if self._pid == os.getpid() else None
+            self._loop = self._thread = None
+        if loop is None:
+            if last is not None:
+                last.close()
+            return
+
+        async def end() -> None:
+            try:
+                if last is not None:
+                    await last
+            finally:
+                await _wind_down(WIND_DOWN_TIMEOUT)
+                loop.stop()
+
+        try:
+            asyncio.run_coroutine_threadsafe(end(), loop)
+        except RuntimeError:  # closed meanwhile by stop()
+            if last is not None:
+                last.close()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -104,15 +129,16 @@ class LoopThread:
             return self._loop
 
 
-async def _wind_down() -> None:
-    """What ``asyncio.run`` does before it closes a loop: the tasks left are cancelled and awaited, so that what they
-    hold is closed, and the transports closed meanwhile get a loop step to finish closing."""
+async def _wind_down(timeout: float | None = None) -> None:
+    """What ``asyncio.run`` does before it closes a loop: the tasks left (but the caller's) are cancelled and awaited
+    for at most ``timeout`` seconds, so that what they hold is closed, and the transports closed meanwhile get a loop
+    step to finish closing."""
     current = asyncio.current_task()
     left = [task for task in asyncio.all_tasks() if task is not current]
     for task in left:
         task.cancel()
     if left:
-        await asyncio.gather(*left, return_exceptions=True)
+        await asyncio.wait(left, timeout=timeout)
     await asyncio.sleep(0)
 
 
@@ -120,3 +146,6 @@ def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
     asyncio.set_event_loop(loop)
     loop.call_soon(ready.set)
     loop.run_forever()
+    # Stopped: by stop(), which closes the loop after joining this thread (closing twice does nothing), or by
+    # stop_soon(), which waits for nothing.
+    loop.close()
