@@ -86,7 +86,9 @@ class LoopThread:
                 asyncio.run_coroutine_threadsafe(last, loop).result()
         finally:
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(_wind_down(WIND_DOWN_TIMEOUT), loop).result()
+                asyncio.run_coroutine_threadsafe(_wind_down(WIND_DOWN_TIMEOUT), loop).result(
+                    WIND_DOWN_TIMEOUT + 1
+                )
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
             loop.close()
