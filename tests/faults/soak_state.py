@@ -11,6 +11,7 @@ never silently.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import tracemalloc
@@ -99,6 +100,26 @@ TRANSIENT = (
 )
 
 
+#: Longest wait at a rest for the threads of collected ``async_to_sync`` calls to end.
+CALL_THREADS_TIMEOUT = 5.0
+
+
+async def threads_at_rest() -> list[str]:
+    """The names of the threads running at a rest, the traffic paused.
+
+    An ``async_to_sync`` call that raised (a ``ReplyLost`` at a cut, say) leaves its thread's executor in a reference
+    cycle: the call's future holds the error, whose traceback holds the frame that holds the future. The thread ends
+    when the collector frees the executor, so the garbage is collected first and those threads (asgiref names them
+    ``ThreadPoolExecutor-N_0``; no call runs at a rest) are given time to end; one that does not stays in the list.
+    """
+    gc.collect()
+    await settles(
+        lambda: not any(thread.name.startswith("ThreadPoolExecutor-") for thread in threading.enumerate()),
+        CALL_THREADS_TIMEOUT,
+    )
+    return sorted(thread.name for thread in threading.enumerate())
+
+
 def long_lived(threads: list[str]) -> list[str]:
     """Threads but those of the loop's default executor (``asyncio.to_thread``), a pool that may add a worker
     whenever a call comes as the last one ends, up to its fixed maximum."""
@@ -170,6 +191,6 @@ async def come_to_rest(
         keys_when_stopped,
         {each.name: tables(each.layer) for each in traffic},
         len(asyncio.all_tasks()),
-        sorted(thread.name for thread in threading.enumerate()),
+        await threads_at_rest(),
         snapshot_at_rest() if tracemalloc.is_tracing() else None,
     )
