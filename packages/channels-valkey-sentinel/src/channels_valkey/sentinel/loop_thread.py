@@ -69,17 +69,13 @@ class LoopThread:
 
     def stop(self, last: Coroutine[Any, Any, object] | None = None) -> None:
         """Run ``last`` on the loop (closing what lives there), then stop the thread and close the loop."""
-        with self._lock:
-            loop, thread = (self._loop, self._thread) if self._pid == os.getpid() else (None, None)
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            if last is not None:
-                last.close()
+        taken = self._take(last)
+        if taken is None:
             return
+        loop, thread = taken
         if thread is threading.current_thread():
-            # Called on the loop itself (a finalizer the garbage collector ran there): waiting would never end.
-            ending = loop.create_task(last if last is not None else asyncio.sleep(0))
-            ending.add_done_callback(lambda _: loop.stop())
+            # Called from a coroutine on the loop itself: waiting would never end.
+            _end_soon(loop, last)
             return
         try:
             if last is not None:
@@ -96,27 +92,23 @@ class LoopThread:
     def stop_soon(self, last: Coroutine[Any, Any, object] | None = None) -> None:
         """:meth:`stop` without waiting for it, for a finalizer, which may run on any thread (an event loop's too):
         ``last`` runs on the loop, the tasks left are wound down, and the thread closes its loop as it ends."""
+        taken = self._take(last)
+        if taken is not None:
+            _end_soon(taken[0], last)
+
+    def _take(
+        self, last: Coroutine[Any, Any, object] | None
+    ) -> tuple[asyncio.AbstractEventLoop, threading.Thread] | None:
+        """The loop and its thread, forgotten here so that the next call starts new ones; None, with ``last``
+        closed unrun, when none runs in this process."""
         with self._lock:
-            loop = self._loop if self._pid == os.getpid() else None
+            loop, thread = (self._loop, self._thread) if self._pid == os.getpid() else (None, None)
             self._loop = self._thread = None
-        if loop is None:
+        if loop is None or thread is None:
             if last is not None:
                 last.close()
-            return
-
-        async def end() -> None:
-            try:
-                if last is not None:
-                    await last
-            finally:
-                await _wind_down(WIND_DOWN_TIMEOUT)
-                loop.stop()
-
-        try:
-            asyncio.run_coroutine_threadsafe(end(), loop)
-        except RuntimeError:  # closed meanwhile by stop()
-            if last is not None:
-                last.close()
+            return None
+        return loop, thread
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -129,6 +121,26 @@ class LoopThread:
                 ready.wait()
                 self._loop, self._thread, self._pid = loop, thread, os.getpid()
             return self._loop
+
+
+def _end_soon(loop: asyncio.AbstractEventLoop, last: Coroutine[Any, Any, object] | None) -> None:
+    """Run ``last`` on ``loop``, wind the loop down and stop it, without waiting; its thread closes it then."""
+
+    async def end() -> None:
+        try:
+            if last is not None:
+                await last
+        finally:
+            await _wind_down(WIND_DOWN_TIMEOUT)
+            loop.stop()
+
+    ending = end()
+    try:
+        asyncio.run_coroutine_threadsafe(ending, loop)
+    except RuntimeError:  # closed meanwhile by stop()
+        ending.close()
+        if last is not None:
+            last.close()
 
 
 async def _wind_down(timeout: float | None = None) -> None:
