@@ -47,24 +47,29 @@ return dropped
 """
 
 # send_many and group_send_many: entry i is KEYS[i] with its score, capacity and member in ARGV[3i .. 3i + 2]; a
-# key may come several times (its messages in order). One reply per entry: 1 queued, 0 the queue was full.
+# key may come several times (its messages in order). One reply per entry: 1 queued, 0 the queue was full. Each
+# queue is trimmed and counted once, and given its expiry once if anything was added: the count is kept here (ZADD
+# answers how many members it added: none for bytes already queued, as with a random prefix of 0).
 _SEND_MANY = """
 local now, expiry = tonumber(ARGV[1]), ARGV[2]
-local trimmed, added = {}, {}
+local counts, grown, added = {}, {}, {}
 for i = 1, #KEYS do
     local queue, at = KEYS[i], 3 * i
-    if not trimmed[queue] then
+    local count = counts[queue]
+    if not count then
         redis.call('ZREMRANGEBYSCORE', queue, 0, now - expiry)
-        trimmed[queue] = true
+        count = redis.call('ZCOUNT', queue, '-inf', '+inf')
     end
-    if redis.call('ZCOUNT', queue, '-inf', '+inf') < tonumber(ARGV[at + 1]) then
-        redis.call('ZADD', queue, ARGV[at], ARGV[at + 2])
-        redis.call('EXPIRE', queue, expiry)
+    if count < tonumber(ARGV[at + 1]) then
+        count = count + redis.call('ZADD', queue, ARGV[at], ARGV[at + 2])
+        grown[queue] = true
         added[i] = 1
     else
         added[i] = 0
     end
+    counts[queue] = count
 end
+for queue in pairs(grown) do redis.call('EXPIRE', queue, expiry) end
 return added
 """
 
