@@ -4,9 +4,10 @@ Settings, keys and bytes on the server are those of channels-valkey 0.3 and chan
 by side on one server: a channel's queue is ``{prefix}{channel}``, every ``name!suffix`` process channel of a process
 shares the queue ``{prefix}name!``, and a group is ``{prefix}:group:{group}`` (see ``queue_key`` and ``group_key``).
 What differs is how the work is done: ``send`` is one script call, receiving goes through readers that cannot lose
-a message to a cancelled receive (receiver.py), ``group_send`` makes one call per shard touched, shards in
-parallel, ``send_many`` / ``group_send_many`` send many messages in a few calls per shard (bulk.py), and ``flush``
-never uses ``KEYS`` when ``SCAN`` is allowed.
+a message to a cancelled receive (receiver.py), ``group_send`` is one script call when the group's members are
+those it read last, else one more per shard touched, shards in parallel (groups.py), ``send_many`` /
+``group_send_many`` send many messages in a few calls per shard (bulk.py), and ``flush`` never uses ``KEYS`` when
+``SCAN`` is allowed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 import weakref
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from valkey import exceptions as valkey_errors
 from channels_valkey.core import scripts
 from channels_valkey.core.bulk import BulkSends
 from channels_valkey.core.exceptions import ForeignChannelError
+from channels_valkey.core.groups import GroupMethods, MemberGuesses
 from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.core.rotation import SendRotation, refused_before_running
@@ -46,31 +46,24 @@ from channels_valkey.sentinel import (
     ShardRing,
     SyncLayerAccess,
     check_channel,
-    check_group,
     check_health,
     check_message,
     delete_prefixed,
-    every_result,
     is_process_channel,
     layer_stats,
     non_local_name,
     observe,
     raise_if_reply_lost,
-    slot_of,
 )
 from channels_valkey.serializers import registry
 
 logger = logging.getLogger("channels_valkey.core")
 
-#: One queue of a group_send: its key, the message as stored there, and the queue's capacity.
-_Target = tuple[str, bytes, int]
-
-
 #: Why a prefix on a Valkey Cluster may hold no brace (for the error saying so).
 _BRACES = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
 
 
-class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyChannelLayer(GroupMethods, BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
 
     Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts
@@ -134,6 +127,8 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         self._rotation = SendRotation(self.policy.backoff_cap)
         #: Queue scores: the send time, never at or below one given before (bulk sends give consecutive ones).
         self._clock = ScoreClock()
+        #: The members last read of recent groups, sent with a group_send for the server to check (groups.py).
+        self._guesses = MemberGuesses()
         #: What the queue readers need of this layer.
         self._queue_source = QueueSource(
             self._connections,
@@ -188,9 +183,6 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         """The ring placing names on shards; the first call asks the Sentinels of a ``services: []`` entry for
         their primaries (one shard each), which :meth:`consistent_hash` cannot wait for."""
         return await self._connections.ring()
-
-    async def _shard_of_group(self, group: str) -> int:
-        return (await self.shard_ring()).index(group)
 
     @staticmethod
     def _shard_of_channel(ring: ShardRing, channel: str) -> int:
@@ -311,99 +303,13 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
                 receiver = self._receivers[loop] = LoopReceiver(self._queue_source, self._inbox)
         return receiver
 
-    # Groups ------------------------------------------------------------------------------------------------------
-
-    async def group_add(self, group: str, channel: str) -> None:
-        check_group(group)
-        check_channel(channel)
-        args = [repr(time.time()), channel, int(self.group_expiry)]
-        await scripts.GROUP_ADD_SCRIPT.run(
-            self._connections,
-            await self._shard_of_group(group),
-            [self.group_key(group)],
-            args,
-            idempotent=True,
-        )
-
-    async def group_discard(self, group: str, channel: str) -> None:
-        check_group(group)
-        check_channel(channel)
-        await self._connections.execute_command(
-            await self._shard_of_group(group), "ZREM", self.group_key(group), channel, idempotent=True
-        )
-
-    async def group_channels(self, group: str) -> list[str]:
-        """The channels in ``group`` now (members older than ``group_expiry`` are removed first)."""
-        check_group(group)
-        shard, key = await self._shard_of_group(group), self.group_key(group)
-        cutoff = repr(time.time() - self.group_expiry)
-        members = await scripts.GROUP_MEMBERS_SCRIPT.run(
-            self._connections, shard, [key], [cutoff, scripts.MEMBERS_IN_SCRIPT], idempotent=True
-        )
-        if members is None:  # a large group: read without a script's reply, which costs the server far more
-            members = await self._connections.execute_command(shard, "ZRANGE", key, 0, -1, idempotent=True)
-        return [member.decode() for member in members]
-
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Send ``message`` to every channel of ``group``; full queues drop it (counted and logged)."""
-        if (sync := self._hand_off_to()) is not None:
-            await sync.hand_off(ValkeyChannelLayer.group_send(self, group, message))
-            return
-        check_group(group)
-        check_message(message)
-        # Encoded before the members are read: a message over max_message_bytes raises before anything is written.
-        # Normal channels' queues all store these bytes (distinct queues need no distinct random prefixes).
-        plain = self._payload(message, "group", group)
-        channels = await self.group_channels(group)
-        ring = await self.shard_ring()
-        # One queue key per destination; process channels of one process share theirs and one message names them all.
-        by_key: dict[str, list[str]] = defaultdict(list)
-        for channel in channels:
-            by_key[self.queue_key(channel)].append(channel)
-        # One script call per shard, or per slot on a cluster (a script's keys must share a slot there), and
-        # per MAX_KEYS_PER_CALL keys; all at once: calls to one server pipeline on its lane.
-        batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
-        for key, names in by_key.items():
-            first = names[0]
-            member = plain
-            if is_process_channel(first):
-                member = self._payload({**message, "__asgi_channel__": names}, "group", group)
-            place = (self._shard_of_channel(ring, first), slot_of(key) if self.cluster else 0)
-            batches[place].append((key, member, self.get_capacity(first)))
-        now = repr(time.time())
-        calls = [
-            self._group_send_batch(shard, now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
-            for (shard, _), targets in batches.items()
-            for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
-        ]
-        try:
-            # One call (a group on one server) is awaited as it is: gather would add a task for nothing.
-            dropped = await calls[0] if len(calls) == 1 else sum(await every_result(calls))
-        except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
-            raise_if_reply_lost(error, f"group_send to {group!r}")
-            raise
-        self._counts.sent["group"] += 1
-        self._counts.fanout.record(len(channels))
-        if dropped:
-            self.counters.group_over_capacity += dropped
-            # Worded as channels-valkey 0.3 words it: log-based alerts keep matching after an upgrade.
-            logger.info("%d of %d channels over capacity in group %s", dropped, len(by_key), group)
-
-    async def _group_send_batch(self, shard: int, now: str, batch: list[_Target]) -> int:
-        keys = [key for key, _, _ in batch]
-        args = [now, int(self.expiry), *(cap for _, _, cap in batch), *(member for _, member, _ in batch)]
-        # Not idempotent: each member carries a fresh random prefix, so a retry after a lost reply could
-        # deliver twice. Only calls refused before they ran are retried.
-        return int(
-            await scripts.GROUP_SEND_SCRIPT.run(self._connections, shard, keys, args, idempotent=False)
-        )
-
     # Flush and close ---------------------------------------------------------------------------------------------
 
     async def flush(self) -> None:
         """Delete every key of this prefix on every shard and the messages held locally; receives waiting now keep
         waiting, and the layer stays usable."""
         self._inbox.clear()
+        self._guesses.forget()
         receiver = self._receivers.get(asyncio.get_running_loop())
         if receiver is not None:
             receiver.drop_messages()

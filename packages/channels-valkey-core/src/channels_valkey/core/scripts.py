@@ -29,15 +29,15 @@ redis.call('EXPIRE', queue, expiry)
 return 1
 """
 
-_GROUP_SEND = """
-local count = #KEYS
-local now, expiry = ARGV[1], ARGV[2]
+# Queues one message in each of `queues` queues, KEYS[first + i], with its capacity in ARGV[base + i] and its
+# bytes in ARGV[base + queues + i], at score `now`; the reply is the number of queues that were full.
+_QUEUE_IN_EACH = """
 local dropped = 0
-for i = 1, count do
-    local queue = KEYS[i]
+for i = 1, queues do
+    local queue = KEYS[first + i]
     redis.call('ZREMRANGEBYSCORE', queue, 0, now - expiry)
-    if redis.call('ZCOUNT', queue, '-inf', '+inf') < tonumber(ARGV[2 + i]) then
-        redis.call('ZADD', queue, now, ARGV[2 + count + i])
+    if redis.call('ZCOUNT', queue, '-inf', '+inf') < tonumber(ARGV[base + i]) then
+        redis.call('ZADD', queue, now, ARGV[base + queues + i])
         redis.call('EXPIRE', queue, expiry)
     else
         dropped = dropped + 1
@@ -45,6 +45,14 @@ for i = 1, count do
 end
 return dropped
 """
+
+_GROUP_SEND = (
+    """
+local queues, first, base = #KEYS, 0, 2
+local now, expiry = ARGV[1], ARGV[2]
+"""
+    + _QUEUE_IN_EACH
+)
 
 # send_many and group_send_many: entry i is KEYS[i] with its score, capacity and member in ARGV[3i .. 3i + 2]; a
 # key may come several times (its messages in order). One reply per entry: 1 queued, 0 the queue was full. Each
@@ -86,6 +94,29 @@ if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') > tonumber(ARGV[2]) then return
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 
+# group_send with the members the caller guesses the group has: KEYS[1] the group, KEYS[2..] the queues of those
+# members; ARGV: the expiry cutoff of members, the most members a reply may hold, the score, the queues' expiry,
+# the number n of members guessed, their n names, then each queue's capacity and each queue's message. When the
+# group (its old members removed) is exactly the guess, the messages are queued and the number of full queues is
+# the reply; otherwise nothing is written and the reply is the members, or nil (false) when there are too many.
+_GROUP_SEND_IF_MEMBERS = (
+    """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
+local count = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
+if count > tonumber(ARGV[2]) then return false end
+local guessed = tonumber(ARGV[5])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+if count ~= guessed then return members end
+local expected = {}
+for i = 1, guessed do expected[ARGV[5 + i]] = true end
+for i = 1, count do
+    if not expected[members[i]] then return members end
+end
+local queues, first, base = #KEYS - 1, 1, 5 + guessed
+local now, expiry = ARGV[3], ARGV[4]
+"""
+    + _QUEUE_IN_EACH
+)
 
 # group_send_many: the members of each group in KEYS, those older than ARGV[1] removed first.
 _MANY_GROUPS_MEMBERS = """
@@ -104,3 +135,4 @@ MANY_GROUPS_MEMBERS_SCRIPT = Script(_MANY_GROUPS_MEMBERS)
 GROUP_SEND_SCRIPT = Script(_GROUP_SEND)
 GROUP_ADD_SCRIPT = Script(_GROUP_ADD)
 GROUP_MEMBERS_SCRIPT = Script(_GROUP_MEMBERS)
+GROUP_SEND_IF_MEMBERS_SCRIPT = Script(_GROUP_SEND_IF_MEMBERS)
