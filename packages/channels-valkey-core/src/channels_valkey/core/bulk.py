@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from channels_valkey.core import scripts
+from channels_valkey.core.layer_parts import LayerParts
 from channels_valkey.sentinel import (
     GroupSendManyResult,
-    ScoreClock,
     SendManyResult,
     ShardRing,
     check_channel,
@@ -32,8 +32,7 @@ from channels_valkey.sentinel import (
 )
 
 if TYPE_CHECKING:
-    from channels_valkey.core.rotation import SendRotation
-    from channels_valkey.sentinel import ConnectionManager, DropCounters, MessageCounts, SyncLayer
+    pass
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -56,25 +55,8 @@ class _Queued:
         self.score = 0.0
 
 
-class BulkSends:
+class BulkSends(LayerParts):
     """The layer's bulk sends, mixed into :class:`~channels_valkey.core.ValkeyChannelLayer`."""
-
-    if TYPE_CHECKING:
-        cluster: bool
-        expiry: int
-        group_expiry: int
-        counters: DropCounters
-        _connections: ConnectionManager
-        _counts: MessageCounts
-        _rotation: SendRotation
-        _clock: ScoreClock
-
-        def get_capacity(self, channel: str) -> int: ...
-        def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
-        def _hand_off_to(self) -> SyncLayer | None: ...
-        def queue_key(self, channel: str) -> str: ...
-        def group_key(self, group: str) -> str: ...
-        async def shard_ring(self) -> ShardRing: ...
 
     async def send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> SendManyResult:
         """Send each ``(channel, message)`` as :meth:`send` would, in a few script calls per shard.

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.core import scripts
+from channels_valkey.core.layer_parts import LayerParts
 from channels_valkey.sentinel import (
-    ScoreClock,
     ShardRing,
     check_channel,
     check_group,
@@ -39,7 +39,7 @@ from channels_valkey.sentinel import (
 )
 
 if TYPE_CHECKING:
-    from channels_valkey.sentinel import ConnectionManager, DropCounters, MessageCounts, SyncLayer
+    pass
 
 logger = logging.getLogger("channels_valkey.core")
 
@@ -94,25 +94,8 @@ class MemberGuesses:
                 self._members.pop(group, None)
 
 
-class GroupMethods:
+class GroupMethods(LayerParts):
     """The layer's group methods, mixed into :class:`~channels_valkey.core.ValkeyChannelLayer`."""
-
-    if TYPE_CHECKING:
-        cluster: bool
-        expiry: int
-        group_expiry: int
-        counters: DropCounters
-        _connections: ConnectionManager
-        _counts: MessageCounts
-        _clock: ScoreClock
-        _guesses: MemberGuesses
-
-        def get_capacity(self, channel: str) -> int: ...
-        def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes: ...
-        def _hand_off_to(self) -> SyncLayer | None: ...
-        def queue_key(self, channel: str) -> str: ...
-        def group_key(self, group: str) -> str: ...
-        async def shard_ring(self) -> ShardRing: ...
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` (again: its membership is renewed for ``group_expiry`` seconds)."""
