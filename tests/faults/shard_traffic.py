@@ -114,6 +114,9 @@ class Attempt:
     error: str | None
     #: Whether the error is one of :data:`LAYER_ERRORS`.
     layer_error: bool = True
+    #: For a receive: when the send of the message it received started (a message popped before the victim died
+    #: may be received from the process's own buffers after).
+    sent: float | None = None
 
 
 @dataclass
@@ -136,6 +139,8 @@ class VictimTraffic:
     attempts: list[Attempt] = field(default_factory=list)
     #: The victim group's messages by number: when each was sent and whether without an error.
     group_sends: dict[int, tuple[float, bool]] = field(default_factory=dict)
+    #: When the send of each message to the victim's channel started, by number.
+    sends: dict[int, float] = field(default_factory=dict)
     #: The numbers its live member received, and when that member heard its subscriptions were back (Pub/Sub).
     witnessed: set[int] = field(default_factory=set)
     restored: list[float] = field(default_factory=list)
@@ -166,6 +171,7 @@ class VictimTraffic:
             await asyncio.gather(*consumers, return_exceptions=True)
 
     async def _send(self, n: int) -> None:
+        self.sends[n] = time.monotonic()
         await self._attempt("send", self.layer.send(self.layout.victim_channel, {"type": "probe", "n": n}))
 
     async def _group_send(self, n: int) -> None:
@@ -200,7 +206,8 @@ class VictimTraffic:
                 await asyncio.sleep(PROBE_INTERVAL)  # the worker's pause, not a wait for anything
                 continue
             if message["type"] not in NOTICES.values():  # a notice tells what happened; it is no message
-                self.attempts.append(Attempt("receive", started, time.monotonic(), None))
+                sent = self.sends.get(message.get("n", -1))
+                self.attempts.append(Attempt("receive", started, time.monotonic(), None, sent=sent))
 
     async def _consume_witness(self) -> None:
         while True:

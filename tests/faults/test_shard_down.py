@@ -153,7 +153,9 @@ def _judge(traffic: VictimTraffic, outages: list[Outage]) -> tuple[list[tuple[At
             what = f"{attempt.kind} ({attempt.error or 'succeeded'}) after {waited:.3f}s"
             # One that started before the kill may have had its answer before it, and resumed only after.
             dead_all_along = attempt.started >= outage.killed and attempt.ended < outage.relaunched
-            if attempt.error is None and dead_all_along:
+            # A receive may get a message popped before the kill from the process's own buffers.
+            held = attempt.sent is not None and attempt.sent < outage.killed
+            if attempt.error is None and dead_all_along and not held:
                 broken.append(f"{what}: succeeded on a dead shard")
             elif attempt.error is not None and not attempt.layer_error:
                 broken.append(f"{what}: not the layer's error")
