@@ -53,9 +53,10 @@ class ProcessInbox:
         self._lock = threading.Lock()
         #: Channel -> (score, message), in the order the queue's one reader popped them.
         self._messages: dict[str, deque[tuple[float, dict[str, Any]]]] = {}
-        #: Channel -> the receives waiting for it; queue key -> the receives waiting on any of its channels.
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._waiting: dict[str, list[_Waiter]] = {}
+        #: Channel -> the receives waiting for it; queue key -> the receives waiting on any of its channels (dicts
+        #: as ordered sets: a receive leaves its place at once, however many wait with it).
+        self._waiters: dict[str, dict[_Waiter, None]] = {}
+        self._waiting: dict[str, dict[_Waiter, None]] = {}
         #: Queue key -> the loop whose reader pops it now.
         self._readers: dict[str, asyncio.AbstractEventLoop] = {}
         self._last_sweep = time.monotonic()
@@ -148,8 +149,8 @@ class ProcessInbox:
         """Register a receive of ``channel`` (kept in queue ``key``) on the running loop; forget it when done."""
         waiter = _Waiter(asyncio.get_running_loop())
         with self._lock:
-            self._waiters.setdefault(channel, []).append(waiter)
-            self._waiting.setdefault(key, []).append(waiter)
+            self._waiters.setdefault(channel, {})[waiter] = None
+            self._waiting.setdefault(key, {})[waiter] = None
         return waiter
 
     def forget(self, channel: str, key: str, waiter: _Waiter) -> None:
@@ -206,12 +207,10 @@ class ProcessInbox:
         logger.info("a message buffered for %s expired before anyone received it", channel)
 
 
-def _remove(waiters: dict[str, list[_Waiter]], name: str, waiter: _Waiter) -> None:
+def _remove(waiters: dict[str, dict[_Waiter, None]], name: str, waiter: _Waiter) -> None:
     found = waiters.get(name)
-    if found is not None and waiter in found:
-        found.remove(waiter)
-        if not found:
-            del waiters[name]
+    if found is not None and found.pop(waiter, False) is None and not found:
+        del waiters[name]
 
 
 class _Waiter:

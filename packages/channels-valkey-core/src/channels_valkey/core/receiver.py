@@ -177,10 +177,13 @@ class LoopReceiver:
                 if message is None:
                     if inbox.claim(key):
                         self._process_reader(shard, key).ensure_running()
-                    # Bounded, so that a reader whose loop was closed without ending its tasks is replaced.
-                    done, _ = await asyncio.wait({waiter.future}, timeout=self.source.block_seconds)
-                    if done:
-                        waiter.future.result()  # raises what made the reader give up
+                    # Bounded, so that a reader whose loop was closed without ending its tasks is replaced: the
+                    # wait ends as a wake-up would, after which the receive looks again.
+                    bound = asyncio.get_running_loop().call_later(self.source.block_seconds, waiter.wake)
+                    try:
+                        await waiter.future  # raises what made the reader give up
+                    finally:
+                        bound.cancel()
                     message = inbox.take(channel)
             finally:
                 inbox.forget(channel, key, waiter)
