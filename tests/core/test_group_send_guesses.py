@@ -7,9 +7,11 @@ are made by a second instance or written on the server, which the sender cannot 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from random import Random
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -179,3 +181,54 @@ def test_the_guesses_keep_the_most_recently_used_groups_and_only_small_ones() ->
     assert guesses.get("newest") is None
     guesses.forget()
     assert guesses.get("g2") is None
+
+
+async def test_group_sends_during_membership_churn_reach_the_members_of_their_moment(
+    make_layer: Callable[..., ValkeyChannelLayer], topology: Topology, layer_prefix: str
+) -> None:
+    """Another instance adds and removes members while the sender sends: a channel that was a member for the whole
+    of a send gets its message, and one that was not a member for the whole of it does not."""
+    sender, churner = make_layer(capacity=1000), make_layer(capacity=1000)
+    channels = [f"guess.churn{index}" for index in range(6)]
+    random = Random(17)
+    #: Per channel: (started, ended, member afterwards) of each add or discard, in order.
+    changes: dict[str, list[tuple[float, float, bool]]] = {
+        channel: [(0.0, 0.0, False)] for channel in channels
+    }
+    sends: list[tuple[float, float]] = []
+
+    async def churn() -> None:
+        for _ in range(150):
+            channel = random.choice(channels)
+            joins = not changes[channel][-1][2]
+            started = time.monotonic()
+            if joins:
+                await churner.group_add("guess-churn", channel)
+            else:
+                await churner.group_discard("guess-churn", channel)
+            changes[channel].append((started, time.monotonic(), joins))
+
+    async def send() -> None:
+        for n in range(300):
+            started = time.monotonic()
+            await sender.group_send("guess-churn", {"type": "m", "n": n})
+            sends.append((started, time.monotonic()))
+
+    await asyncio.gather(churn(), send())
+    checked = 0
+    for channel in channels:
+        got = {
+            message["n"]
+            for member in topology.members(topology.queue_key(layer_prefix, channel))
+            if (message := sender.decode(member)) is not None
+        }
+        for n, (started, ended) in enumerate(sends):
+            # The member state that held from before the send started until after it ended, if one did.
+            before = [change for change in changes[channel] if change[1] <= started]
+            during = [change for change in changes[channel] if change[1] > started and change[0] < ended]
+            if during:
+                continue
+            member = before[-1][2]
+            assert (n in got) == member, f"send {n} to {channel}: member {member}, received {n in got}"
+            checked += 1
+    assert checked > len(sends)  # most sends met a settled membership
