@@ -278,3 +278,39 @@ async def test_wait_received_returns_once_the_receipts_are_cleared(
             assert list(client.scan_iter(match=f"{key_prefix}*$receipt:*")) == []
     finally:
         await layer.close_pools()
+
+
+def _pops_run(server: ValkeyProcess) -> int:
+    """How many scripts (the pops) the server has run since it started."""
+    stats = server.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+async def test_after_a_pop_that_empties_the_queue_the_next_waits_for_the_doorbell_without_popping(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str, eventually: Eventually
+) -> None:
+    server = server_factory()
+    manager = ConnectionManager(decode_hosts([server.url()]))
+    receipt, bell = Receipt(f"{key_prefix}queue"), Doorbell()
+
+    async def pop(timeout: float) -> list[bytes]:
+        entries = await pop_with_receipt(manager, 0, receipt, bell, 1, timeout, TTL_MS, _nothing_interrupted)
+        return [member for member, _ in entries]
+
+    try:
+        _queue(server, receipt.key, b"m1")
+        assert await pop(0.0) == [b"m1"]  # the queue is empty after it
+        before = _pops_run(server)
+        waiting = asyncio.ensure_future(pop(10.0))
+        await eventually(lambda: bell._waiting is not None, "the pop waiting on its doorbell")
+        _queue(server, receipt.key, b"m2")
+        assert await asyncio.wait_for(waiting, 5) == [b"m2"]
+        assert (
+            _pops_run(server) - before == 1
+        )  # the pop the doorbell called for, no pop to find the queue empty
+
+        # A message that comes between two pops rings the doorbell all the same: the next pop is at once.
+        _queue(server, receipt.key, b"m3")
+        assert await asyncio.wait_for(pop(10.0), 5) == [b"m3"]
+    finally:
+        await manager.close()

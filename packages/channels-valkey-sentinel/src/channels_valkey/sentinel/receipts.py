@@ -21,8 +21,10 @@ deliver nothing twice:
   returns it to the queue.
 
 The script ends by reading the queue, so the reader's connection tracks the key and is told of the next message
-(tracking_lane.py); senders stay 0.3's ``ZADD``. Where the ACL refuses the script, ``CLIENT TRACKING`` or ``HELLO``,
-readers use ``BZMPOP`` as before (the shard's facts say so), which loses a pop's messages when its reply is cut.
+(tracking_lane.py); senders stay 0.3's ``ZADD``. Its reply says how many entries are left: after a pop that left
+none, the reader's next pop first waits to be told, instead of popping to find the queue empty. Where the ACL
+refuses the script, ``CLIENT TRACKING`` or ``HELLO``, readers use ``BZMPOP`` as before (the shard's facts say so),
+which loses a pop's messages when its reply is cut.
 """
 
 from __future__ import annotations
@@ -75,16 +77,16 @@ if #popped > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #popped / 2 - 1)
 end
-redis.call('ZCARD', KEYS[1])
-local reply = {#held / 2}
+local left = redis.call('ZCARD', KEYS[1])
+local reply = {#held / 2, left}
 for i = 1, #held do reply[#reply + 1] = held[i] end
 for i = 1, #popped do reply[#reply + 1] = popped[i] end
 return reply
 """
 )
 """KEYS: the queue, the receipt. ARGV: how many to pop, the receipt's time to live in ms, ``1`` to return what the
-receipt holds (the last reply may be lost) rather than clear it. Reply: the number of entries from the receipt, then
-members and scores, the receipt's first.
+receipt holds (the last reply may be lost) rather than clear it. Reply: the number of entries from the receipt, the
+number left in the queue, then members and scores, the receipt's first.
 
 The popped entries are written to the receipt before they leave the queue: a script that fails half-way keeps what
 it did before the failure, and a cluster refuses a write to a key of a slot being migrated away (the receipt, new
@@ -107,7 +109,7 @@ at the head of the queue (their original scores). In that order: if the second w
 class Receipt:
     """One queue reader's receipt: its key on the server and what the reader knows of it."""
 
-    __slots__ = ("key", "name", "outstanding", "recent", "seen", "uncertain")
+    __slots__ = ("drained", "key", "name", "outstanding", "recent", "seen", "uncertain")
 
     def __init__(self, key: str) -> None:
         #: The queue.
@@ -120,6 +122,8 @@ class Receipt:
         self.uncertain = False
         #: The receipt holds the last reply's entries, not yet cleared.
         self.outstanding = False
+        #: The last pop left the queue empty (and read it last, so its connection is told of the next change).
+        self.drained = False
         #: The hashes of the members of the replies read in the last RECENT_SECONDS -> when (monotonic), oldest
         #: first. Hashes, not members: the members are whole messages, which this must not keep alive. Only a
         #: receipt read back is checked against them, so a 64-bit collision would have to fall on one of those.
@@ -134,10 +138,10 @@ class Receipt:
         """The entries of ``reply`` the reader has not seen yet, oldest first (the receipt's come first)."""
         if reply is None:  # a cluster slot migrating: nothing ran
             return []
-        if not isinstance(reply, list) or not reply or not isinstance(reply[0], int):
+        if not isinstance(reply, list) or len(reply) < 2 or not isinstance(reply[0], int):
             raise valkey_errors.DataError(f"unexpected reply {reply!r} to the receipt pop")
         held = reply[0]
-        flat = reply[1:]
+        flat = reply[2:]
         entries = [(bytes(member), float(score)) for member, score in zip(flat[::2], flat[1::2], strict=True)]
         recent = self.recent
         if entries:
@@ -155,14 +159,17 @@ class Receipt:
                 del recent[next(iter(recent))]
         self.uncertain = False
         self.outstanding = bool(entries)
+        self.drained = reply[1] == 0
         return fresh
 
     def lost(self) -> None:
         """A pop's reply did not come: what it popped (if it ran) is in the receipt."""
         self.uncertain = True
+        self.drained = False
 
     def returned(self, entries: Sequence[Entry]) -> None:
         """``entries`` went back to the queue and out of the receipt."""
+        self.drained = False
         for member, _ in entries:
             self.seen.discard(member)
             self.recent.pop(hash(member), None)
@@ -197,6 +204,13 @@ async def pop_with_receipt(
 
     def attempt(sha: bool) -> Awaitable[object]:
         return _call(server, receipt.pop_args(count, ttl_ms, sha=sha), receipt, bell, on_interrupted)
+
+    if receipt.drained and count > 0 and timeout > 0:
+        # The last pop found the queue empty at its end, and the bell armed before it has listened since: a pop
+        # now would find what the bell says. It rang already if anything came meanwhile.
+        receipt.drained = False
+        if not await bell.wait(min(timeout, recheck)) and timeout <= recheck:
+            return []
 
     while True:
         bell.arm()
