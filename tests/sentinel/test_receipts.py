@@ -24,6 +24,7 @@ from channels_valkey.sentinel.queue_commands import Entry, score_member_pairs
 from channels_valkey.sentinel.receipts import POP, REQUEUE, Receipt, pop_with_receipt
 from channels_valkey.sentinel.tracking_lane import Doorbell
 
+from servers.binaries import Release
 from servers.process import ValkeyProcess
 
 TTL_MS = 60_000
@@ -240,9 +241,10 @@ async def test_a_policy_without_receipts_pops_with_bzmpop(
     server_factory: Callable[..., ValkeyProcess],
     key_prefix: str,
     eventually: Eventually,
+    server_under_test: Release,
 ) -> None:
-    """``ResiliencePolicy(receipts=False)``: a waiting receive blocks on the server in ``BZMPOP``, as in 0.3, and
-    no receipt is written."""
+    """``ResiliencePolicy(receipts=False)``: a waiting receive blocks on the server in ``BZMPOP`` (``BZPOPMIN`` on
+    a server without it), as in 0.3, and no receipt is written."""
     server = server_factory()  # its own, so that its command counts are this test's
     layer = layer_class(hosts=[server.url()], prefix=key_prefix, policy=ResiliencePolicy(receipts=False))
     channel = f"{key_prefix}jobs"
@@ -253,7 +255,8 @@ async def test_a_policy_without_receipts_pops_with_bzmpop(
         assert await asyncio.wait_for(waiting, 5) == {"type": "one"}
         with server.client() as client:
             assert list(client.scan_iter(match=f"{key_prefix}*$receipt:*")) == []
-            assert "cmdstat_bzmpop" in client.info("commandstats")
+            blocking = "cmdstat_bzmpop" if server_under_test.has_bzmpop else "cmdstat_bzpopmin"
+            assert blocking in client.info("commandstats")
             assert "cmdstat_client|tracking" not in client.info("commandstats")
     finally:
         await layer.close_pools()
