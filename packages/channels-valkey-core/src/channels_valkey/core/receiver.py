@@ -29,6 +29,7 @@ from channels_valkey.sentinel import (
     QueueSource,
     ShardUnavailable,
     classify,
+    wait_at_most,
 )
 
 logger = logging.getLogger("channels_valkey.core")
@@ -177,13 +178,9 @@ class LoopReceiver:
                 if message is None:
                     if inbox.claim(key):
                         self._process_reader(shard, key).ensure_running()
-                    # Bounded, so that a reader whose loop was closed without ending its tasks is replaced: the
-                    # wait ends as a wake-up would, after which the receive looks again.
-                    bound = asyncio.get_running_loop().call_later(self.source.block_seconds, waiter.wake)
-                    try:
-                        await waiter.future  # raises what made the reader give up
-                    finally:
-                        bound.cancel()
+                    # Bounded, so that a reader whose loop was closed without ending its tasks is replaced; raises
+                    # what made the reader give up.
+                    await wait_at_most(waiter.future, self.source.block_seconds)
                     message = inbox.take(channel)
             finally:
                 inbox.forget(channel, key, waiter)

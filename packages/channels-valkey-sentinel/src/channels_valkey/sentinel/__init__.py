@@ -85,7 +85,13 @@ from channels_valkey.sentinel.specs import (
     ServerHost,
 )
 from channels_valkey.sentinel.sync_layer import SyncLayer, SyncLayerAccess
-from channels_valkey.sentinel.tasks import BackgroundTask, cancel_and_wait, every_result, raise_if_cancelling
+from channels_valkey.sentinel.tasks import (
+    BackgroundTask,
+    cancel_and_wait,
+    every_result,
+    raise_if_cancelling,
+    wait_at_most,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -177,4 +183,5 @@ __all__ = [
     "requeue",
     "run_batches",
     "slot_of",
+    "wait_at_most",
 ]

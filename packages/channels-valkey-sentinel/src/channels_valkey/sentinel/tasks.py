@@ -71,6 +71,22 @@ async def _guard(work: asyncio.Task[None]) -> None:
         raise
 
 
+async def wait_at_most(future: asyncio.Future[None], timeout: float) -> None:
+    """Wait for ``future`` to be done, or ``timeout`` seconds (then it is done with None); an exception it is done
+    with is raised. ``asyncio.wait_for`` would make a task for each wait, ``asyncio.wait`` a future, a set and
+    callbacks: a queue reader waits once per message, a receive once per message that is not there yet."""
+    timer = asyncio.get_running_loop().call_later(timeout, _time_up, future)
+    try:
+        await future
+    finally:
+        timer.cancel()
+
+
+def _time_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def raise_if_cancelling() -> None:
     """Raise CancelledError if someone asked to cancel the running task and the request got lost on the way.
 

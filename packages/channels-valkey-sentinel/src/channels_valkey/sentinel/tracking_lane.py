@@ -26,6 +26,7 @@ from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import ConnectionPool
 
 from channels_valkey.sentinel.lane import CommandLane, _Link
+from channels_valkey.sentinel.tasks import wait_at_most
 
 #: Deals with the reply (its future, maybe not done yet) of a command whose caller was cancelled.
 OnOrphaned = Callable[[asyncio.Future[Any]], Awaitable[None]]
@@ -55,28 +56,13 @@ class Doorbell:
     async def wait(self, timeout: float) -> bool:
         """Whether it rang (at once if it already has) within ``timeout`` seconds."""
         if not self._rung:
-            await _wait_at_most(self._set_waiting(), timeout)
+            await wait_at_most(self._set_waiting(), timeout)
             self._waiting = None
         return self._rung
 
     def _set_waiting(self) -> asyncio.Future[None]:
         self._waiting = asyncio.get_running_loop().create_future()
         return self._waiting
-
-
-async def _wait_at_most(future: asyncio.Future[None], timeout: float) -> None:
-    """Wait for ``future`` to be done, or ``timeout`` seconds (then it is done with None). ``asyncio.wait_for``
-    would make a task for each wait; a queue reader waits once per message."""
-    timer = asyncio.get_running_loop().call_later(timeout, _time_up, future)
-    try:
-        await future
-    finally:
-        timer.cancel()
-
-
-def _time_up(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class TrackingLane(CommandLane):
