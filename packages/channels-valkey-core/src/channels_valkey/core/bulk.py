@@ -25,7 +25,6 @@ from channels_valkey.sentinel import (
     check_group,
     checked_pairs,
     is_process_channel,
-    non_local_name,
     raise_if_reply_lost,
     run_batches,
     slot_of,
@@ -76,7 +75,7 @@ class BulkSends(LayerParts):
         for index, (channel, message) in enumerate(checked):
             if is_process_channel(channel):
                 message = {**message, "__asgi_channel__": channel}
-                shard = ring.index(non_local_name(channel))
+                shard = self._shard_of_channel(ring, channel)
             else:
                 # All of one channel's messages on one shard, so they are received in order; channels in turns.
                 shard = normal_shards.get(channel, -1)
@@ -118,17 +117,10 @@ class BulkSends(LayerParts):
         batches: dict[_Place, list[_Queued]] = defaultdict(list)
         queues_per_pair: list[int] = []
         for index, (group, message) in enumerate(checked):
-            by_key: dict[str, list[str]] = defaultdict(list)
-            for channel in members[group]:
-                by_key[self.queue_key(channel)].append(channel)
-            queues_per_pair.append(len(by_key))
-            for key, names in by_key.items():
-                first = names[0]
-                member = plain[index]
-                if is_process_channel(first):
-                    member = self._payload({**message, "__asgi_channel__": names}, "group", group)
-                queued = _Queued(key, self.get_capacity(first), member, index, names)
-                batches[ring.index(non_local_name(first)), slot_of(key) if self.cluster else 0].append(queued)
+            copies = self._copies(ring, group, message, plain[index], members[group])
+            queues_per_pair.append(len(copies))
+            for place, key, names, member, capacity in copies:
+                batches[place].append(_Queued(key, capacity, member, index, names))
         done, error = await self._queue(batches)
         missed: dict[int, list[str]] = defaultdict(list)
         dropped: Counter[int] = Counter()

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from valkey import exceptions as valkey_errors
@@ -33,7 +33,6 @@ from channels_valkey.sentinel import (
     check_message,
     every_result,
     is_process_channel,
-    non_local_name,
     raise_if_reply_lost,
     slot_of,
 )
@@ -45,6 +44,11 @@ logger = logging.getLogger("channels_valkey.core")
 
 #: One queue of a group_send: its key, the message as stored there, and the queue's capacity.
 _Target = tuple[str, bytes, int]
+
+
+#: One copy of a group message: where it goes (shard, and slot on a cluster), the queue, the channels it is for, its
+#: bytes and the queue's capacity. A plain tuple: a bulk send makes one per group and member process.
+QueueCopy = tuple[tuple[int, int], str, list[str], bytes, int]
 T = TypeVar("T")
 
 
@@ -182,25 +186,36 @@ class GroupMethods(LayerParts):
         group: str,
         message: dict[str, Any],
         plain: bytes,
-        channels: tuple[str, ...] | list[str],
+        channels: Sequence[str],
     ) -> dict[tuple[int, int], list[_Target]]:
-        """The queues of ``channels`` by place (shard, and slot on a cluster): each key with its bytes and capacity.
+        """The queues of ``channels`` by place (shard, and slot on a cluster): each key with its bytes and capacity."""
+        batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
+        for place, key, _, member, capacity in self._copies(ring, group, message, plain, channels):
+            batches[place].append((key, member, capacity))
+        return batches
 
-        One queue key per destination: process channels of one process share theirs and one message names them all.
-        """
+    def _copies(
+        self,
+        ring: ShardRing,
+        group: str,
+        message: dict[str, Any],
+        plain: bytes,
+        channels: Sequence[str],
+    ) -> list[QueueCopy]:
+        """The copies of a group message to ``channels``, one per queue key: process channels of one process share
+        their queue, and its copy names them all; every normal channel's queue stores ``plain``."""
         by_key: dict[str, list[str]] = defaultdict(list)
         for channel in channels:
             by_key[self.queue_key(channel)].append(channel)
-        batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
+        copies: list[QueueCopy] = []
         for key, names in by_key.items():
             first = names[0]
             member = plain
             if is_process_channel(first):
                 member = self._payload({**message, "__asgi_channel__": names}, "group", group)
-            # Process channels live on the shard of their "name!" part, wherever they are sent from.
-            place = (ring.index(non_local_name(first)), slot_of(key) if self.cluster else 0)
-            batches[place].append((key, member, self.get_capacity(first)))
-        return batches
+            place = (self._shard_of_channel(ring, first), slot_of(key) if self.cluster else 0)
+            copies.append((place, key, names, member, self.get_capacity(first)))
+        return copies
 
     async def _send_if_members(
         self, shard: int, key: str, now: str, guess: tuple[str, ...], targets: list[_Target]

@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from channels_valkey.core.groups import MemberGuesses
+    from collections.abc import Sequence
+
+    from channels_valkey.core.groups import MemberGuesses, QueueCopy
     from channels_valkey.core.rotation import SendRotation
     from channels_valkey.sentinel import (
         ConnectionManager,
@@ -41,3 +43,8 @@ class LayerParts:
         def queue_key(self, channel: str) -> str: ...
         def group_key(self, group: str) -> str: ...
         async def shard_ring(self) -> ShardRing: ...
+        @staticmethod
+        def _shard_of_channel(ring: ShardRing, channel: str) -> int: ...
+        def _copies(
+            self, ring: ShardRing, group: str, message: dict[str, Any], plain: bytes, channels: Sequence[str]
+        ) -> list[QueueCopy]: ...
