@@ -205,29 +205,31 @@ async def pop_with_receipt(
     def attempt(sha: bool) -> Awaitable[object]:
         return _call(server, receipt.pop_args(count, ttl_ms, sha=sha), receipt, bell, on_interrupted)
 
-    if receipt.drained and count > 0 and timeout > 0:
-        # The last pop found the queue empty at its end, and the bell armed before it has listened since: a pop
-        # now would find what the bell says. It rang already if anything came meanwhile.
-        receipt.drained = False
-        if not await bell.wait(min(timeout, recheck)) and timeout <= recheck:
-            return []
-
-    while True:
+    async def pop() -> object:
         bell.arm()
         try:
-            reply = await attempt(not facts.evalsha_refused)
+            return await attempt(not facts.evalsha_refused)
         except valkey_errors.NoScriptError:
-            reply = await attempt(False)  # EVAL loads it for the next pops
+            return await attempt(False)  # EVAL loads it for the next pops
         except valkey_errors.NoPermissionError as error:
             if not refuses_evalsha(error):
                 raise
             facts.evalsha_refused = True
-            reply = await attempt(False)
-        if reply is None:
-            return []  # a cluster slot migrating: the caller asks again
-        entries = receipt.read(reply)
-        if entries or count == 0:
-            return entries
+            return await attempt(False)
+
+    # After a pop that left the queue empty, the bell armed before it has listened since: it is waited for first
+    # (it rang already if anything came meanwhile) rather than a pop finding the queue empty again.
+    waits_first = receipt.drained and count > 0 and timeout > 0
+    receipt.drained = False
+    while True:
+        if not waits_first:
+            reply = await pop()
+            if reply is None:
+                return []  # a cluster slot migrating: the caller asks again
+            entries = receipt.read(reply)
+            if entries or count == 0:
+                return entries
+        waits_first = False
         remaining = deadline - loop.time()
         if remaining <= 0:
             return []
