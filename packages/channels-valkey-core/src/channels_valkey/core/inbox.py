@@ -209,8 +209,10 @@ class ProcessInbox:
 
 def _remove(waiters: dict[str, dict[_Waiter, None]], name: str, waiter: _Waiter) -> None:
     found = waiters.get(name)
-    if found is not None and found.pop(waiter, False) is None and not found:
-        del waiters[name]
+    if found is not None:
+        found.pop(waiter, None)
+        if not found:
+            del waiters[name]
 
 
 class _Waiter:
