@@ -4,6 +4,7 @@ over capacity, the number of script calls, and a lost reply."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -11,10 +12,10 @@ import bulk_patterns
 import pytest
 
 from channels_valkey.core import ValkeyChannelLayer
-from channels_valkey.sentinel import GroupSendManyResult
+from channels_valkey.sentinel import GroupSendManyResult, ResiliencePolicy, ShardUnavailable
 
 from servers.fault_proxy import FaultProxy
-from servers.process import ValkeyProcess
+from servers.process import ValkeyProcess, free_port
 
 if TYPE_CHECKING:
     from core.conftest import Topology
@@ -122,6 +123,36 @@ async def test_a_few_script_calls_per_shard(
         assert got == list(range(3, 300, 7))
     finally:
         await layer.flush()
+        await layer.close_pools()
+
+
+async def test_a_shard_that_cannot_be_read_fails_the_call_before_anything_is_written(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str
+) -> None:
+    """The members of every chunk of groups are read at once; when one shard's read fails, the call raises its
+    error, queues nothing on the shard that answered, and leaves no read running behind it."""
+    live = server_factory()
+    policy = ResiliencePolicy(retry_attempts=1, retry_deadline=1.0, connect_timeout=0.5)
+    hosts = [live.url(), f"valkey://127.0.0.1:{free_port()}"]
+    layer = ValkeyChannelLayer(hosts=hosts, prefix=key_prefix, policy=policy)
+    ring = await layer.shard_ring()
+    groups = [f"bulk-g{index}" for index in range(600)]
+    on_live = [group for group in groups if ring.index(group) == 0]
+    assert len(on_live) > 250  # several chunks of reads on the live shard
+    assert len(on_live) < len(groups)  # and some on the dead one
+    try:
+        member = next(f"bulk.m{index}" for index in range(100) if ring.index(f"bulk.m{index}") == 0)
+        for group in on_live:
+            await layer.group_add(group, member)
+        keys_before = set(live.client().keys("*"))
+        with pytest.raises(ShardUnavailable, match="shard 1"):
+            await layer.group_send_many([(group, {"n": index}) for index, group in enumerate(groups)])
+        assert set(live.client().keys("*")) == keys_before
+        assert layer.stats()["sent"]["group"] == 0
+        left = [task for task in asyncio.all_tasks() if "_start_member_reads" in repr(task.get_coro())]
+        assert left == []
+    finally:
+        live.client().flushall()  # the test's own server; the layer's flush would fail on the dead shard
         await layer.close_pools()
 
 

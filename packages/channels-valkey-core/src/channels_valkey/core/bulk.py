@@ -3,19 +3,23 @@
 Each message goes where its single call would put it, in the same bytes, with the same capacity and expiry. The
 messages are grouped by shard (and by slot on a cluster, where one script's keys must share a slot) and each group
 is sent :data:`~channels_valkey.core.scripts.BULK_CHUNK` at a time by one script call, which answers for each
-message whether it was queued; shards work at once (see ``channels_valkey.sentinel.bulk``). A group_send_many reads
-the members of all its groups the same way first, one script call per shard and chunk of groups.
+message whether it was queued; shards work at once (see ``channels_valkey.sentinel.bulk``). A group_send_many first
+reads the members of all its groups, one script call per shard and chunk of groups, all written at once; it builds
+each chunk's copies as its read arrives, while the server reads the next chunks, and queues them once all are built
+(so that a copy over ``max_message_bytes`` raises before anything is written).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from channels_valkey.core import scripts
+from channels_valkey.core.groups import QueueOf
 from channels_valkey.core.layer_parts import LayerParts
 from channels_valkey.sentinel import (
     GroupSendManyResult,
@@ -30,13 +34,12 @@ from channels_valkey.sentinel import (
     slot_of,
 )
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger("channels_valkey.core")
 
 #: Where a script call goes: (shard, slot on a cluster, else 0).
 _Place = tuple[int, int]
+#: The read of one chunk of groups' members: each group of the chunk with its member channels.
+_MemberRead = asyncio.Future[dict[str, list[str]]]
 
 
 class _Queued:
@@ -113,14 +116,19 @@ class BulkSends(LayerParts):
         # Encoded before the members are read: a message over max_message_bytes raises before anything is written.
         plain = [self._payload(message, "group", group) for group, message in checked]
         ring = await self.shard_ring()
-        members = await self._members(ring, list(dict.fromkeys(group for group, _ in checked)))
+        reads = self._start_member_reads(ring, list(dict.fromkeys(group for group, _ in checked)))
         batches: dict[_Place, list[_Queued]] = defaultdict(list)
         queues_per_pair: list[int] = []
-        for index, (group, message) in enumerate(checked):
-            copies = self._copies(ring, group, message, plain[index], members[group])
-            queues_per_pair.append(len(copies))
-            for place, key, names, member, capacity in copies:
-                batches[place].append(_Queued(key, capacity, member, index, names))
+        queues: dict[str, QueueOf] = {}
+        try:
+            for index, (group, message) in enumerate(checked):
+                members = (await reads[group])[group]
+                copies = self._copies(ring, group, message, plain[index], members, queues)
+                queues_per_pair.append(len(copies))
+                for place, key, names, member, capacity in copies:
+                    batches[place].append(_Queued(key, capacity, member, index, names))
+        finally:
+            await _settled(reads.values())
         done, error = await self._queue(batches)
         missed: dict[int, list[str]] = defaultdict(list)
         dropped: Counter[int] = Counter()
@@ -146,26 +154,36 @@ class BulkSends(LayerParts):
             raise error
         return GroupSendManyResult(sent, {group: tuple(names) for group, names in over_capacity.items()})
 
-    async def _members(self, ring: ShardRing, groups: list[str]) -> dict[str, list[str]]:
-        """The current members of each of ``groups``, read one script call per shard (slot) and chunk."""
-        batches: dict[_Place, list[str]] = defaultdict(list)
+    def _start_member_reads(self, ring: ShardRing, groups: list[str]) -> dict[str, _MemberRead]:
+        """Start reading the current members of ``groups``, one script call per shard (slot) and chunk, all at once;
+        each group's read, which answers the members of its whole chunk.
+
+        The reads are written together and the copies of the first chunk's messages are built while the server
+        reads the next ones: the call waits one read, not all of them one after another.
+        """
+        places: dict[_Place, list[str]] = defaultdict(list)
         for group in groups:
             key = self.group_key(group)
-            batches[ring.index(group), slot_of(key) if self.cluster else 0].append(group)
+            places[ring.index(group), slot_of(key) if self.cluster else 0].append(group)
         cutoff = repr(time.time() - self.group_expiry)
 
-        async def read(place: _Place, chunk: Sequence[str]) -> list[list[bytes]]:
+        async def read(shard: int, chunk: Sequence[str]) -> dict[str, list[str]]:
             keys = [self.group_key(group) for group in chunk]
-            return list(
-                await scripts.MANY_GROUPS_MEMBERS_SCRIPT.run(
-                    self._connections, place[0], keys, [cutoff], idempotent=True
-                )
+            found = await scripts.MANY_GROUPS_MEMBERS_SCRIPT.run(
+                self._connections, shard, keys, [cutoff], idempotent=True
             )
+            return {
+                group: [member.decode() for member in names]
+                for group, names in zip(chunk, found, strict=True)
+            }
 
-        done, error = await run_batches(batches, read, scripts.BULK_CHUNK)
-        if error is not None:
-            raise error
-        return {group: [member.decode() for member in found] for group, found in done}
+        reads: dict[str, _MemberRead] = {}
+        for (shard, _), entries in places.items():
+            for start in range(0, len(entries), scripts.BULK_CHUNK):
+                chunk = entries[start : start + scripts.BULK_CHUNK]
+                task = asyncio.ensure_future(read(shard, chunk))
+                reads.update(dict.fromkeys(chunk, task))
+        return reads
 
     async def _queue(
         self, batches: dict[_Place, list[_Queued]]
@@ -193,3 +211,11 @@ class BulkSends(LayerParts):
             )
 
         return await run_batches(batches, send, scripts.BULK_CHUNK)
+
+
+async def _settled(reads: Iterable[asyncio.Future[Any]]) -> None:
+    """Wait until every read has ended (cancelling those still running), so that none is left behind the call."""
+    pending = set(reads)
+    for read in pending:
+        read.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from valkey import exceptions as valkey_errors
 
@@ -37,15 +37,14 @@ from channels_valkey.sentinel import (
     slot_of,
 )
 
-if TYPE_CHECKING:
-    pass
-
 logger = logging.getLogger("channels_valkey.core")
 
 #: One queue of a group_send: its key, the message as stored there, and the queue's capacity.
 _Target = tuple[str, bytes, int]
 
 
+#: Where a channel's messages go: its queue's key, place (shard, and slot on a cluster) and capacity.
+QueueOf = tuple[str, tuple[int, int], int]
 #: One copy of a group message: where it goes (shard, and slot on a cluster), the queue, the channels it is for, its
 #: bytes and the queue's capacity. A plain tuple: a bulk send makes one per group and member process.
 QueueCopy = tuple[tuple[int, int], str, list[str], bytes, int]
@@ -201,21 +200,36 @@ class GroupMethods(LayerParts):
         message: dict[str, Any],
         plain: bytes,
         channels: Sequence[str],
+        queues: dict[str, QueueOf] | None = None,
     ) -> list[QueueCopy]:
         """The copies of a group message to ``channels``, one per queue key: process channels of one process share
-        their queue, and its copy names them all; every normal channel's queue stores ``plain``."""
-        by_key: dict[str, list[str]] = defaultdict(list)
+        their queue, and its copy names them all; every normal channel's queue stores ``plain``.
+
+        ``queues`` holds where channels' messages go, filled in as channels are met: a bulk call passes one for all
+        its groups, whose members are mostly the same few processes' channels.
+        """
+        if queues is None:
+            queues = {}
+        by_key: dict[str, tuple[QueueOf, list[str]]] = {}
         for channel in channels:
-            by_key[self.queue_key(channel)].append(channel)
+            queue = queues.get(channel) or queues.setdefault(channel, self._queue_of(ring, channel))
+            shared = by_key.get(queue[0])
+            if shared is None:
+                by_key[queue[0]] = (queue, [channel])
+            else:
+                shared[1].append(channel)
         copies: list[QueueCopy] = []
-        for key, names in by_key.items():
-            first = names[0]
+        for (key, place, capacity), names in by_key.values():
             member = plain
-            if is_process_channel(first):
+            if is_process_channel(names[0]):
                 member = self._payload({**message, "__asgi_channel__": names}, "group", group)
-            place = (self._shard_of_channel(ring, first), slot_of(key) if self.cluster else 0)
-            copies.append((place, key, names, member, self.get_capacity(first)))
+            copies.append((place, key, names, member, capacity))
         return copies
+
+    def _queue_of(self, ring: ShardRing, channel: str) -> QueueOf:
+        key = self.queue_key(channel)
+        place = (self._shard_of_channel(ring, channel), slot_of(key) if self.cluster else 0)
+        return key, place, self.get_capacity(channel)
 
     async def _send_if_members(
         self, shard: int, key: str, now: str, guess: tuple[str, ...], targets: list[_Target]

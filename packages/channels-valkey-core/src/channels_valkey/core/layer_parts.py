@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from channels_valkey.core.groups import MemberGuesses, QueueCopy
+    from channels_valkey.core.groups import MemberGuesses, QueueCopy, QueueOf
     from channels_valkey.core.rotation import SendRotation
     from channels_valkey.sentinel import (
         ConnectionManager,
@@ -46,5 +46,11 @@ class LayerParts:
         @staticmethod
         def _shard_of_channel(ring: ShardRing, channel: str) -> int: ...
         def _copies(
-            self, ring: ShardRing, group: str, message: dict[str, Any], plain: bytes, channels: Sequence[str]
+            self,
+            ring: ShardRing,
+            group: str,
+            message: dict[str, Any],
+            plain: bytes,
+            channels: Sequence[str],
+            queues: dict[str, QueueOf] | None = None,
         ) -> list[QueueCopy]: ...
