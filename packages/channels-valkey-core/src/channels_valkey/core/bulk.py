@@ -214,8 +214,14 @@ class BulkSends(LayerParts):
 
 
 async def _settled(reads: Iterable[asyncio.Future[Any]]) -> None:
-    """Wait until every read has ended (cancelling those still running), so that none is left behind the call."""
-    pending = set(reads)
-    for read in pending:
+    """Cancel the reads still running and wait for them to end, so that none is left behind the call; a read's
+    failure counts as seen (the first one met was raised), so that none is logged as never retrieved."""
+    ended = set(reads)
+    running = [read for read in ended if not read.done()]
+    for read in running:
         read.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    if running:
+        await asyncio.wait(running)
+    for read in ended:
+        if not read.cancelled():
+            read.exception()
