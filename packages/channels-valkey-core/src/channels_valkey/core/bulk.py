@@ -19,8 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from channels_valkey.core import scripts
-from channels_valkey.core.groups import QueueOf
-from channels_valkey.core.layer_parts import LayerParts
+from channels_valkey.core.groups import GroupMethods, QueueOf
 from channels_valkey.sentinel import (
     GroupSendManyResult,
     SendManyResult,
@@ -57,8 +56,9 @@ class _Queued:
         self.score = 0.0
 
 
-class BulkSends(LayerParts):
-    """The layer's bulk sends, mixed into :class:`~channels_valkey.core.ValkeyChannelLayer`."""
+class BulkSends(GroupMethods):
+    """The layer's bulk sends, mixed into :class:`~channels_valkey.core.ValkeyChannelLayer`; on the group methods,
+    whose copies of a group message ``group_send_many`` makes as ``group_send`` does."""
 
     async def send_many(self, pairs: Iterable[tuple[str, dict[str, Any]]]) -> SendManyResult:
         """Send each ``(channel, message)`` as :meth:`send` would, in a few script calls per shard.

@@ -27,7 +27,7 @@ from valkey import exceptions as valkey_errors
 from channels_valkey.core import scripts
 from channels_valkey.core.bulk import BulkSends
 from channels_valkey.core.exceptions import ForeignChannelError
-from channels_valkey.core.groups import GroupMethods, MemberGuesses
+from channels_valkey.core.groups import MemberGuesses
 from channels_valkey.core.inbox import ProcessInbox
 from channels_valkey.core.receiver import LoopReceiver
 from channels_valkey.core.rotation import SendRotation, refused_before_running
@@ -63,7 +63,7 @@ logger = logging.getLogger("channels_valkey.core")
 _BRACES = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
 
 
-class ValkeyChannelLayer(GroupMethods, BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
+class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
     """The Valkey channel layer on sorted sets: queues with capacity and expiry, groups, flush.
 
     Every argument is the channels-valkey 0.3 setting of the same name; ``policy`` adds the connection timeouts

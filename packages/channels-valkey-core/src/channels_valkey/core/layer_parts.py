@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from channels_valkey.core.groups import MemberGuesses, QueueCopy, QueueOf
+    from channels_valkey.core.groups import MemberGuesses
     from channels_valkey.core.rotation import SendRotation
     from channels_valkey.sentinel import (
         ConnectionManager,
@@ -45,12 +43,3 @@ class LayerParts:
         async def shard_ring(self) -> ShardRing: ...
         @staticmethod
         def _shard_of_channel(ring: ShardRing, channel: str) -> int: ...
-        def _copies(
-            self,
-            ring: ShardRing,
-            group: str,
-            message: dict[str, Any],
-            plain: bytes,
-            channels: Sequence[str],
-            queues: dict[str, QueueOf] | None = None,
-        ) -> list[QueueCopy]: ...
