@@ -227,6 +227,7 @@ class GroupMethods(LayerParts):
         return copies
 
     def _queue_of(self, ring: ShardRing, channel: str) -> QueueOf:
+        """Where ``channel``'s messages go: its queue's key, place and capacity."""
         key = self.queue_key(channel)
         place = (self._shard_of_channel(ring, channel), slot_of(key) if self.cluster else 0)
         return key, place, self.get_capacity(channel)
