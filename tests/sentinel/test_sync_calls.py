@@ -5,6 +5,7 @@ across its short-lived loops for the rest (parking.py), and the layers' synchron
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.exceptions import ChannelFull
 
 from channels_valkey.core import ValkeyChannelLayer
@@ -140,6 +141,50 @@ def test_async_to_sync_sends_are_handed_to_the_layers_own_loop(
     assert jobs == [n for n in range(4 * CALLS) if n % 4 != 3]
     in_room = [layer.sync.receive(member, timeout=5)["n"] for _ in range(2 * CALLS)]
     assert in_room == [n for n in range(4 * CALLS) if n % 4 in (0, 3)]
+
+
+@LAYERS
+def test_a_sync_view_under_asgi_sends_on_the_servers_own_loop(
+    layer_class: type[Any], valkey_server: ValkeyProcess, key_prefix: str, layers: list[Any]
+) -> None:
+    """Under an ASGI server a sync view runs in a thread of ``sync_to_async``, and its ``async_to_sync`` calls run
+    on the server's event loop, not on a loop made for the call: nothing is handed off (``layer.sync`` never starts),
+    no new connection is opened or parked, and a consumer on that loop gets every message in order, also from views
+    running at once in threads of their own (``thread_sensitive=False``)."""
+    layer = _make(layers, layer_class, [valkey_server.url()], key_prefix, capacity=1000)
+
+    async def serve() -> int:
+        member = await layer.new_channel()
+        await layer.group_add("room", member)
+
+        def view(n: int) -> None:
+            async_to_sync(layer.group_send)("room", {"type": "room", "n": n})
+            async_to_sync(layer.send)(member, {"type": "direct", "n": n})
+
+        # The loop's connections are opened before counting.
+        await layer.send(member, {"type": "warm-up", "n": -1})
+        assert (await _receive_within(layer, member))["n"] == -1
+        opened_since = NewConnections(valkey_server)
+        for n in range(CALLS):
+            await sync_to_async(view)(n)
+        received = [await _receive_within(layer, member) for _ in range(2 * CALLS)]
+        assert [(message["type"], message["n"]) for message in received] == [
+            (kind, n) for n in range(CALLS) for kind in ("room", "direct")
+        ]
+        await asyncio.gather(*(sync_to_async(view, thread_sensitive=False)(n) for n in range(CALLS)))
+        received = [await _receive_within(layer, member) for _ in range(2 * CALLS)]
+        assert sorted(message["n"] for message in received) == sorted(2 * list(range(CALLS)))
+        # None parked while the server's loop runs (as it closes, its own connections are parked).
+        assert layer.stats()["shards"]["0"]["parked_connections"] == 0
+        return opened_since()
+
+    assert asyncio.run(serve()) == 0
+    assert "_sync_layer" not in layer.__dict__
+
+
+async def _receive_within(layer: Any, channel: str) -> dict[str, Any]:
+    message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), WAIT_TIMEOUT)
+    return message
 
 
 @LAYERS
