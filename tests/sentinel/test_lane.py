@@ -14,6 +14,7 @@ import valkey.asyncio
 from valkey._parsers import _AsyncRESP2Parser
 
 from channels_valkey.sentinel import ConnectionManager, ResiliencePolicy, decode_hosts, lane
+from channels_valkey.sentinel.tracking_lane import OnOrphaned
 
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
@@ -171,3 +172,97 @@ def test_commands_are_packed_as_valkey_py_packs_them(args: tuple[object, ...]) -
 def test_a_value_no_packer_takes_raises_valkey_py_error() -> None:
     with pytest.raises(valkey.DataError):
         lane.pack(valkey.asyncio.Connection(), ("ECHO", True))
+
+
+# The tracking lane's execute_keeping: a cancelled caller's reply goes to its on_orphaned ------------------------
+
+
+#: Seconds a call of these tests may take to end: a reply that went nowhere would leave its caller waiting for ever.
+ENDS_WITHIN = 10.0
+
+
+async def _cancelled_in_the_end(call: asyncio.Task[object]) -> None:
+    """Wait for ``call`` to end (at most ENDS_WITHIN seconds) and check that it ended cancelled."""
+    await asyncio.wait({call}, timeout=ENDS_WITHIN)
+    assert call.done(), "the cancelled call is still waiting for the reply its on_orphaned should have taken"
+    assert call.cancelled()
+
+
+async def _orphans_collector() -> tuple[dict[int, object], Callable[[int], OnOrphaned]]:
+    """Where each cancelled call's reply (or error) lands, by call number, and the on_orphaned of call ``n``."""
+    landed: dict[int, object] = {}
+
+    def on_orphaned(n: int) -> OnOrphaned:
+        async def land(reply: asyncio.Future[object]) -> None:
+            try:
+                landed[n] = await reply
+            except Exception as error:
+                landed[n] = error
+
+        return land
+
+    return landed, on_orphaned
+
+
+async def test_cancelled_keeping_callers_each_get_their_own_reply(manager: ConnectionManager) -> None:
+    """300 calls, 100 of them cancelled at once: every cancelled caller's reply reaches its on_orphaned (its own,
+    none lost), every other caller gets its reply, and the lane stays in step."""
+    lane_ = (await manager.shard(0)).tracking_lane
+    await lane_.execute_command("PING")  # connected: each call writes in its first step
+    landed, on_orphaned = await _orphans_collector()
+    calls = [asyncio.create_task(lane_.execute_keeping(on_orphaned(n), "ECHO", str(n))) for n in range(300)]
+    await asyncio.sleep(0)  # every call has written its command
+    cancelled = set(random.Random(11).sample(range(300), 100))
+    for n in cancelled:
+        calls[n].cancel()
+    await asyncio.wait(calls, timeout=ENDS_WITHIN)
+    for n, call in enumerate(calls):
+        if n in cancelled:
+            await _cancelled_in_the_end(call)
+        else:
+            assert call.result() == str(n).encode()
+    assert landed == {n: str(n).encode() for n in cancelled}
+    assert lane_._kept == {}
+    assert await lane_.execute_command("ECHO", "after") == b"after"
+
+
+async def test_a_reply_read_before_the_cancelled_caller_runs_again_still_reaches_it(
+    manager: ConnectionManager,
+) -> None:
+    """The caller is cancelled, and the lane reads the reply in the same event-loop step, before the caller runs
+    again: the reply is kept for its on_orphaned (a shield used to do this at the cost of a loop step)."""
+    lane_ = (await manager.shard(0)).tracking_lane
+    await lane_.execute_command("PING")  # connected
+    landed, on_orphaned = await _orphans_collector()
+    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(0), "ECHO", "early"))
+    await asyncio.sleep(0)  # written
+    time.sleep(0.05)  # noqa: ASYNC251 (on purpose: the reply reaches the socket while the loop is held)
+    # Runs before the step that reads the socket: the caller's wake-up is queued behind the reading.
+    asyncio.get_running_loop().call_soon(call.cancel)
+    await _cancelled_in_the_end(call)
+    assert landed == {0: b"early"}
+    assert lane_._kept == {}
+
+
+async def test_a_reply_read_after_the_cancelled_caller_gave_up_still_reaches_it(
+    manager: ConnectionManager,
+) -> None:
+    """The caller is cancelled while the server is busy with its command: the reply, read later, goes to its
+    on_orphaned; a reply that never comes (the lane closed) reaches it as ConnectionError."""
+    lane_ = (await manager.shard(0)).tracking_lane
+    # Keeps the server busy for tens of milliseconds (time is frozen inside a script, so it counts instead).
+    busy = "local x = 0 for i = 1, 5000000 do x = x + i end return ARGV[1]"
+    landed, on_orphaned = await _orphans_collector()
+    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(0), "EVAL", busy, 0, "late"))
+    await asyncio.sleep(0.01)  # written, and the server is busy with it
+    call.cancel()
+    await _cancelled_in_the_end(call)
+    assert landed == {0: b"late"}  # on_orphaned was awaited before the cancellation ended the call
+    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(1), "EVAL", busy, 0, "never"))
+    await asyncio.sleep(0.01)
+    call.cancel()
+    closing = asyncio.create_task(lane_.aclose())
+    await _cancelled_in_the_end(call)
+    await closing
+    assert isinstance(landed[1], valkey.ConnectionError)
+    assert lane_._kept == {}

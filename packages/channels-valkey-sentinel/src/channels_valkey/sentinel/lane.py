@@ -227,7 +227,8 @@ class CommandLane:
         link.progress = link.loop.time()
         waiting = self._pending.popleft()
         if waiting.done():
-            return  # its caller was cancelled; the reply was still read
+            self._unawaited(waiting, reply)  # its caller was cancelled; the reply was still read
+            return
         if isinstance(reply, valkey_errors.ResponseError):
             waiting.set_exception(reply)
         else:
@@ -281,8 +282,14 @@ class CommandLane:
             error = valkey_errors.ConnectionError(f"the lane's connection failed: {error!r}")
         while self._pending:
             waiting = self._pending.popleft()
-            if not waiting.done():
+            if waiting.done():
+                self._unawaited(waiting, error)
+            else:
                 waiting.set_exception(error)
+
+    def _unawaited(self, reply: asyncio.Future[Any], outcome: Any) -> None:
+        """What came for ``reply`` (a reply read, or the connection's failure) after its caller was cancelled:
+        dropped here; :class:`~channels_valkey.sentinel.tracking_lane.TrackingLane` keeps some."""
 
     async def _drop(self, link: _Link, *, keep_connection: bool = False) -> None:
         """Stop ``link``'s tasks and give its connection back; what still waits on it fails.

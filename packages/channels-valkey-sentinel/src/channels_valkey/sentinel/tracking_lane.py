@@ -72,6 +72,9 @@ class TrackingLane(CommandLane):
         super().__init__(pool, on_lost=self._rings_all_then(on_lost))
         #: The bells armed on each key (as the server names it), rung and forgotten at the key's next change.
         self._bells: dict[bytes, set[Doorbell]] = {}
+        #: The reply futures of :meth:`execute_keeping` calls, each with the future its reply goes to instead if
+        #: its caller is cancelled first.
+        self._kept: dict[asyncio.Future[Any], asyncio.Future[Any]] = {}
 
     def watch(self, key: str, bell: Doorbell) -> None:
         """Ring ``bell`` at the next change of ``key`` after the next command that reads it."""
@@ -86,16 +89,36 @@ class TrackingLane(CommandLane):
 
     async def execute_keeping(self, on_orphaned: OnOrphaned, *args: Any) -> Any:
         """:meth:`execute_command`, except that a cancelled caller first awaits ``on_orphaned(reply)`` (shielded)
-        with the future of the reply still to come, so that what it carries is dealt with before the caller ends."""
+        with the future of the reply still to come, so that what it carries is dealt with before the caller ends.
+
+        The caller awaits the lane's own future of the reply, which its cancellation cancels; the reply then goes to
+        a second future, made with it, that the lane sets as it would have set the first (:meth:`_unawaited`).
+        Awaiting the reply through ``asyncio.shield`` did the same at the cost of an event-loop step per reply.
+        """
         reply = await self.issue(*args)
+        late = self._kept[reply] = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.shield(reply)
+            return await reply
         except asyncio.CancelledError:
-            finishing = asyncio.ensure_future(on_orphaned(reply))
+            # Answered (or failed) before the cancellation reached it, the reply is on its own future; else it
+            # comes on ``late``, now or later.
+            finishing = asyncio.ensure_future(on_orphaned(late if reply.cancelled() else reply))
             # Cancelled again (a closing loop insists): the finish runs on by itself.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(finishing)
             raise
+        finally:
+            if not reply.cancelled():
+                self._kept.pop(reply, None)
+
+    def _unawaited(self, reply: asyncio.Future[Any], outcome: Any) -> None:
+        late = self._kept.pop(reply, None)
+        if late is None:
+            return
+        if isinstance(outcome, BaseException):
+            late.set_exception(outcome)
+        else:
+            late.set_result(outcome)
 
     async def _prepare(self, link: _Link) -> None:
         """Speak RESP3 and turn tracking on, in one round trip, before the lane's commands are written; a refusal
