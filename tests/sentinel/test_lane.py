@@ -245,24 +245,31 @@ async def test_a_reply_read_before_the_cancelled_caller_runs_again_still_reaches
 
 
 async def test_a_reply_read_after_the_cancelled_caller_gave_up_still_reaches_it(
-    manager: ConnectionManager,
+    manager: ConnectionManager, valkey_server: ValkeyProcess, key_prefix: str
 ) -> None:
-    """The caller is cancelled while the server is busy with its command: the reply, read later, goes to its
-    on_orphaned; a reply that never comes (the lane closed) reaches it as ConnectionError."""
+    """The caller is cancelled while its command waits on the server (a ``BLPOP`` answered only when the test
+    pushes): the reply, read later, goes to its on_orphaned; a reply that never comes (the lane closed) reaches it
+    as ConnectionError."""
     lane_ = (await manager.shard(0)).tracking_lane
-    # Keeps the server busy for tens of milliseconds (time is frozen inside a script, so it counts instead).
-    busy = "local x = 0 for i = 1, 5000000 do x = x + i end return ARGV[1]"
+    await lane_.execute_command("PING")  # connected: the call writes in its first step
+    key = f"{key_prefix}kept"
     landed, on_orphaned = await _orphans_collector()
-    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(0), "EVAL", busy, 0, "late"))
-    await asyncio.sleep(0.01)  # written, and the server is busy with it
+    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(0), "BLPOP", key, 30))
+    await asyncio.sleep(0)  # written; the server holds it until the push
     call.cancel()
+    await asyncio.sleep(0)  # the caller's clean-up runs and waits for the reply
+    assert not landed
+    with valkey_server.client() as client:
+        client.rpush(key, "late")
     await _cancelled_in_the_end(call)
-    assert landed == {0: b"late"}  # on_orphaned was awaited before the cancellation ended the call
-    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(1), "EVAL", busy, 0, "never"))
-    await asyncio.sleep(0.01)
+    assert landed == {
+        0: [key.encode(), b"late"]
+    }  # on_orphaned was awaited before the cancellation ended the call
+    call = asyncio.create_task(lane_.execute_keeping(on_orphaned(1), "BLPOP", key, 30))
+    await asyncio.sleep(0)
     call.cancel()
-    closing = asyncio.create_task(lane_.aclose())
+    await asyncio.sleep(0)
+    await lane_.aclose()
     await _cancelled_in_the_end(call)
-    await closing
     assert isinstance(landed[1], valkey.ConnectionError)
     assert lane_._kept == {}
