@@ -51,6 +51,14 @@ QueueCopy = tuple[tuple[int, int], str, list[str], bytes, int]
 T = TypeVar("T")
 
 
+def _by_place(copies: list[QueueCopy]) -> dict[tuple[int, int], list[_Target]]:
+    """A group message's copies by place (shard, and slot on a cluster): each queue with its bytes and capacity."""
+    batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
+    for place, key, _, member, capacity in copies:
+        batches[place].append((key, member, capacity))
+    return batches
+
+
 async def _total(calls: list[Coroutine[Any, Any, int]]) -> int:
     return sum(await every_result(calls))
 
@@ -148,7 +156,7 @@ class GroupMethods(LayerParts):
         guess = self._guesses.get(group)
         targets: list[_Target] = []
         if guess:
-            batches = self._batches(ring, group, message, plain, guess)
+            batches = _by_place(self._copies(ring, group, message, plain, guess))
             targets = batches.get((shard, slot_of(key) if self.cluster else 0), [])
             if len(batches) > 1 or not targets:
                 guess, targets = None, []
@@ -163,7 +171,7 @@ class GroupMethods(LayerParts):
         self._guesses.remember(group, channels)
         calls = [
             self._group_send_batch(place[0], now, targets[start : start + scripts.MAX_KEYS_PER_CALL])
-            for place, targets in self._batches(ring, group, message, plain, channels).items()
+            for place, targets in _by_place(self._copies(ring, group, message, plain, channels)).items()
             for start in range(0, len(targets), scripts.MAX_KEYS_PER_CALL)
         ]
         # One call (a group on one server) is awaited as it is: gather would add a task for nothing.
@@ -178,20 +186,6 @@ class GroupMethods(LayerParts):
         except (valkey_errors.ConnectionError, valkey_errors.TimeoutError) as error:
             raise_if_reply_lost(error, f"group_send to {group!r}")
             raise
-
-    def _batches(
-        self,
-        ring: ShardRing,
-        group: str,
-        message: dict[str, Any],
-        plain: bytes,
-        channels: Sequence[str],
-    ) -> dict[tuple[int, int], list[_Target]]:
-        """The queues of ``channels`` by place (shard, and slot on a cluster): each key with its bytes and capacity."""
-        batches: dict[tuple[int, int], list[_Target]] = defaultdict(list)
-        for place, key, _, member, capacity in self._copies(ring, group, message, plain, channels):
-            batches[place].append((key, member, capacity))
-        return batches
 
     def _copies(
         self,
@@ -212,7 +206,9 @@ class GroupMethods(LayerParts):
             queues = {}
         by_key: dict[str, tuple[QueueOf, list[str]]] = {}
         for channel in channels:
-            queue = queues.get(channel) or queues.setdefault(channel, self._queue_of(ring, channel))
+            queue = queues.get(channel)
+            if queue is None:
+                queue = queues[channel] = self._queue_of(ring, channel)
             shared = by_key.get(queue[0])
             if shared is None:
                 by_key[queue[0]] = (queue, [channel])
