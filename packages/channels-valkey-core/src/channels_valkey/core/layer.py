@@ -60,7 +60,7 @@ from channels_valkey.serializers import registry
 logger = logging.getLogger("channels_valkey.core")
 
 #: Why a prefix on a Valkey Cluster may hold no brace (for the error saying so).
-_BRACES = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
+_TAGS = "the layer puts each channel and group name in braces (a hash tag) to keep the keys of one call in one slot"
 
 
 class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChannelLayer):  # type: ignore[misc]
@@ -89,15 +89,7 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         options = LayerOptions.check(
-            hosts,
-            prefix,
-            expiry,
-            group_expiry,
-            capacity,
-            channel_capacity,
-            policy,
-            max_message_bytes,
-            _BRACES,
+            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, max_message_bytes, _TAGS
         )
         self.prefix = options.prefix
         self.expiry = options.expiry

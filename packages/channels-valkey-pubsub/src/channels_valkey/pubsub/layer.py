@@ -64,7 +64,7 @@ _OPTIONS = (
 
 
 #: Why a prefix on a Valkey Cluster may hold no brace (for the error saying so).
-_BRACES = (
+_TAGS = (
     "a brace would make it the hash tag of every name and queue, putting them all in one slot (the layer tags "
     "queues by channel)"
 )
@@ -113,15 +113,7 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
         if worker_channels not in WORKER_MODES:
             raise ValueError(f"worker_channels must be 'queue' or 'pubsub', not {worker_channels!r}")
         options = LayerOptions.check(
-            hosts,
-            prefix,
-            expiry,
-            group_expiry,
-            capacity,
-            channel_capacity,
-            policy,
-            max_message_bytes,
-            _BRACES,
+            hosts, prefix, expiry, group_expiry, capacity, channel_capacity, policy, max_message_bytes, _TAGS
         )
         super().__init__(expiry=options.expiry, capacity=options.capacity)
         self.prefix = options.prefix
