@@ -105,6 +105,43 @@ async def test_close_releases_this_loops_connections_and_the_manager_stays_usabl
     await manager.close()
 
 
+def test_two_loops_taking_turns_each_keep_their_own_shards(
+    server_factory: Callable[..., ValkeyProcess], key_prefix: str
+) -> None:
+    """The manager answers "this loop's shards" from the loop that asked last without its lock: two loops asking
+    in strict turns must each get their own shards every time, never the other's."""
+    server = server_factory()
+    manager = _manager(server)
+    turns = threading.Barrier(2, timeout=WAIT_TIMEOUT)
+    seen: dict[int, set[int]] = {0: set(), 1: set()}
+    errors: list[BaseException] = []
+
+    def worker(number: int) -> None:
+        async def work() -> None:
+            for turn in range(40):
+                await asyncio.to_thread(turns.wait)  # the other loop asked just before this one
+                seen[number].add(id(await manager.shard(0)))
+                key = f"{key_prefix}{number}-{turn}"
+                assert await _roundtrip(manager, key, str(turn)) == str(turn).encode()
+            await manager.close()
+
+        try:
+            asyncio.run(work())
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+            turns.abort()
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert len(seen[0]) == 1
+    assert len(seen[1]) == 1
+    assert seen[0] != seen[1]
+
+
 async def test_each_loop_gets_its_own_clients(valkey_server: ValkeyProcess) -> None:
     manager = _manager(valkey_server)
     here = await manager.client(0)

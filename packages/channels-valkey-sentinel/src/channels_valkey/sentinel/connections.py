@@ -89,6 +89,9 @@ class ConnectionManager:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShards] = (
             weakref.WeakKeyDictionary()
         )
+        #: The loop that asked for its shards last (weakly) and its entry of ``_loops``: every command asks, and
+        #: almost always from the same loop as the one before, which this answers without the lock or a weakref.
+        self._last_loop: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShards] | None = None
         self._facts: dict[int, ShardFacts] = {}
         self._counts: dict[int, ShardCounts] = {}
         #: Shards on which a command spent its whole retry budget: their commands fail at once for a while.
@@ -201,7 +204,9 @@ class ConnectionManager:
         return len(await self.shards())
 
     async def shard(self, index: int) -> AnyShard:
-        shards = await self.shards()
+        shards = self._loop_shards().shards  # built already but on a loop's first commands
+        if shards is None:
+            shards = await self.shards()
         if not 0 <= index < len(shards):
             raise IndexError(f"shard index {index} out of range: there are {len(shards)} shards")
         return shards[index]
@@ -343,6 +348,8 @@ class ConnectionManager:
         loop = asyncio.get_running_loop()
         with self._lock:
             state = self._loops.pop(loop, None)
+            if self._last_loop is not None and self._last_loop[1] is state:
+                self._last_loop = None
         if state is not None:
             await state.aclose(park=park)
 
@@ -352,11 +359,15 @@ class ConnectionManager:
 
     def _loop_shards(self) -> _LoopShards:
         loop = asyncio.get_running_loop()
+        last = self._last_loop  # read once: another thread may replace it meanwhile
+        if last is not None and last[0]() is loop:
+            return last[1]
         with self._lock:
             state = self._loops.get(loop)
             if state is None:
                 state = self._loops[loop] = _LoopShards(self)
                 close_before_loop(loop, self, ConnectionManager._loop_closing)
+            self._last_loop = (weakref.ref(loop), state)
         return state
 
 
