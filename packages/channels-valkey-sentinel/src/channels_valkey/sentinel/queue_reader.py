@@ -228,8 +228,10 @@ class QueueReader:
             on_retry=source.connections.shard_counts(self.shard).reconnected,
         )
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         while True:
-            raise_if_cancelling()  # a cancellation valkey-py turned into a connection error must still stop us
+            # A cancellation valkey-py turned into a connection error must still stop us.
+            raise_if_cancelling(task)
             if self.resting_until > loop.time():
                 await asyncio.sleep(self.resting_until - loop.time())
             try:

@@ -87,20 +87,22 @@ def _time_up(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def raise_if_cancelling() -> None:
+def raise_if_cancelling(task: asyncio.Task[Any] | None = None) -> None:
     """Raise CancelledError if someone asked to cancel the running task and the request got lost on the way.
 
     valkey-py's timeouts (a connect, the pool's liveness check) can turn a cancellation into a ConnectionError or
     swallow it, while the task still counts it as requested (``Task.cancelling()``). A task that retries on
     connection errors calls this before it tries again, so that a closing event loop, which cancels each task
-    once and waits for it, is not left waiting for ever.
+    once and waits for it, is not left waiting for ever. ``task`` is the running task, for a caller that checks
+    once per message and keeps it at hand: looking it up costs more than the check.
     """
     # Task.cancelling() is Python 3.11+. On 3.10 there is nothing to look at: a task there may have the method
     # (pytest-asyncio's runner backport), but the async_timeout package valkey-py uses on 3.10 cancels the task
     # without ever taking the request back, so a count there does not mean a cancellation is pending.
     if sys.version_info < (3, 11):
         return
-    task = asyncio.current_task()
+    if task is None:
+        task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
 
