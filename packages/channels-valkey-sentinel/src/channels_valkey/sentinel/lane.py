@@ -142,9 +142,12 @@ class CommandLane:
 
     async def issue(self, *args: Any) -> asyncio.Future[Any]:
         """Send one command; the future its reply will be set on (or the connection's failure)."""
-        link, writer = await self._writable()
+        link = self._link
+        if link is None or not link.usable:  # else it is writable: the usual case needs no coroutine for it
+            link, _ = await self._writable()
         reply = self._write_on(link, args)
-        if writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        writer = link.connection._writer
+        if writer is not None and writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await writer.drain()
         return reply
 
