@@ -144,17 +144,22 @@ class Receipt:
         flat = reply[2:]
         entries = [(bytes(member), float(score)) for member, score in zip(flat[::2], flat[1::2], strict=True)]
         recent = self.recent
+        now = time.monotonic()
         if entries:
-            self._forget_older()
-        fresh = [
-            entry for entry in entries[:held] if entry[0] not in self.seen and hash(entry[0]) not in recent
-        ] + entries[held:]
+            self._forget_older(now)
+        fresh = entries
+        if held:
+            fresh = [
+                entry
+                for entry in entries[:held]
+                if entry[0] not in self.seen and hash(entry[0]) not in recent
+            ] + entries[held:]
         self.seen = {member for member, _ in entries}
         if entries:
-            now = time.monotonic()
             for member in self.seen:
-                recent.pop(hash(member), None)
-                recent[hash(member)] = now
+                digest = hash(member)
+                recent.pop(digest, None)
+                recent[digest] = now
             while len(recent) > RECENT_MEMBERS:
                 del recent[next(iter(recent))]
         self.uncertain = False
@@ -174,8 +179,8 @@ class Receipt:
             self.seen.discard(member)
             self.recent.pop(hash(member), None)
 
-    def _forget_older(self) -> None:
-        oldest_kept = time.monotonic() - RECENT_SECONDS
+    def _forget_older(self, now: float) -> None:
+        oldest_kept = now - RECENT_SECONDS
         recent = self.recent
         while recent and next(iter(recent.values())) < oldest_kept:
             del recent[next(iter(recent))]
