@@ -32,6 +32,16 @@ async def _roundtrip(manager: ConnectionManager, key: str, value: str) -> bytes 
     return result
 
 
+def _in_threads(worker: Callable[[int], None], count: int, *, timeout: float) -> None:
+    """``worker(0)`` to ``worker(count - 1)``, each in a thread of its own, all at once; returns when all ended or
+    ``timeout`` seconds passed for each (the workers report their own errors)."""
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+
+
 def _wait_for_no_clients(server: ValkeyProcess) -> None:
     wait_until(
         lambda: server.connected_clients() == 0,
@@ -77,11 +87,7 @@ def test_threads_with_their_own_loops_share_one_manager(
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(number,)) for number in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    _in_threads(worker, 4, timeout=30)
     assert not errors
     for number in range(4):
         assert results[number] == [f"{number}-{i}".encode() for i in range(30)]
@@ -131,11 +137,7 @@ def test_two_loops_taking_turns_each_keep_their_own_shards(
             errors.append(exc)
             turns.abort()
 
-    threads = [threading.Thread(target=worker, args=(number,)) for number in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    _in_threads(worker, 2, timeout=60)
     assert not errors
     assert len(seen[0]) == 1
     assert len(seen[1]) == 1
