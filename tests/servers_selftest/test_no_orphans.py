@@ -111,6 +111,8 @@ def assert_server_goes_away(child: Child, server: int) -> None:
 
 # A plain interpreter ------------------------------------------------------------------------------------------
 
+DEFAULT_SIGHUP = "import signal; signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+
 HOLDER_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
@@ -126,10 +128,11 @@ HOLDER_SCRIPT = textwrap.dedent(
 )
 
 
-def python_child(tmp_path: Path, then: str) -> Child:
-    return Child(
-        [sys.executable, "-c", HOLDER_SCRIPT, str(tmp_path / "servers"), then], tmp_path, tmp_path / "pids"
-    )
+def python_child(tmp_path: Path, then: str, prelude: str = DEFAULT_SIGHUP) -> Child:
+    """A ``python -c`` child holding a server; ``prelude`` runs first (by default: SIGHUP as a terminal's session
+    has it, whatever this run inherited; under ``nohup`` it would be ignored)."""
+    script = prelude + HOLDER_SCRIPT
+    return Child([sys.executable, "-c", script, str(tmp_path / "servers"), then], tmp_path, tmp_path / "pids")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -160,9 +163,8 @@ def test_an_interpreter_exiting_without_stopping_its_server_stops_it(
 
 def test_an_ignored_sighup_stays_ignored(tmp_path: Path, children: list[Child]) -> None:
     """Under ``nohup`` a closed terminal must not stop the run: the handler leaves an ignored SIGHUP alone."""
-    script = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + HOLDER_SCRIPT
-    child = Child(
-        [sys.executable, "-c", script, str(tmp_path / "servers"), "wait"], tmp_path, tmp_path / "pids"
+    child = python_child(
+        tmp_path, "wait", prelude="import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
     )
     children.append(child)
     holder, server = child.pids()
