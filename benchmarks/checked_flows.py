@@ -192,6 +192,22 @@ async def fan_out(fan: Fan) -> int:
     return len(arrived)
 
 
+class ReturnsAtOnce:
+    """A stand-in for a layer whose ``receive`` returns at once: what a fan-out's timed receives cost by themselves."""
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        return numbered(0)
+
+
+async def receives_alone(fan: Fan) -> float:
+    """Seconds the gather of :func:`fan_out` takes for the fan's members with no layer behind the receives (each
+    returns at once): the benchmark's own floor, which every layer pays on top of its delivery."""
+    stand_in = ReturnsAtOnce()
+    start = time.perf_counter()
+    await asyncio.gather(*(receive_within(stand_in, channel) for _, channel in fan.members))
+    return time.perf_counter() - start
+
+
 @dataclass
 class Rooms:
     """Many groups of one member each, the members a few channels of another layer than the sender's (websocket

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from checked_flows import GROUP, Fan, fan_out, produce_and_consume, send_receive_pairs
+from checked_flows import GROUP, Fan, fan_out, produce_and_consume, receives_alone, send_receive_pairs
 from servers.process import ValkeyProcess
 
 #: The normal channel of the throughput tests; each side adds a digit of its own (open_channels).
@@ -220,16 +221,29 @@ def test_group_send(take_turns: TakeTurns, run: Run, layers: Layers, record: Rec
         return channels
 
     fans = {side: Fan.of(layer, run(join(layer))) for side, layer in layers.items()}
+    # Before each round, untimed by take_turns: the same gather of timed receives with nothing behind them, so that
+    # each side's floor is measured next to its own rounds.
+    floors: dict[str, list[float]] = {side: [] for side in layers}
     turns = take_turns(
         layers,
         lambda side: run(fan_out(fans[side])),
         rounds=FAN_OUT_ROUNDS,
         turn=FAN_OUT_TURN,
         warmup=2,
+        before_round=lambda side: floors[side].append(run(receives_alone(fans[side]))),
     )
     turns.check(members)
     if turns.timed:
         record(f"3 group_send to {members} process channels", turns.rate(members))
+        record(
+            f"3 group_send to {members}, per member above the floor",
+            {
+                side: (statistics.median(turns.seconds[side]) - statistics.median(floors[side]))
+                / members
+                * 1e6
+                for side in layers
+            },
+        )
 
 
 # 5. consumer churn ------------------------------------------------------------------------------------------------
