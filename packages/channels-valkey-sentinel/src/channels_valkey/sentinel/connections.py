@@ -204,9 +204,10 @@ class ConnectionManager:
         return len(await self.shards())
 
     async def shard(self, index: int) -> AnyShard:
-        shards = self._loop_shards().shards  # built already but on a loop's first commands
+        state = self._loop_shards()
+        shards = state.shards  # built already but on a loop's first commands
         if shards is None:
-            shards = await self.shards()
+            shards = await state.get()
         if not 0 <= index < len(shards):
             raise IndexError(f"shard index {index} out of range: there are {len(shards)} shards")
         return shards[index]
