@@ -84,6 +84,21 @@ def _send_on_call_loop(layer: Any, channel: str, numbers: range) -> None:
     async_to_sync(send_all)()
 
 
+def _park_a_socket(layer: Any, channel: str) -> None:
+    """Calls whose loops send to ``channel`` on their own connection, until one parks its socket as it closes.
+
+    A Sentinel shard's socket is parked only while the process's follower of the service names its primary
+    (follower.py); on a loaded machine the first loops may close before the follower listens."""
+    wait_until(
+        lambda: (
+            _send_on_call_loop(layer, channel, range(HAND_OFF_LIMIT + 1))
+            or layer.stats()["shards"]["0"]["parked_connections"] >= 1
+        ),
+        timeout=WAIT_TIMEOUT,
+        message="a call's loop to park its socket to the primary",
+    )
+
+
 # async_to_sync: sends handed to the layer's loop, connections parked between loops -------------------------------
 
 
@@ -353,10 +368,8 @@ def test_async_to_sync_calls_follow_a_failover_and_drop_the_old_primarys_sockets
     group = private_sentinel_group
     layer = _make(layers, layer_class, [group.host_entry()], key_prefix)
     channel = f"{key_prefix}jobs"
-    _send_on_call_loop(
-        layer, channel, range(20)
-    )  # the last 4 on the call's loop, whose socket is then parked
-    assert layer.stats()["shards"]["0"]["parked_connections"] >= 1
+    _send_on_call_loop(layer, channel, range(20))  # the last 4 on the call's loop
+    _park_a_socket(layer, f"{key_prefix}warm-up")
     old = group.current_primary()
     group.failover()
     new = group.wait_for_new_primary(old, 20)
