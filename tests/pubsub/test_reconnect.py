@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer, subscriber
 from channels_valkey.sentinel import ReplyLost, ResiliencePolicy
@@ -229,3 +230,44 @@ async def test_on_several_shards_only_the_channels_reached_through_the_lost_shar
         assert await receive(layer, via_group) == {"type": "grouped"}
     finally:
         await layer.close_pools()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_channel_joining_as_the_connection_is_cut_comes_back_with_the_others(
+    fault_proxy: FaultProxy, key_prefix: str, loop_kind: str
+) -> None:
+    """A channel joins right after a reset the loop has not read yet, on asyncio's loop and on uvloop's (which
+    raises from a write on a closed transport where asyncio's drops it): the calls return, and the restored
+    connection subscribes the channel with the others."""
+
+    async def join_during_the_cut() -> None:
+        layer = _layer(fault_proxy.url(), key_prefix)
+
+        async def receive(channel: str) -> dict[str, Any]:
+            return await asyncio.wait_for(layer.receive(channel), 5)
+
+        try:
+            alone, grouped = await _consumers(layer)
+            fault_proxy.cut()  # a reset, which the loop reads while the SUBSCRIBE below waits for its write
+            late = await layer.new_channel()
+            await layer.group_add("room", late)
+            for channel in (alone, grouped):
+                assert await receive(channel) == {"type": "layer.down"}
+                assert await receive(channel) == {"type": "layer.up"}
+            await layer.group_send("room", {"type": "grouped"})
+            assert await receive(grouped) == {"type": "grouped"}
+            arrived = await receive(late)
+            while arrived["type"] in (
+                "layer.down",
+                "layer.up",
+            ):  # told too if it was subscribed before the cut
+                arrived = await receive(late)
+            assert arrived == {"type": "grouped"}
+        finally:
+            await layer.close_pools()
+
+    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.SelectorEventLoop()
+    try:
+        loop.run_until_complete(join_during_the_cut())
+    finally:
+        loop.close()

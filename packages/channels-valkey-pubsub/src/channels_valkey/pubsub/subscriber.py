@@ -179,9 +179,13 @@ class Subscriber:
                 valkey_errors.TimeoutError,
                 OSError,
                 AttributeError,
+                RuntimeError,
             ) as error:
+                if isinstance(error, RuntimeError) and classify(error) is None:
+                    raise
                 # The listener sees the same failure on its next read and restores everything wanted. (valkey-py
-                # raises AttributeError when the connection is closed while the write waits for its turn.)
+                # raises AttributeError when the connection is closed while the write waits for its turn, uvloop
+                # RuntimeError when its transport closed before the write.)
                 logger.debug("shard %d: writing %s failed (%s)", self.index, command, error)
                 return
 
@@ -315,7 +319,12 @@ class Subscriber:
             if self._pings and interval and now - link.last_read >= interval:
                 link.ping_sent = now
                 link.sent.wrote("PING")
-                await link.connection.send_command("PING", check_health=False)
+                try:
+                    await link.connection.send_command("PING", check_health=False)
+                except Exception as error:
+                    if classify(error) is None:
+                        raise
+                    return  # the connection is gone (uvloop says so at the write): the listener's read fails
 
     # Replies ------------------------------------------------------------------------------------------------
 

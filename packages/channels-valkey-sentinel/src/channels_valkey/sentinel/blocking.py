@@ -28,6 +28,7 @@ from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection, ConnectionPool
 
 from channels_valkey.sentinel.lane import read_reply
+from channels_valkey.sentinel.transport_writes import write_command
 
 logger = logging.getLogger("channels_valkey.sentinel")
 
@@ -139,7 +140,7 @@ class InterruptibleCalls:
             if len(self._packed) >= MAX_PACKED:
                 self._packed.clear()
             packed = self._packed[key] = connection.pack_command(*args)
-        writer.writelines(packed)
+        write_command(writer, packed, "the blocking call")
 
     async def _read(self, connection: AbstractConnection, args: Sequence[object]) -> object:
         """The command's reply, within the pool's ``socket_timeout`` (which includes the block time)."""

@@ -14,6 +14,7 @@ import types
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel.exceptions import CommandNotSent, ReplyLost, ShardUnavailable
+from channels_valkey.sentinel.transport_writes import closed_before_write
 
 #: Error replies meaning "this node will not take writes now; ask the Sentinels where the primary is".
 NOT_PRIMARY_REPLIES = ("NOREPLICAS", "MASTERDOWN")
@@ -57,7 +58,7 @@ def classify(error: BaseException) -> Failure | None:
     if type(error) is valkey_errors.ValkeyError and str(error) == "Buffer is closed.":
         # valkey-py's pool checking a connection that a failover reset closed under it: nothing was sent yet.
         return Failure.NOT_RUN
-    if _is_unwritten_send(error):
+    if _is_unwritten_send(error) or closed_before_write(error):
         return Failure.NOT_RUN
     return None
 

@@ -33,6 +33,7 @@ from valkey.utils import LIBVALKEY_AVAILABLE
 from channels_valkey.sentinel.exceptions import CommandNotSent
 from channels_valkey.sentinel.reply_feed import feed_replies
 from channels_valkey.sentinel.tasks import cancel_and_wait
+from channels_valkey.sentinel.transport_writes import write_command
 
 try:  # valkey-py's libvalkey extra, a dependency of this package: its C packer is four times as fast.
     from libvalkey import pack_command as _pack_in_c
@@ -46,6 +47,8 @@ _NOT_FLOATS = frozenset((str, bytes, int))
 WRITE_HIGH_WATER = 1 << 20
 #: Most seconds between two looks of the watchdog at the oldest unanswered command.
 WATCHDOG_TICK = 1.0
+#: Who owns the connection, in the error of a command its closed transport did not send.
+_LANE = "the lane"
 
 
 async def read_reply(connection: AbstractConnection) -> Any:
@@ -62,12 +65,6 @@ async def read_reply(connection: AbstractConnection) -> Any:
         return await parser.read_response(disable_decoding=False)
     except OSError as error:
         raise valkey_errors.ConnectionError(f"error while reading: {error!r}") from error
-
-
-def _refused_write() -> CommandNotSent:
-    """The error for a command whose write the socket refused at once (the connection had been reset under the
-    lane): the transport closed without sending it, so it cannot have run; the next command connects again."""
-    return CommandNotSent("the lane's connection was reset before the command reached the server")
 
 
 def pack(connection: AbstractConnection, args: tuple[Any, ...]) -> list[bytes]:
@@ -161,9 +158,7 @@ class CommandLane:
         reply: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             link.progress = loop.time()
-        writer.writelines([*pack(link.connection, ("ASKING",)), *pack(link.connection, args)])
-        if writer.transport.is_closing():
-            raise _refused_write()
+        write_command(writer, [*pack(link.connection, ("ASKING",)), *pack(link.connection, args)], _LANE)
         self._pending.extend((asking, reply))
         return await reply
 
@@ -215,9 +210,7 @@ class CommandLane:
         if not self._pending:
             link.progress = link.loop.time()
         # Written and queued in one step with no await between: the reply to read next is always this one's.
-        writer.writelines(pack(link.connection, args))
-        if writer.transport.is_closing():
-            raise _refused_write()
+        write_command(writer, pack(link.connection, args), _LANE)
         self._pending.append(reply)
         return reply
 

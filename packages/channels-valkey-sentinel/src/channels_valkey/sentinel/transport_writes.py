@@ -1,0 +1,45 @@
+"""Writing on a transport that closed under its writer: the same failure on asyncio's event loop and on uvloop's.
+
+A transport closes in an event-loop callback (the server closed or reset the connection) while its owner still
+holds the writer, and a write can come before the owner has looked. asyncio's transports drop such a write (the
+owner learns of the loss from ``is_closing()`` or the next read); uvloop's raise ``RuntimeError`` ("unable to
+perform operation on <TCPTransport closed=True ...>; the handler is closed") from the write itself. Either way no
+byte left, so the command did not run and may be written again on a new connection:
+
+- :func:`write_command`, for the layers' own writes (the command lanes, the blocking calls), raises
+  :class:`~channels_valkey.sentinel.CommandNotSent` for both.
+- :func:`closed_before_write` recognizes uvloop's error where valkey-py's writes let it through (valkey-py turns
+  only ``OSError`` into its ``ConnectionError``): the retries count it as a command that did not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from channels_valkey.sentinel.exceptions import CommandNotSent
+
+#: How uvloop's handles end the error they raise when used after they closed.
+_UVLOOP_CLOSED = "the handler is closed"
+
+
+def write_command(writer: asyncio.StreamWriter, chunks: Iterable[bytes], what: str) -> None:
+    """Write ``chunks`` (one or more packed commands) on ``writer`` at once, or raise ``CommandNotSent`` naming
+    ``what`` (the connection's owner) when its transport has closed: then nothing of them was sent."""
+    try:
+        writer.writelines(chunks)
+    except RuntimeError as error:
+        if not writer.transport.is_closing():
+            raise
+        raise _not_sent(what) from error
+    if writer.transport.is_closing():
+        raise _not_sent(what)
+
+
+def closed_before_write(error: BaseException) -> bool:
+    """Whether ``error`` is uvloop refusing a write on a transport that had closed (nothing was sent)."""
+    return isinstance(error, RuntimeError) and str(error).endswith(_UVLOOP_CLOSED)
+
+
+def _not_sent(what: str) -> CommandNotSent:
+    return CommandNotSent(f"{what}'s connection was reset before the command reached the server")

@@ -1,0 +1,101 @@
+"""A write on a transport that closed under its writer (transport_writes.py), on asyncio's event loop and uvloop's.
+
+asyncio's transport drops such a write and uvloop's raises ``RuntimeError``; the layers must see one failure for
+both, "not sent", whatever loop the test run uses (``--event-loop``). Each case makes its own loop of each kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+from valkey import exceptions as valkey_errors
+
+from channels_valkey.sentinel import CommandNotSent, ConnectionManager, Failure, classify, decode_hosts
+from channels_valkey.sentinel.transport_writes import closed_before_write, write_command
+
+from servers.fault_proxy import FaultProxy
+from servers.process import ValkeyProcess
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "uvloop": uvloop.new_event_loop,
+}
+ON_EACH_LOOP = pytest.mark.parametrize("loop_kind", sorted(LOOPS))
+
+
+def _run_on(loop_kind: str, work: Coroutine[Any, Any, Any]) -> Any:
+    loop = LOOPS[loop_kind]()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
+
+
+async def _closed_writer(server: ValkeyProcess) -> asyncio.StreamWriter:
+    """A writer whose transport the loop has closed, as after the server reset the connection."""
+    host, port = server.address
+    _, writer = await asyncio.open_connection(host, port)
+    writer.transport.abort()
+    await asyncio.sleep(0)  # the loop runs the close it scheduled
+    return writer
+
+
+@ON_EACH_LOOP
+def test_a_write_on_a_closed_transport_is_a_command_not_sent(
+    valkey_server: ValkeyProcess, loop_kind: str
+) -> None:
+    async def write() -> None:
+        writer = await _closed_writer(valkey_server)
+        with pytest.raises(
+            CommandNotSent, match="the lane's connection was reset before the command reached"
+        ):
+            write_command(writer, [b"*1\r\n$4\r\nPING\r\n"], "the lane")
+
+    _run_on(loop_kind, write())
+
+
+def test_uvloops_refusal_is_told_apart_from_other_runtime_errors(valkey_server: ValkeyProcess) -> None:
+    async def refusal() -> BaseException:
+        writer = await _closed_writer(valkey_server)
+        try:
+            writer.writelines([b"*1\r\n$4\r\nPING\r\n"])
+        except RuntimeError as error:
+            return error
+        raise AssertionError("uvloop wrote on a closed transport without complaint")
+
+    error = _run_on("uvloop", refusal())
+    assert closed_before_write(error)
+    assert classify(error) is Failure.NOT_RUN
+    assert not closed_before_write(RuntimeError("Event loop is closed"))
+    assert classify(RuntimeError("Event loop is closed")) is None
+
+
+@ON_EACH_LOOP
+def test_a_command_on_a_connection_the_server_cut_is_sent_again_on_a_new_one(
+    fault_proxy: FaultProxy, key_prefix: str, loop_kind: str
+) -> None:
+    """valkey-py's own write (not the lane's) on a pooled connection whose transport closes as the command is about
+    to be written: a connection failure the retries know (uvloop's RuntimeError included), so the command goes
+    again on a new connection."""
+
+    async def cut_between_commands() -> bytes | None:
+        manager = ConnectionManager(decode_hosts([fault_proxy.url()]))
+        try:
+            key = f"{key_prefix}k"
+            await manager.execute(0, lambda client: client.set(key, "v"), idempotent=True)
+            fault_proxy.cut()  # a reset, which the loop reads while valkey-py takes the connection from its pool
+            value: bytes | None = await manager.execute(0, lambda client: client.get(key), idempotent=True)
+            return value
+        finally:
+            await manager.close()
+
+    assert _run_on(loop_kind, cut_between_commands()) == b"v"
+
+
+def test_a_runtime_error_of_another_kind_is_not_retried() -> None:
+    assert classify(RuntimeError("unable to perform operation: something else")) is None
+    assert not closed_before_write(valkey_errors.ConnectionError("the handler is closed"))
