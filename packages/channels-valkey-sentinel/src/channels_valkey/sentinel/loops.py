@@ -29,8 +29,8 @@ def close_before_loop(
     by hand. ``owner`` is held by weak reference, so the hook never keeps it alive and does nothing once it is
     gone; it also does nothing on a loop that is already closed or still running. An error of ``close`` is logged
     and the loop closes anyway. Hooks stack: the one put last runs first, so an object that uses another's
-    connections puts its hook after it. Loops written in C (uvloop) do not take the hook; then this does nothing,
-    and ``owner`` must be closed before its loop by hand.
+    connections puts its hook after it. uvloop's loop takes the hook as asyncio's does (the tests run on both); a
+    loop that refuses the attribute does not, and then ``owner`` must be closed before its loop by hand.
     """
     original = loop.close
     owner_ref = weakref.ref(owner)
