@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +177,7 @@ async def fan_out(fan: Fan) -> int:
     number = fan.sent
     fan.sent += 1
     await fan.sender.group_send(fan.group, numbered(number))
-    arrived = await asyncio.gather(*(receive_within(layer, channel) for layer, channel in fan.members))
+    arrived = await _each_receives(fan.members)
     wrong = {
         channel: _number(message)
         for (_, channel), message in zip(fan.members, arrived, strict=True)
@@ -204,8 +204,14 @@ async def receives_alone(fan: Fan) -> float:
     returns at once): the benchmark's own floor, which every layer pays on top of its delivery."""
     stand_in = ReturnsAtOnce()
     start = time.perf_counter()
-    await asyncio.gather(*(receive_within(stand_in, channel) for _, channel in fan.members))
+    await _each_receives((stand_in, channel) for _, channel in fan.members)
     return time.perf_counter() - start
+
+
+async def _each_receives(members: Iterable[tuple[Any, str]]) -> list[dict[str, Any]]:
+    """Every member's next message, each received within the timeout, all at once: the work of a fan-out after its
+    ``group_send``, and of its floor."""
+    return await asyncio.gather(*(receive_within(layer, channel) for layer, channel in members))
 
 
 @dataclass
