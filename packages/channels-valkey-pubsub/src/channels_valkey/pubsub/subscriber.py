@@ -47,6 +47,18 @@ from channels_valkey.sentinel import (
 
 logger = logging.getLogger("channels_valkey.pubsub")
 
+
+def _lost_at_write(error: Exception) -> bool:
+    """Whether a write on the Pub/Sub connection failed because the connection is gone, which the listener's next
+    read reports too. valkey-py raises AttributeError when the connection is closed while the write waits for its
+    turn, uvloop RuntimeError when the transport closed before the write."""
+    if isinstance(error, RuntimeError):
+        return classify(error) is not None
+    return isinstance(
+        error, valkey_errors.ConnectionError | valkey_errors.TimeoutError | OSError | AttributeError
+    )
+
+
 #: Most seconds between two looks of the keep-alive task at its connection.
 KEEPALIVE_TICK = 1.0
 #: Seconds a connection must have lasted for the next reconnection to start without backoff.
@@ -174,18 +186,10 @@ class Subscriber:
             link.sent.wrote(kind, tuple(batch))
             try:
                 await link.connection.send_command(command, *batch, check_health=False)
-            except (
-                valkey_errors.ConnectionError,
-                valkey_errors.TimeoutError,
-                OSError,
-                AttributeError,
-                RuntimeError,
-            ) as error:
-                if isinstance(error, RuntimeError) and classify(error) is None:
+            except Exception as error:
+                if not _lost_at_write(error):
                     raise
-                # The listener sees the same failure on its next read and restores everything wanted. (valkey-py
-                # raises AttributeError when the connection is closed while the write waits for its turn, uvloop
-                # RuntimeError when its transport closed before the write.)
+                # The listener sees the same failure on its next read and restores everything wanted.
                 logger.debug("shard %d: writing %s failed (%s)", self.index, command, error)
                 return
 
@@ -322,9 +326,9 @@ class Subscriber:
                 try:
                     await link.connection.send_command("PING", check_health=False)
                 except Exception as error:
-                    if classify(error) is None:
+                    if not _lost_at_write(error):
                         raise
-                    return  # the connection is gone (uvloop says so at the write): the listener's read fails
+                    return  # the listener's read fails the same way
 
     # Replies ------------------------------------------------------------------------------------------------
 
