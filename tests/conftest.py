@@ -13,9 +13,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -42,6 +42,8 @@ from servers.topologies import (
     start_standalone,
 )
 
+T = TypeVar("T")
+
 
 def _use_uvloop() -> None:
     import uvloop  # only the runs that ask for it need it installed
@@ -51,6 +53,22 @@ def _use_uvloop() -> None:
 
 #: ``--event-loop``: what each choice does before the tests start.
 EVENT_LOOPS: dict[str, Callable[[], None]] = {"asyncio": lambda: None, "uvloop": _use_uvloop}
+#: For a test that must meet each event loop in every run, whatever ``--event-loop`` says.
+ON_EACH_LOOP = pytest.mark.parametrize("loop_kind", sorted(EVENT_LOOPS))
+
+
+def run_on_new_loop(loop_kind: str, work: Coroutine[Any, Any, T]) -> T:
+    """``work`` run to its end on a new event loop of ``loop_kind`` (a key of EVENT_LOOPS), then the loop closed."""
+    if loop_kind == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.SelectorEventLoop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import uvloop
 
 from channels_valkey.pubsub import ValkeyPubSubChannelLayer, subscriber
 from channels_valkey.sentinel import ReplyLost, ResiliencePolicy
 
+from conftest import ON_EACH_LOOP, run_on_new_loop
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
 
@@ -232,7 +232,7 @@ async def test_on_several_shards_only_the_channels_reached_through_the_lost_shar
         await layer.close_pools()
 
 
-@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@ON_EACH_LOOP
 def test_a_group_joined_as_the_connection_closes_is_restored_with_the_others(
     valkey_server: ValkeyProcess, key_prefix: str, loop_kind: str
 ) -> None:
@@ -259,8 +259,4 @@ def test_a_group_joined_as_the_connection_closes_is_restored_with_the_others(
         finally:
             await layer.close_pools()
 
-    loop = uvloop.new_event_loop() if loop_kind == "uvloop" else asyncio.SelectorEventLoop()
-    try:
-        loop.run_until_complete(join_as_it_closes())
-    finally:
-        loop.close()
+    run_on_new_loop(loop_kind, join_as_it_closes())

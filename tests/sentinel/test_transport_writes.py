@@ -7,32 +7,16 @@ both, "not sent", whatever loop the test run uses (``--event-loop``). Each case 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import pytest
-import uvloop
 from valkey import exceptions as valkey_errors
 
 from channels_valkey.sentinel import CommandNotSent, ConnectionManager, Failure, classify, decode_hosts
 from channels_valkey.sentinel.transport_writes import closed_before_write, write_command
 
+from conftest import ON_EACH_LOOP, run_on_new_loop
 from servers.fault_proxy import FaultProxy
 from servers.process import ValkeyProcess
-
-LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.SelectorEventLoop,
-    "uvloop": uvloop.new_event_loop,
-}
-ON_EACH_LOOP = pytest.mark.parametrize("loop_kind", sorted(LOOPS))
-
-
-def _run_on(loop_kind: str, work: Coroutine[Any, Any, Any]) -> Any:
-    loop = LOOPS[loop_kind]()
-    try:
-        return loop.run_until_complete(work)
-    finally:
-        loop.close()
 
 
 async def _closed_writer(server: ValkeyProcess) -> asyncio.StreamWriter:
@@ -55,7 +39,7 @@ def test_a_write_on_a_closed_transport_is_a_command_not_sent(
         ):
             write_command(writer, [b"*1\r\n$4\r\nPING\r\n"], "the lane")
 
-    _run_on(loop_kind, write())
+    run_on_new_loop(loop_kind, write())
 
 
 def test_uvloops_refusal_is_told_apart_from_other_runtime_errors(valkey_server: ValkeyProcess) -> None:
@@ -67,7 +51,7 @@ def test_uvloops_refusal_is_told_apart_from_other_runtime_errors(valkey_server: 
             return error
         raise AssertionError("uvloop wrote on a closed transport without complaint")
 
-    error = _run_on("uvloop", refusal())
+    error = run_on_new_loop("uvloop", refusal())
     assert closed_before_write(error)
     assert classify(error) is Failure.NOT_RUN
     assert not closed_before_write(RuntimeError("Event loop is closed"))
@@ -93,7 +77,7 @@ def test_a_command_on_a_connection_the_server_cut_is_sent_again_on_a_new_one(
         finally:
             await manager.close()
 
-    assert _run_on(loop_kind, cut_between_commands()) == b"v"
+    assert run_on_new_loop(loop_kind, cut_between_commands()) == b"v"
 
 
 def test_a_runtime_error_of_another_kind_is_not_retried() -> None:
