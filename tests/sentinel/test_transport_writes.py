@@ -28,25 +28,45 @@ async def _closed_writer(server: ValkeyProcess) -> asyncio.StreamWriter:
     return writer
 
 
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
 @ON_EACH_LOOP
+@pytest.mark.parametrize("commands", [1, 2], ids=["one command", "two commands at once"])
 def test_a_write_on_a_closed_transport_is_a_command_not_sent(
-    valkey_server: ValkeyProcess, loop_kind: str
+    valkey_server: ValkeyProcess, loop_kind: str, commands: int
 ) -> None:
     async def write() -> None:
         writer = await _closed_writer(valkey_server)
         with pytest.raises(
             CommandNotSent, match="the lane's connection was reset before the command reached"
         ):
-            write_command(writer, [b"*1\r\n$4\r\nPING\r\n"], "the lane")
+            write_command(writer, [PING] * commands, "the lane")
 
     run_on_new_loop(loop_kind, write())
+
+
+@pytest.mark.parametrize("commands", [1, 2], ids=["one command", "two commands at once"])
+def test_a_write_on_an_open_transport_reaches_the_server_whole(
+    valkey_server: ValkeyProcess, commands: int
+) -> None:
+    async def write() -> bytes:
+        host, port = valkey_server.address
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            write_command(writer, [PING] * commands, "the lane")
+            return await asyncio.wait_for(reader.readexactly(len(b"+PONG\r\n") * commands), timeout=5)
+        finally:
+            writer.close()
+
+    assert asyncio.run(write()) == b"+PONG\r\n" * commands
 
 
 def test_uvloops_refusal_is_told_apart_from_other_runtime_errors(valkey_server: ValkeyProcess) -> None:
     async def refusal() -> BaseException:
         writer = await _closed_writer(valkey_server)
         try:
-            writer.writelines([b"*1\r\n$4\r\nPING\r\n"])
+            writer.writelines([PING])
         except RuntimeError as error:
             return error
         raise AssertionError("uvloop wrote on a closed transport without complaint")

@@ -119,7 +119,10 @@ class ConnectionManager:
 
     async def ring(self) -> ShardRing:
         """The ring placing names on the shards, discovering the Sentinels' primaries first if needed."""
-        return (await self._resolve()).ring
+        resolved = self._resolved  # known after the first call: every send asks, so no coroutine for it then
+        if resolved is None:
+            resolved = await self._resolve()
+        return resolved.ring
 
     async def _resolve(self) -> _Resolved:
         """The shards' specs and ring, asking the Sentinels of each ``services: []`` entry the first time only.
@@ -268,7 +271,11 @@ class ConnectionManager:
         cannot be used), for a caller with somewhere else to go: the core layer sends a normal channel's message to
         the next shard rather than wait for one that refuses connections.
         """
-        shard = await self.shard(index)
+        shards = self._loop_shards().shards  # built: the usual case, which needs no coroutine for the lookup
+        if shards is not None and 0 <= index < len(shards):
+            shard = shards[index]
+        else:
+            shard = await self.shard(index)
         return await self._with_retries(
             shard, lambda: shard.execute_command(*args), idempotent=idempotent, retry=retry
         )
@@ -287,7 +294,7 @@ class ConnectionManager:
         retry: bool = True,
     ) -> T:
         retries: Retries | None = None  # made at the first failure: most commands never need it
-        if self._given_up and self._given_up.refuse_or_try(shard):
+        if self._given_up.resting and self._given_up.refuse_or_try(shard):
             retry = False
         while True:
             try:
@@ -300,7 +307,7 @@ class ConnectionManager:
                 if failure is None:
                     # An error reply (NOSCRIPT, WRONGTYPE...): the shard answered. Given up on, it is back (the
                     # caller's next command, EVAL after NOSCRIPT, must not find it resting).
-                    if self._given_up:
+                    if self._given_up.resting:
                         self._given_up.answered(shard)
                     raise
                 if is_not_primary(error):
@@ -325,7 +332,7 @@ class ConnectionManager:
                 await retries.wait(error)
             else:
                 shard.ever_connected = True
-                if self._given_up:
+                if self._given_up.resting:
                     self._given_up.answered(shard)
                 return result
 

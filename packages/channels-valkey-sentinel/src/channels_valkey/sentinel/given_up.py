@@ -24,16 +24,14 @@ class GivenUpShards:
 
     def __init__(self, backoff_cap: float) -> None:
         self._backoff_cap = backoff_cap
-        #: Shard index -> the monotonic time until which its commands fail without trying.
-        self._until: dict[int, float] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._until)
+        #: Shard index -> the monotonic time until which its commands fail without trying. Empty while no shard is
+        #: given up on, which every command checks first (a plain dict: no method call on the usual path).
+        self.resting: dict[int, float] = {}
 
     def refuse_or_try(self, shard: ShardConnection) -> bool:
         """For a command on ``shard``: False when the shard is not given up on (retry as usual); True when this
         command is the one that tries (once), the others resting meanwhile; :class:`CommandNotSent` while it rests."""
-        until = self._until.get(shard.index)
+        until = self.resting.get(shard.index)
         if until is None:
             return False
         now = time.monotonic()
@@ -42,12 +40,12 @@ class GivenUpShards:
                 f"{shard.describe()} is down (a command spent the whole retry budget on it); its commands fail at "
                 f"once, one trying every {self._backoff_cap:g}s, the next in {until - now:.2f}s"
             )
-        self._until[shard.index] = now + self._backoff_cap
+        self.resting[shard.index] = now + self._backoff_cap
         return True
 
     def give_up(self, shard: ShardConnection, error: BaseException) -> None:
         """A command spent its whole retry budget on ``shard``."""
-        if self._until.get(shard.index) is None:
+        if self.resting.get(shard.index) is None:
             logger.warning(
                 "%s: still failing after the retry budget (%s); its commands fail at once, one trying every %gs, "
                 "until it answers",
@@ -55,9 +53,9 @@ class GivenUpShards:
                 error,
                 self._backoff_cap,
             )
-        self._until[shard.index] = time.monotonic() + self._backoff_cap
+        self.resting[shard.index] = time.monotonic() + self._backoff_cap
 
     def answered(self, shard: ShardConnection) -> None:
         """``shard`` answered a command: its commands get their retries back."""
-        if self._until.pop(shard.index, None) is not None:
+        if self.resting.pop(shard.index, None) is not None:
             logger.warning("%s answers again; its commands get their retries again", shard.describe())

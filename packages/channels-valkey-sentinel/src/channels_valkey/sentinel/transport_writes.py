@@ -15,7 +15,7 @@ byte left, so the command did not run and may be written again on a new connecti
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from channels_valkey.sentinel.exceptions import CommandNotSent
 
@@ -23,16 +23,24 @@ from channels_valkey.sentinel.exceptions import CommandNotSent
 _UVLOOP_CLOSED = "the handler is closed"
 
 
-def write_command(writer: asyncio.StreamWriter, chunks: Iterable[bytes], what: str) -> None:
+def write_command(writer: asyncio.StreamWriter, chunks: Sequence[bytes], what: str) -> None:
     """Write ``chunks`` (one or more packed commands) on ``writer`` at once, or raise ``CommandNotSent`` naming
-    ``what`` (the connection's owner) when its transport has closed: then nothing of them was sent."""
+    ``what`` (the connection's owner) when its transport has closed: then nothing of them was sent.
+
+    Written on the transport itself, as ``writer.writelines`` would, and one chunk (the usual command) without the
+    join that ``writelines`` does first.
+    """
+    transport = writer.transport
     try:
-        writer.writelines(chunks)
+        if len(chunks) == 1:
+            transport.write(chunks[0])
+        else:
+            transport.writelines(chunks)
     except RuntimeError as error:
-        if not writer.transport.is_closing():
+        if not transport.is_closing():
             raise
         raise _not_sent(what) from error
-    if writer.transport.is_closing():
+    if transport.is_closing():
         raise _not_sent(what)
 
 
