@@ -18,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from libvalkey import Reader, pack_command
 
 from channels_valkey.cli.measure import GROUP, MESSAGE
 
@@ -150,6 +153,90 @@ async def round_trip(stream: Stream) -> float:
     elapsed = time.perf_counter() - start
     stream.check([message])
     return elapsed
+
+
+class _Replies(asyncio.Protocol):
+    """One connection's replies, parsed by libvalkey's reader in the transport's callback, taken one at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._reader = Reader()
+        self._replies: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):
+            raise TypeError(f"a stream transport was expected, not {transport!r}")
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            self._replies.append(reply)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError(f"the connection closed: {exc!r}"))
+
+    def write(self, packed: bytes) -> None:
+        if self.transport is None:
+            raise ConnectionError("not connected")
+        self.transport.write(packed)
+
+    async def next(self) -> Any:
+        while not self._replies:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._replies.popleft()
+
+
+class BareRoundTrip:
+    """The floor of a process-channel round trip: a ``PUBLISH`` on one connection, its reply, and the message the
+    server pushes on another, subscribed connection, on the same event loop, with no channel layer in between.
+
+    A layer's round trip is this plus the layer's own work (checking, encoding, routing, decoding, handing the
+    message to the receive), so a round trip less this floor is what the layer itself adds. Timed like
+    :func:`round_trip`, the message's wait inside the same :data:`RECEIVE_TIMEOUT`; ``AssertionError`` unless the
+    message comes back as published, to exactly one subscriber.
+    """
+
+    def __init__(self, publisher: _Replies, subscriber: _Replies, channel: bytes, payload: bytes) -> None:
+        self._publisher = publisher
+        self._subscriber = subscriber
+        self._channel = channel
+        self._payload = payload
+        self._publish = pack_command((b"PUBLISH", channel, payload))
+
+    @classmethod
+    async def open(cls, host: str, port: int, channel: bytes, payload: bytes) -> BareRoundTrip:
+        """Two connections to ``host:port``, the second subscribed to ``channel``."""
+        loop = asyncio.get_running_loop()
+        _, publisher = await loop.create_connection(_Replies, host, port)
+        _, subscriber = await loop.create_connection(_Replies, host, port)
+        subscriber.write(pack_command((b"SUBSCRIBE", channel)))
+        confirmed = await subscriber.next()
+        if confirmed != [b"subscribe", channel, 1]:
+            raise AssertionError(f"SUBSCRIBE {channel!r} answered {confirmed!r}")
+        return cls(publisher, subscriber, channel, payload)
+
+    async def round_trip(self) -> float:
+        """Seconds from publishing the payload to having it back on the subscribed connection."""
+        start = time.perf_counter()
+        self._publisher.write(self._publish)
+        receivers = await self._publisher.next()
+        async with timeout(RECEIVE_TIMEOUT):
+            message = await self._subscriber.next()
+        elapsed = time.perf_counter() - start
+        if receivers != 1 or message != [b"message", self._channel, self._payload]:
+            raise AssertionError(f"PUBLISH reached {receivers!r} subscribers, which got {message!r}")
+        return elapsed
+
+    def close(self) -> None:
+        for connection in (self._publisher, self._subscriber):
+            if connection.transport is not None:
+                connection.transport.close()
 
 
 @dataclass

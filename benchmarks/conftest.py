@@ -49,6 +49,7 @@ import pytest
 
 from checked_flows import (
     GROUP,
+    BareRoundTrip,
     Fan,
     Stream,
     check_rooms,
@@ -692,26 +693,56 @@ def process_round_trips(
     run: Callable[[Awaitable[Any]], Any],
     layers: dict[str, Any],
     record: Callable[[str, Mapping[str, float]], None],
+    valkey_server: ValkeyProcess,
 ) -> Callable[..., None]:
-    """``process_round_trips(rounds=, turn=)``: that many process-channel round trips per side, in turns, and their
-    p50 and p99 recorded (in us) under "2 process round trip p50" / "p99" (``pair`` and ``name``: other layers
-    than the suite's pair, recorded under "{name} p50" / "p99").
+    """``process_round_trips(rounds=, turn=, floor=False)``: that many process-channel round trips per side, in
+    turns, and their p50 and p99 recorded (in us) under "2 process round trip p50" / "p99" (``pair`` and ``name``:
+    other layers than the suite's pair, recorded under "{name} p50" / "p99").
 
     Latency is timed inside the event loop (``round_trip``), so the ~13 us of entering the loop for every round,
     which the benchmark table includes, stays out of the ratio. Each round trip's message carries the next number
     of its side's channel and must come back as sent (``round_trip`` raises otherwise).
+
+    With ``floor=True``, a :class:`BareRoundTrip` on the session's server runs before each round, untimed by
+    ``take_turns``, and its p50 in each side's turns is recorded under "{name} p50, a bare client (the floor)",
+    each side's p50 less its floor under "{name} p50 above the floor": what the layer itself adds to a round trip.
     """
 
     def measure(
-        *, rounds: int, turn: int, pair: dict[str, Any] | None = None, name: str = "2 process round trip"
+        *,
+        rounds: int,
+        turn: int,
+        pair: dict[str, Any] | None = None,
+        name: str = "2 process round trip",
+        floor: bool = False,
     ) -> None:
         sides = layers if pair is None else pair
         streams = {side: Stream(layer, run(layer.new_channel())) for side, layer in sides.items()}
+        floors: dict[str, list[float]] = {side: [] for side in sides}
+        bare = None
+        if floor:
+            channel = f"bench.bare-round-trip.{uuid.uuid4().hex}".encode()
+            # The payload is about as long as the layers' messages (MESSAGE and its number in msgpack).
+            bare = run(BareRoundTrip.open(valkey_server.host, valkey_server.port, channel, bytes(100)))
 
         def one_round_trip(side: str) -> float:
             return float(run(round_trip(streams[side])))
 
-        turns = take_turns(sides, one_round_trip, rounds=rounds, turn=turn, warmup=50)
+        def floor_round_trip(side: str) -> None:
+            floors[side].append(run(bare.round_trip()))
+
+        try:
+            turns = take_turns(
+                sides,
+                one_round_trip,
+                rounds=rounds,
+                turn=turn,
+                warmup=50,
+                before_round=None if bare is None else floor_round_trip,
+            )
+        finally:
+            if bare is not None:
+                bare.close()
         if turns.timed:
             latencies = turns.results
             record(f"{name} p50", {side: statistics.median(lat) * 1e6 for side, lat in latencies.items()})
@@ -719,6 +750,16 @@ def process_round_trips(
                 f"{name} p99",
                 {side: statistics.quantiles(lat, n=100)[98] * 1e6 for side, lat in latencies.items()},
             )
+            if bare is not None:
+                floor_p50 = {side: statistics.median(floors[side]) for side in sides}
+                record(
+                    f"{name} p50, a bare client (the floor)",
+                    {side: p50 * 1e6 for side, p50 in floor_p50.items()},
+                )
+                record(
+                    f"{name} p50 above the floor",
+                    {side: (statistics.median(latencies[side]) - floor_p50[side]) * 1e6 for side in sides},
+                )
 
     return measure
 

@@ -204,7 +204,7 @@ def test_send_receive_between_two_instances(
 
 @pytest.mark.benchmark(group="2 process round trip")
 def test_process_round_trip(process_round_trips: Callable[..., None]) -> None:
-    process_round_trips(rounds=ROUND_TRIPS, turn=ROUND_TRIP_TURN)
+    process_round_trips(rounds=ROUND_TRIPS, turn=ROUND_TRIP_TURN, floor=True)
 
 
 # 3. group fan-out -------------------------------------------------------------------------------------------------
