@@ -41,7 +41,7 @@ def test_a_write_on_a_closed_transport_is_a_command_not_sent(
         with pytest.raises(
             CommandNotSent, match="the lane's connection was reset before the command reached"
         ):
-            write_command(writer, [PING] * commands, "the lane")
+            write_command(writer.transport, [PING] * commands, "the lane")
 
     run_on_new_loop(loop_kind, write())
 
@@ -54,7 +54,7 @@ def test_a_write_on_an_open_transport_reaches_the_server_whole(
         host, port = valkey_server.address
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            write_command(writer, [PING] * commands, "the lane")
+            write_command(writer.transport, [PING] * commands, "the lane")
             return await asyncio.wait_for(reader.readexactly(len(b"+PONG\r\n") * commands), timeout=5)
         finally:
             writer.close()

@@ -140,7 +140,7 @@ class InterruptibleCalls:
             if len(self._packed) >= MAX_PACKED:
                 self._packed.clear()
             packed = self._packed[key] = connection.pack_command(*args)
-        write_command(writer, packed, "the blocking call")
+        write_command(writer.transport, packed, "the blocking call")
 
     async def _read(self, connection: AbstractConnection, args: Sequence[object]) -> object:
         """The command's reply, within the pool's ``socket_timeout`` (which includes the block time)."""

@@ -95,6 +95,11 @@ class _Link:
 
     def __init__(self, connection: AbstractConnection, loop: asyncio.AbstractEventLoop) -> None:
         self.connection = connection
+        writer = connection._writer
+        if writer is None:
+            raise CommandNotSent("the lane's connection closed as it was taken from the pool")
+        #: The connection's transport, held here since every command checks it and writes on it.
+        self.transport: asyncio.WriteTransport = writer.transport
         self.loop = loop
         #: The task reading replies, where the parser is not libvalkey's (else the transport's callback parses).
         self.reader: asyncio.Task[None] | None = None
@@ -113,11 +118,9 @@ class _Link:
 
     @property
     def usable(self) -> bool:
-        if self.lost or not self.ready or not self.connection.is_connected:
-            return False
-        # Reset under the lane a moment ago, before the lane read that: a new connection is needed.
-        writer = self.connection._writer
-        return writer is not None and not writer.transport.is_closing()
+        # A transport closing was reset under the lane a moment ago, before the lane read that, or closed by a
+        # disconnect of its connection: either way a new connection is needed.
+        return not self.lost and self.ready and not self.transport.is_closing()
 
 
 class CommandLane:
@@ -143,33 +146,31 @@ class CommandLane:
         if link is None or not link.usable:  # else it is writable: the usual case needs no coroutine for it
             link, _ = await self._writable()
         reply = self._write_on(link, args)
-        writer = link.connection._writer
-        if writer is not None and writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-            await writer.drain()
+        if link.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            writer = link.connection._writer
+            if writer is not None:
+                await writer.drain()
         return reply
 
     async def execute_asking(self, *args: Any) -> Any:
         """Send ``ASKING`` and then one command, with no other caller's command between them, and return the
         command's raw reply (a cluster node serves a key of a slot it is importing only right after ``ASKING``)."""
-        link, writer = await self._writable()
+        link, transport = await self._writable()
         loop = asyncio.get_running_loop()
         asking: asyncio.Future[Any] = loop.create_future()
         asking.cancel()  # its reply is read and dropped; a refused ASKING shows as the command's redirection
         reply: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             link.progress = loop.time()
-        write_command(writer, [*pack(link.connection, ("ASKING",)), *pack(link.connection, args)], _LANE)
+        write_command(transport, [*pack(link.connection, ("ASKING",)), *pack(link.connection, args)], _LANE)
         self._pending.extend((asking, reply))
         return await reply
 
-    async def _writable(self) -> tuple[_Link, asyncio.StreamWriter]:
+    async def _writable(self) -> tuple[_Link, asyncio.WriteTransport]:
         link = self._link
         if link is None or not link.usable:
             link = await self._connect()
-        writer = link.connection._writer
-        if writer is None:
-            raise CommandNotSent("the lane's connection closed before the command was written")
-        return link, writer
+        return link, link.transport
 
     async def _connect(self) -> _Link:
         async with self._connect_lock:
@@ -179,7 +180,12 @@ class CommandLane:
             if link is not None:
                 await self._drop(link)
             loop = asyncio.get_running_loop()
-            link = self._link = _Link(await self._pool.get_connection("_"), loop)
+            connection = await self._pool.get_connection("_")
+            try:
+                link = self._link = _Link(connection, loop)
+            except CommandNotSent:
+                await self._pool.release(connection)
+                raise
             link.watchdog = loop.create_task(self._watch(link), name="channels-valkey lane watchdog")
 
             def on_reply(reply: Any) -> None:
@@ -203,14 +209,11 @@ class CommandLane:
 
     def _write_on(self, link: _Link, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """Write one command on ``link``; the future of its reply."""
-        writer = link.connection._writer
-        if writer is None:
-            raise CommandNotSent("the lane's connection closed before the command was written")
         reply: asyncio.Future[Any] = link.loop.create_future()
         if not self._pending:
             link.progress = link.loop.time()
         # Written and queued in one step with no await between: the reply to read next is always this one's.
-        write_command(writer, pack(link.connection, args), _LANE)
+        write_command(link.transport, pack(link.connection, args), _LANE)
         self._pending.append(reply)
         return reply
 

@@ -23,14 +23,12 @@ from channels_valkey.sentinel.exceptions import CommandNotSent
 _UVLOOP_CLOSED = "the handler is closed"
 
 
-def write_command(writer: asyncio.StreamWriter, chunks: Sequence[bytes], what: str) -> None:
-    """Write ``chunks`` (one or more packed commands) on ``writer`` at once, or raise ``CommandNotSent`` naming
-    ``what`` (the connection's owner) when its transport has closed: then nothing of them was sent.
+def write_command(transport: asyncio.WriteTransport, chunks: Sequence[bytes], what: str) -> None:
+    """Write ``chunks`` (one or more packed commands) on ``transport`` at once, or raise ``CommandNotSent`` naming
+    ``what`` (the connection's owner) when it has closed: then nothing of them was sent.
 
-    Written on the transport itself, as ``writer.writelines`` would, and one chunk (the usual command) without the
-    join that ``writelines`` does first.
+    One chunk (the usual command) is written without the join that ``writelines`` does first.
     """
-    transport = writer.transport
     try:
         if len(chunks) == 1:
             transport.write(chunks[0])
