@@ -13,7 +13,8 @@ are ``_batches``, ``_ever_connected`` and the ``_on_...`` methods below.
 
 What it offers the loop state and reports to it (``Subscriptions``, ``Sink``) is in
 :mod:`channels_valkey.pubsub.subscriptions`; the matching of replies to the commands written, and the confirmations
-consumers wait for, in :mod:`channels_valkey.pubsub.replies`.
+consumers wait for, in :mod:`channels_valkey.pubsub.replies`; the connection the listener holds (``Link``), and how a
+write on it fails once it is gone, in :mod:`channels_valkey.pubsub.link`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from valkey import exceptions as valkey_errors
 from valkey.asyncio.connection import AbstractConnection
 
-from channels_valkey.pubsub.replies import Confirmations, SentCommands
+from channels_valkey.pubsub.link import Link, lost_at_write, text
+from channels_valkey.pubsub.replies import Confirmations
 from channels_valkey.pubsub.subscriptions import Sink
 from channels_valkey.sentinel import (
     BackgroundTask,
@@ -48,33 +49,10 @@ from channels_valkey.sentinel import (
 logger = logging.getLogger("channels_valkey.pubsub")
 
 
-def _lost_at_write(error: Exception) -> bool:
-    """Whether a write on the Pub/Sub connection failed because the connection is gone, which the listener's next
-    read reports too. valkey-py raises AttributeError when the connection is closed while the write waits for its
-    turn, uvloop RuntimeError when the transport closed before the write."""
-    if isinstance(error, RuntimeError):
-        return classify(error) is not None
-    return isinstance(
-        error, valkey_errors.ConnectionError | valkey_errors.TimeoutError | OSError | AttributeError
-    )
-
-
 #: Most seconds between two looks of the keep-alive task at its connection.
 KEEPALIVE_TICK = 1.0
 #: Seconds a connection must have lasted for the next reconnection to start without backoff.
 HEALTHY_CONNECTION = 5.0
-
-
-@dataclass(eq=False)
-class _Link:
-    """The live connection and what was written on it."""
-
-    connection: AbstractConnection
-    sent: SentCommands = field(default_factory=SentCommands)
-    last_read: float = field(default_factory=time.monotonic)
-    ping_sent: float | None = None
-    #: Why the keep-alive task closed the connection, reported instead of the read's error it causes.
-    failure: BaseException | None = None
 
 
 class Subscriber:
@@ -101,7 +79,7 @@ class Subscriber:
         self.connections_made = 0
         self._outstanding: dict[str, int] = {}
         self._confirmations = Confirmations()
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._restoring: set[str] | None = None
         self._down_announced = False
         self._pings = True
@@ -187,7 +165,7 @@ class Subscriber:
             try:
                 await link.connection.send_command(command, *batch, check_health=False)
             except Exception as error:
-                if not _lost_at_write(error):
+                if not lost_at_write(error):
                     raise
                 # The listener sees the same failure on its next read and restores everything wanted.
                 logger.debug("shard %d: writing %s failed (%s)", self.index, command, error)
@@ -264,7 +242,7 @@ class Subscriber:
         return shard.ever_connected
 
     async def _serve(self, connection: AbstractConnection) -> None:
-        link = self._link = _Link(connection)
+        link = self._link = Link(connection)
         # Messages are handled where their bytes arrive (feed_replies), one event-loop step sooner than a read
         # here would see them; this task then only waits for the connection's end.
         lost: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -301,7 +279,7 @@ class Subscriber:
         finally:
             await cancel_and_wait(watchdog)
 
-    async def _keep_alive(self, link: _Link) -> None:
+    async def _keep_alive(self, link: Link) -> None:
         """PING an idle connection; abort it when the answer is overdue, which fails the listener's read.
 
         Reads wait without a timeout of their own (a timeout around every message costs more than the message),
@@ -326,20 +304,20 @@ class Subscriber:
                 try:
                     await link.connection.send_command("PING", check_health=False)
                 except Exception as error:
-                    if not _lost_at_write(error):
+                    if not lost_at_write(error):
                         raise
                     return  # the listener's read fails the same way
 
     # Replies ------------------------------------------------------------------------------------------------
 
-    def _on_any_reply(self, link: _Link, reply: object) -> None:
+    def _on_any_reply(self, link: Link, reply: object) -> None:
         link.last_read = time.monotonic()
         if isinstance(reply, valkey_errors.ResponseError):
             self._on_error_reply(link, reply)
         else:
             self._on_reply(link, reply)
 
-    def _on_reply(self, link: _Link, reply: object) -> None:
+    def _on_reply(self, link: Link, reply: object) -> None:
         if reply == b"PONG" or reply == "PONG":  # a connection with no subscription answers PING plainly
             self._on_pong(link)
             return
@@ -348,12 +326,12 @@ class Subscriber:
         kind = reply[0]
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
         if kind == self.MESSAGE and len(reply) == 3:
-            self.sink.on_message(_text(reply[1]), reply[2])
+            self.sink.on_message(text(reply[1]), reply[2])
         elif kind == self.SUBSCRIBED:
             link.sent.take_reply()
-            self._on_subscribed(_text(reply[1]))
+            self._on_subscribed(text(reply[1]))
         elif kind == self.UNSUBSCRIBED:
-            name = _text(reply[1])
+            name = text(reply[1])
             if link.sent.answers("UNSUBSCRIBE", name):
                 link.sent.take_reply()
             else:
@@ -365,7 +343,7 @@ class Subscriber:
     def _on_pushed_out(self, name: str) -> None:
         logger.warning("shard %d: the server ended the subscription of %s unasked", self.index, name)
 
-    def _on_pong(self, link: _Link) -> None:
+    def _on_pong(self, link: Link) -> None:
         link.sent.take_reply()
         link.ping_sent = None
 
@@ -385,7 +363,7 @@ class Subscriber:
             self._restoring.discard(name)
             self._check_restored()
 
-    def _on_error_reply(self, link: _Link, error: valkey_errors.ResponseError) -> None:
+    def _on_error_reply(self, link: Link, error: valkey_errors.ResponseError) -> None:
         head = link.sent.take_error()
         if head is None:
             logger.warning(
@@ -447,7 +425,3 @@ class Subscriber:
         logger.error("shard %d: cannot subscribe: %s", self.index, error)
         self._confirmations.settle_all(error)
         self.sink.on_failed(self, self.wanted, error)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
