@@ -289,7 +289,7 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
             return item.message
         if isinstance(item, dict):
             return item
-        return self.decode_payload(channel, item)
+        return self._codec.decode(item, channel)
 
     async def new_channel(self, prefix: str = "specific.") -> str:
         """A new process channel, subscribed before it is returned, so nothing sent to it afterwards is missed."""

@@ -99,7 +99,7 @@ class LocalChannel:
     # Buffer -------------------------------------------------------------------------------------------------
 
     def deliver(self, item: Item, *, first: bool = False) -> None:
-        if self.hand_over(item):
+        if self.waiters and self.hand_over(item):
             return
         if len(self.items) >= self.capacity:
             dropped = self.items.pop() if first else self.items.popleft()
@@ -117,7 +117,9 @@ class LocalChannel:
     def take(self) -> Item | None:
         """The oldest buffered message that has not expired, or None."""
         now = time.monotonic()
-        self.expire(now - self.state.owner.expiry)
+        oldest_allowed = now - self.state.owner.expiry
+        if self.items and self.items[0][0] < oldest_allowed:  # else nothing expired: no call for it
+            self.expire(oldest_allowed)
         if self.items:
             self.last_active = now  # a consumer that never has to wait is alive too
             return self.items.popleft()[1]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -251,7 +252,7 @@ class Subscriber:
             if not lost.done():
                 lost.set_result(error)
 
-        feeding = feed_replies(connection, lambda reply: self._on_any_reply(link, reply), on_lost)
+        feeding = feed_replies(connection, functools.partial(self._on_any_reply, link), on_lost)
         names = list(self.wanted)
         if self._down_announced:
             self._restoring = set(names)
