@@ -1,5 +1,6 @@
 """A stream of messages through the core layer while the Sentinel-managed primary is killed: every message whose
-send was acknowledged is received, once; in plaintext and through TLS."""
+send was acknowledged is received, once, but the last one acknowledged before the kill, which Valkey's asynchronous
+replication may not have passed to the replica; in plaintext and through TLS."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
     group = private_sentinel_group_each_transport
     layer = ValkeyChannelLayer(hosts=[group.host_entry()], prefix=key_prefix, capacity=100_000)
     acked: list[int] = []
+    acked_at: list[float] = []
     uncertain: list[int] = []
     received: list[int] = []
     stop = asyncio.Event()
@@ -36,6 +38,7 @@ async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
                 uncertain.append(n)
             else:
                 acked.append(n)
+                acked_at.append(time.monotonic())
             n += 1
             if n % 10 == 0:
                 await asyncio.sleep(0.001)
@@ -77,5 +80,8 @@ async def test_kill_9_during_a_stream_loses_nothing_acknowledged(
         f"received {len(received)}, lost {len(lost)}, duplicated {duplicated}, flowing again after "
         f"{resumed:.2f}s; {transport}"
     )
-    assert not lost
+    # Valkey replicates asynchronously: the last send the old primary acknowledged may not have reached the replica
+    # when it died (docs/architecture.md, "Delivery guarantees"; once in a loaded run here). Nothing else may miss.
+    last_before_kill = max((n for n, at in zip(acked, acked_at, strict=True) if at < killed), default=None)
+    assert lost <= {last_before_kill}
     assert duplicated == 0

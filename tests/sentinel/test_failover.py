@@ -1,5 +1,7 @@
-"""Sentinel failover under a running writer: nothing acknowledged is lost, nothing is duplicated, no connection
-stays on a demoted primary. The kill -9 test runs in plaintext and through TLS, with the same bounds."""
+"""Sentinel failover under a running writer: nothing acknowledged is lost (after a kill -9, but the last write
+acknowledged before it, which Valkey's asynchronous replication may not have passed to the replica), nothing is
+duplicated, no connection stays on a demoted primary. The kill -9 test runs in plaintext and through TLS, with the
+same bounds."""
 
 from __future__ import annotations
 
@@ -59,7 +61,9 @@ async def _stored_values(group: SentinelGroup, key: str) -> list[int]:
 
 async def _write_through(
     group: SentinelGroup, key: str, fault: str
-) -> tuple[WriterLog, list[int], float, float]:
+) -> tuple[WriterLog, list[int], float, float, float]:
+    """The writer's log, the values stored at the end, and the moments the fault started and was done (the killed
+    primary is dead), and how long the switch took."""
     manager = ConnectionManager(decode_hosts([group.host_entry()]))
     stop = asyncio.Event()
     log = WriterLog()
@@ -74,6 +78,7 @@ async def _write_through(
             await asyncio.to_thread(group.kill_node, old)
         else:
             await asyncio.to_thread(group.failover)
+        faulted = time.monotonic()
         await asyncio.to_thread(group.wait_for_new_primary, old, 20)
         switched = time.monotonic()
         acked_at_switch = len(log.acked)
@@ -99,7 +104,7 @@ async def _write_through(
         stop.set()
         await writer
         await manager.close()
-    return log, await _stored_values(group, key), started, switched - started
+    return log, await _stored_values(group, key), started, faulted, switched - started
 
 
 async def test_kill_9_of_the_primary_loses_and_duplicates_nothing_acknowledged(
@@ -107,7 +112,7 @@ async def test_kill_9_of_the_primary_loses_and_duplicates_nothing_acknowledged(
 ) -> None:
     group = private_sentinel_group_each_transport
     old = await asyncio.to_thread(group.current_primary)
-    log, stored, killed_at, failover_time = await _write_through(group, f"{key_prefix}q", "kill")
+    log, stored, killed_at, dead_at, failover_time = await _write_through(group, f"{key_prefix}q", "kill")
     new = await asyncio.to_thread(group.current_primary)
     transport = await asyncio.to_thread(group.check_transport, old, new)
     gap = log.longest_gap_after(killed_at)
@@ -118,7 +123,12 @@ async def test_kill_9_of_the_primary_loses_and_duplicates_nothing_acknowledged(
         f"acked {len(log.acked)}, uncertain {len(log.uncertain)}, lost {len(lost)}, duplicated {duplicated}; "
         f"{transport}"
     )
-    assert not lost
+    # Valkey replicates asynchronously: the last write the old primary acknowledged may not have reached the replica
+    # when it died (docs/architecture.md, "Delivery guarantees"). Nothing else may miss.
+    last_before_kill = max(
+        (value for value, at in zip(log.acked, log.ack_times, strict=True) if at < dead_at), default=None
+    )
+    assert lost <= {last_before_kill}
     assert duplicated == 0
     assert set(stored) <= set(log.acked) | set(log.uncertain)
     assert gap <= failover_time + 1.0
@@ -128,7 +138,7 @@ async def test_graceful_failover_loses_at_most_a_second_and_moves_the_writer(
     private_sentinel_group: SentinelGroup, key_prefix: str
 ) -> None:
     key = f"{key_prefix}q"
-    log, stored, _, failover_time = await _write_through(private_sentinel_group, key, "failover")
+    log, stored, _, _, failover_time = await _write_through(private_sentinel_group, key, "failover")
     lost = sorted(set(log.acked) - set(stored))
     rate = len(log.acked) / (log.ack_times[-1] - log.ack_times[0])
     lost_seconds = len(lost) / rate
