@@ -84,16 +84,19 @@ class _ResetDuringHealthCheck(Connection):
     """A connection that is disconnected once right after its health-check PING, before the command is written.
 
     That is what a failover reset (``pool.disconnect(inuse_connections=True)``) does to a command caught between
-    its health check and its write.
+    its health check and its write. It makes no other health check: valkey-py's connect pipelines two ``CLIENT
+    SETINFO`` before reading their replies, and with this test's 1 ms interval a check between the two (the event
+    loop busy for a millisecond) would read the first one's ``OK`` as the answer to its ``PING``.
     """
 
     resets_left = 0
 
     async def check_health(self) -> None:
+        if not type(self).resets_left:
+            return
         await super().check_health()
-        if type(self).resets_left:
-            type(self).resets_left -= 1
-            await self.disconnect()
+        type(self).resets_left -= 1
+        await self.disconnect()
 
 
 async def test_a_command_whose_connection_was_reset_before_the_write_is_retried(
