@@ -29,10 +29,14 @@ async def _closed_writer(server: ValkeyProcess) -> asyncio.StreamWriter:
 
 
 PING = b"*1\r\n$4\r\nPING\r\n"
+#: One packed command (written as it is) and two (written together), the two ways write_command writes.
+ONE_AND_TWO_COMMANDS = pytest.mark.parametrize(
+    "commands", [1, 2], ids=["one command", "two commands at once"]
+)
 
 
 @ON_EACH_LOOP
-@pytest.mark.parametrize("commands", [1, 2], ids=["one command", "two commands at once"])
+@ONE_AND_TWO_COMMANDS
 def test_a_write_on_a_closed_transport_is_a_command_not_sent(
     valkey_server: ValkeyProcess, loop_kind: str, commands: int
 ) -> None:
@@ -46,9 +50,10 @@ def test_a_write_on_a_closed_transport_is_a_command_not_sent(
     run_on_new_loop(loop_kind, write())
 
 
-@pytest.mark.parametrize("commands", [1, 2], ids=["one command", "two commands at once"])
+@ON_EACH_LOOP
+@ONE_AND_TWO_COMMANDS
 def test_a_write_on_an_open_transport_reaches_the_server_whole(
-    valkey_server: ValkeyProcess, commands: int
+    valkey_server: ValkeyProcess, loop_kind: str, commands: int
 ) -> None:
     async def write() -> bytes:
         host, port = valkey_server.address
@@ -59,7 +64,7 @@ def test_a_write_on_an_open_transport_reaches_the_server_whole(
         finally:
             writer.close()
 
-    assert asyncio.run(write()) == b"+PONG\r\n" * commands
+    assert run_on_new_loop(loop_kind, write()) == b"+PONG\r\n" * commands
 
 
 def test_uvloops_refusal_is_told_apart_from_other_runtime_errors(valkey_server: ValkeyProcess) -> None:
