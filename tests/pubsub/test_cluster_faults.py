@@ -18,8 +18,10 @@ messages sent in that window are late or lost, and prints how many.
 ``kill -9`` of the primary serving the channels: Pub/Sub delivers at most once, and messages published while the
 node is down reach nobody. What is asserted: every channel gets one ``on_disconnect`` and then one
 ``on_reconnect`` notice; subscribers are back (the ``on_reconnect``) and publishes succeed again within the node
-timeout + 3 s of the kill; every send that returned normally was received, exactly once and in order; a send that
-raised may or may not have been delivered (its connection died with the reply in flight), but never twice.
+timeout + 3 s of the kill; every send that returned normally was received, exactly once and in order, but the last
+one per channel that the node may have taken before it died (a node writes the publisher's reply before the
+subscribers' copies, so the kill can fall between the two; once in a CI run); a send that raised may or may not have
+been delivered (its connection died with the reply in flight), but never twice.
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ async def test_kill_9_of_a_primary_while_messages_flow(
         await load.flowing(50)
         killed_at = load.mark = time.monotonic()
         await asyncio.to_thread(victim.kill)
+        dead_at = time.monotonic()
         await asyncio.to_thread(cluster.wait_for_failover, victim, WAIT)
         failed_over = time.monotonic() - killed_at
         await load.notices(["layer.down", "layer.up"])
@@ -377,7 +380,8 @@ async def test_kill_9_of_a_primary_while_messages_flow(
     print(
         f"\nkill -9 of a primary: failover seen after {failed_over:.2f}s, subscribers re-homed after "
         f"{rehomed:.2f}s, publishes resumed after {resumed:.2f}s (bound {bound:.1f}s); {load.sent()}; sends "
-        f"that raised {failed}, of which delivered anyway {delivered_anyway}"
+        f"that raised {failed}, of which delivered anyway {delivered_anyway}; returned and lost "
+        f"{ {label: stream.lost() for label, stream in load.streams.items()} }"
     )
     assert rehomed < bound
     assert resumed < bound
@@ -385,5 +389,8 @@ async def test_kill_9_of_a_primary_while_messages_flow(
         assert [kind for kind, _ in stream.notices] == ["layer.down", "layer.up"], label
         assert len(stream.received) == len(set(stream.received)), f"{label}: a message arrived twice"
         assert stream.received == sorted(stream.received), f"{label}: messages arrived out of order"
-        assert set(stream.sent_ok) <= set(stream.received), f"{label}: a message whose send returned was lost"
+        # The victim writes a publish's reply before its copies to subscribers (docs/architecture.md, "Delivery
+        # guarantees"): the one send per stream that it may have taken before it died may be acknowledged and lost.
+        last_taken = max((n for n in stream.sent_ok if stream.sent_at[n][0] < dead_at), default=None)
+        assert set(stream.lost()) <= {last_taken}, f"{label}: a message whose send returned was lost"
         assert set(stream.received) <= set(stream.sent_ok) | set(stream.sent_failed)
