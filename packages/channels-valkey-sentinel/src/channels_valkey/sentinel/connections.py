@@ -276,8 +276,20 @@ class ConnectionManager:
             shard = shards[index]
         else:
             shard = await self.shard(index)
+        if shard.ever_connected and not self._given_up.resting:
+            # The usual case, without _with_retries' frame: a success has nothing to record.
+            try:
+                return await shard.execute_command(*args)
+            except Exception as error:
+                first_failure = error
+        else:
+            first_failure = None
         return await self._with_retries(
-            shard, lambda: shard.execute_command(*args), idempotent=idempotent, retry=retry
+            shard,
+            lambda: shard.execute_command(*args),
+            idempotent=idempotent,
+            retry=retry,
+            first_failure=first_failure,
         )
 
     async def execute_on(self, shard: Shard, operation: Operation[T], *, idempotent: bool) -> T:
@@ -292,12 +304,18 @@ class ConnectionManager:
         *,
         idempotent: bool,
         retry: bool = True,
+        first_failure: Exception | None = None,
     ) -> T:
+        """Run ``attempt_once`` until it succeeds or the policy gives up; ``first_failure``: the error of an
+        attempt the caller made already."""
         retries: Retries | None = None  # made at the first failure: most commands never need it
         if self._given_up.resting and self._given_up.refuse_or_try(shard):
             retry = False
         while True:
             try:
+                if first_failure is not None:
+                    failed, first_failure = first_failure, None
+                    raise failed
                 result = await attempt_once()
             except Exception as error:
                 if refuses_health_check(error):
