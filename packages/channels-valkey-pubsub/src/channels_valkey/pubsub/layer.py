@@ -243,9 +243,10 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
             item = local.take() if not local.waiters else None
             if item is None:
                 item = await self._wait(local)
-            message = self._open(channel, item)
+            # A group's message (decoded once for all members) or a notice is ready; the rest is decoded here.
+            message = item if type(item) is dict else self._open(channel, item)
             if message is not None:
-                self._counts.received[self._kind(channel)] += 1
+                self._counts.received[local.kind] += 1
                 return message
 
     async def _wait(self, local: LocalChannel) -> Item:

@@ -58,19 +58,34 @@ class Owner(Protocol):
 
     def pubsub_shard(self, name: str) -> int: ...
 
+    def _kind(self, channel: str) -> str: ...
+
     async def shard(self, index: int) -> ShardConnection: ...
 
 
 class LocalChannel:
     """One channel received on this loop: its buffered messages, its waiting receives, its groups."""
 
-    __slots__ = ("capacity", "groups", "items", "last_active", "name", "reader", "shard", "state", "waiters")
+    __slots__ = (
+        "capacity",
+        "groups",
+        "items",
+        "kind",
+        "last_active",
+        "name",
+        "reader",
+        "shard",
+        "state",
+        "waiters",
+    )
 
-    def __init__(self, state: LoopState, name: str, shard: int, capacity: int) -> None:
+    def __init__(self, state: LoopState, name: str, shard: int, capacity: int, kind: str) -> None:
         self.state = state
         self.name = name
         self.shard = shard
         self.capacity = capacity
+        #: ``"process"`` or ``"normal"``, as the layer counts its messages.
+        self.kind = kind
         self.items: deque[tuple[float, Item]] = deque()
         self.waiters: deque[asyncio.Future[Item]] = deque()
         self.groups: set[str] = set()
@@ -177,8 +192,9 @@ class LoopState:
         found = self.channels.get(name)
         if found is not None:
             return found, False
+        owner = self.owner
         created = self.channels[name] = LocalChannel(
-            self, name, self.owner.pubsub_shard(name), self.owner.get_capacity(name)
+            self, name, owner.pubsub_shard(name), owner.get_capacity(name), owner._kind(name)
         )
         self._ensure_sweeper()
         return created, True
