@@ -94,15 +94,6 @@ class LocalChannel:
 
     # Waiters -------------------------------------------------------------------------------------------------
 
-    def hand_over(self, item: Item) -> bool:
-        """Give ``item`` to the longest-waiting receive; False when none waits."""
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(item)
-                return True
-        return False
-
     def waiting(self) -> int:
         return sum(1 for waiter in self.waiters if not waiter.done())
 
@@ -114,8 +105,13 @@ class LocalChannel:
     # Buffer -------------------------------------------------------------------------------------------------
 
     def deliver(self, item: Item, *, first: bool = False) -> None:
-        if self.waiters and self.hand_over(item):
-            return
+        """Hand ``item`` to the longest-waiting receive, or else buffer it (at the head when ``first``)."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
         if len(self.items) >= self.capacity:
             dropped = self.items.pop() if first else self.items.popleft()
             if isinstance(dropped[1], Handover):  # never held here, but never lose one either
