@@ -16,7 +16,6 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import valkey.asyncio as avalkey
 
-from channels_valkey.sentinel.cluster import ClusterShard
 from channels_valkey.sentinel.counters import ShardCounts
 from channels_valkey.sentinel.discovery import discover_services
 from channels_valkey.sentinel.exceptions import ShardUnavailable
@@ -24,6 +23,7 @@ from channels_valkey.sentinel.facts import ShardFacts
 from channels_valkey.sentinel.failures import Failure, classify, is_not_primary, refuses_health_check
 from channels_valkey.sentinel.follower import PrimaryFollower, PrimaryFollowers
 from channels_valkey.sentinel.given_up import GivenUpShards
+from channels_valkey.sentinel.loop_shards import LoopShards, make_shards
 from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.parking import ConnectionParks
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
@@ -31,7 +31,7 @@ from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
 from channels_valkey.sentinel.shard import Shard
 from channels_valkey.sentinel.shard_protocol import ShardConnection
-from channels_valkey.sentinel.specs import ClusterHost, HostSpec, SentinelDiscovery, SentinelHost
+from channels_valkey.sentinel.specs import HostSpec, SentinelDiscovery, SentinelHost
 from channels_valkey.sentinel.watcher import Address
 
 logger = logging.getLogger("channels_valkey.sentinel")
@@ -86,12 +86,12 @@ class ConnectionManager:
         self._resolved: _Resolved | None = None
         if not any(isinstance(spec, SentinelDiscovery) for spec in self.specs):
             self._settle(self.specs)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShards] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopShards] = (
             weakref.WeakKeyDictionary()
         )
         #: The loop that asked for its shards last (weakly) and its entry of ``_loops``: every command asks, and
         #: almost always from the same loop as the one before, which this answers without the lock or a weakref.
-        self._last_loop: tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShards] | None = None
+        self._last_loop: tuple[weakref.ref[asyncio.AbstractEventLoop], LoopShards] | None = None
         self._facts: dict[int, ShardFacts] = {}
         self._counts: dict[int, ShardCounts] = {}
         #: Shards on which a command spent its whole retry budget: their commands fail at once for a while.
@@ -383,7 +383,19 @@ class ConnectionManager:
         """The loop closes (its close hook): its idle connections' sockets are parked for the next loop."""
         await self._close_loop(park=True)
 
-    def _loop_shards(self) -> _LoopShards:
+    async def _make_shards(self) -> list[AnyShard]:
+        """The running loop's shard objects (see loop_shards.py), after a Sentinel discovery if one is due."""
+        specs = (await self._resolve()).specs
+        return make_shards(
+            specs,
+            self.policy,
+            self.block_seconds,
+            parks=self._parks,
+            counts=self.shard_counts,
+            follower=self.follower,
+        )
+
+    def _loop_shards(self) -> LoopShards:
         loop = asyncio.get_running_loop()
         last = self._last_loop  # read once: another thread may replace it meanwhile
         if last is not None and last[0]() is loop:
@@ -391,64 +403,10 @@ class ConnectionManager:
         with self._lock:
             state = self._loops.get(loop)
             if state is None:
-                state = self._loops[loop] = _LoopShards(self)
+                state = self._loops[loop] = LoopShards(self._make_shards)
                 close_before_loop(loop, self, ConnectionManager._loop_closing)
             self._last_loop = (weakref.ref(loop), state)
         return state
-
-
-class _LoopShards:
-    """The shards of one manager on one event loop, built once (with Sentinel discovery if needed)."""
-
-    def __init__(self, manager: ConnectionManager) -> None:
-        self.manager = manager
-        self.shards: list[AnyShard] | None = None
-        self._building = asyncio.Lock()
-
-    async def get(self) -> list[AnyShard]:
-        if self.shards is not None:
-            return self.shards
-        async with self._building:
-            if self.shards is None:
-                self.shards = await self._build()
-        return self.shards
-
-    async def _build(self) -> list[AnyShard]:
-        manager = self.manager
-        resolved = (await manager._resolve()).specs
-        shards: list[AnyShard] = []
-        for index, spec in enumerate(resolved):
-            counts = manager.shard_counts(index)
-            if isinstance(spec, ClusterHost):
-                shards.append(
-                    ClusterShard(
-                        index,
-                        spec,
-                        manager.policy,
-                        manager.block_seconds,
-                        counts=counts,
-                        parks=manager._parks,
-                    )
-                )
-            else:
-                shards.append(
-                    Shard(
-                        index,
-                        spec,
-                        manager.policy,
-                        manager.block_seconds,
-                        counts=counts,
-                        parks=manager._parks,
-                        park_key=(index,),
-                        follower=manager.follower(index, spec) if isinstance(spec, SentinelHost) else None,
-                    )
-                )
-        return shards
-
-    async def aclose(self, *, park: bool = False) -> None:
-        shards, self.shards = self.shards or [], None
-        for shard in shards:
-            await shard.aclose(park=park)
 
 
 def _parked_at(key: object, park_key: tuple[int]) -> Address | None:
