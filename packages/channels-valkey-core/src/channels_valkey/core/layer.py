@@ -16,7 +16,6 @@ import asyncio
 import logging
 import threading
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -39,6 +38,7 @@ from channels_valkey.sentinel import (
     LayerOptions,
     MessageCodec,
     MessageCounts,
+    PerLoop,
     QueueSource,
     ResiliencePolicy,
     ScoreClock,
@@ -135,9 +135,8 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
         self._inbox = ProcessInbox(
             self.expiry, self.get_capacity, self.counters, self._counts.waited["process"]
         )
-        self._receivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopReceiver] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: Each event loop's receiver, made by its first receive.
+        self._receivers: PerLoop[LoopReceiver] = PerLoop()
         self._lock = threading.Lock()
         # Last: a metrics collection on another thread may call stats() from now on.
         observe(self)  # its counts in the OpenTelemetry metrics, where opentelemetry-api is installed
@@ -289,10 +288,12 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
 
     def _receiver(self) -> LoopReceiver:
         loop = asyncio.get_running_loop()
-        with self._lock:
-            receiver = self._receivers.get(loop)
-            if receiver is None:
-                receiver = self._receivers[loop] = LoopReceiver(self._queue_source, self._inbox)
+        receiver = self._receivers.get(loop)
+        if receiver is None:
+            with self._lock:
+                receiver = self._receivers.get(loop)
+                if receiver is None:
+                    receiver = self._receivers.put(loop, LoopReceiver(self._queue_source, self._inbox))
         return receiver
 
     # Flush and close ---------------------------------------------------------------------------------------------
@@ -345,6 +346,6 @@ class ValkeyChannelLayer(BulkSends, SerializerMethods, SyncLayerAccess, BaseChan
     async def _close_receiver(self) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
-            receiver = self._receivers.pop(loop, None)
+            receiver = self._receivers.pop(loop)
         if receiver is not None:
             await receiver.aclose()

@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -38,6 +37,7 @@ from channels_valkey.sentinel import (
     LayerOptions,
     MessageCodec,
     MessageCounts,
+    PerLoop,
     QueueReader,
     ResiliencePolicy,
     SerializerMethods,
@@ -148,9 +148,8 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
             decode=self.decode_payload,
             waited=self._counts.waited["normal"],
         )
-        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
+        #: Each event loop's subscriptions, local channels and readers.
+        self._states: PerLoop[LoopState] = PerLoop()
         #: SPUBLISH through slot handovers on a Valkey Cluster.
         self._sharded = ShardedPublisher(self._connections)
         self._lock = threading.Lock()
@@ -420,7 +419,7 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
         with self._lock:
             state = self._states.get(loop)
             if state is None:
-                state = self._states[loop] = LoopState(self)
+                state = self._states.put(loop, LoopState(self))
                 close_before_loop(loop, self, _close_loop_state)
         return state
 
@@ -433,6 +432,6 @@ async def _close_loop_state(layer: ValkeyPubSubChannelLayer) -> None:
     """Stop the layer's tasks on the running event loop: for ``close_pools()``, or because the loop is closing
     (``async_to_sync``, ``asyncio.run``)."""
     with layer._lock:
-        state = layer._states.pop(asyncio.get_running_loop(), None)
+        state = layer._states.pop(asyncio.get_running_loop())
     if state is not None:
         await state.aclose()

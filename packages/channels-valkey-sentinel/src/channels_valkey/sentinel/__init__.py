@@ -66,6 +66,7 @@ from channels_valkey.sentinel.options import (
     check_whole_number,
 )
 from channels_valkey.sentinel.parking import PARK_IDLE_SECONDS, PARK_LIMIT
+from channels_valkey.sentinel.per_loop import PerLoop
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.queue_commands import Entry, blocking_pop, requeue
 from channels_valkey.sentinel.queue_reader import Handover, QueueReader, QueueSource
@@ -124,6 +125,7 @@ __all__ = [
     "MessageSerializer",
     "MessageTooLarge",
     "OnInterrupted",
+    "PerLoop",
     "QueueReader",
     "QueueSource",
     "ReplyLost",

@@ -26,6 +26,7 @@ from channels_valkey.sentinel.given_up import GivenUpShards
 from channels_valkey.sentinel.loop_shards import LoopShards, make_shards
 from channels_valkey.sentinel.loops import close_before_loop
 from channels_valkey.sentinel.parking import ConnectionParks
+from channels_valkey.sentinel.per_loop import PerLoop
 from channels_valkey.sentinel.policy import DEFAULT_POLICY, ResiliencePolicy
 from channels_valkey.sentinel.retry import Retries
 from channels_valkey.sentinel.ring import ShardRing
@@ -86,12 +87,9 @@ class ConnectionManager:
         self._resolved: _Resolved | None = None
         if not any(isinstance(spec, SentinelDiscovery) for spec in self.specs):
             self._settle(self.specs)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopShards] = (
-            weakref.WeakKeyDictionary()
-        )
-        #: The loop that asked for its shards last (weakly) and its entry of ``_loops``: every command asks, and
-        #: almost always from the same loop as the one before, which this answers without the lock or a weakref.
-        self._last_loop: tuple[weakref.ref[asyncio.AbstractEventLoop], LoopShards] | None = None
+        #: Each event loop's shard objects. Every command asks for the running loop's, which the usual case (the
+        #: same loop as the command before) finds without the lock.
+        self._loops: PerLoop[LoopShards] = PerLoop()
         self._facts: dict[int, ShardFacts] = {}
         self._counts: dict[int, ShardCounts] = {}
         #: Shards on which a command spent its whole retry budget: their commands fail at once for a while.
@@ -373,9 +371,7 @@ class ConnectionManager:
     async def _close_loop(self, *, park: bool) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
-            state = self._loops.pop(loop, None)
-            if self._last_loop is not None and self._last_loop[1] is state:
-                self._last_loop = None
+            state = self._loops.pop(loop)
         if state is not None:
             await state.aclose(park=park)
 
@@ -397,15 +393,14 @@ class ConnectionManager:
 
     def _loop_shards(self) -> LoopShards:
         loop = asyncio.get_running_loop()
-        last = self._last_loop  # read once: another thread may replace it meanwhile
-        if last is not None and last[0]() is loop:
-            return last[1]
+        state = self._loops.get(loop)
+        if state is not None:
+            return state
         with self._lock:
             state = self._loops.get(loop)
             if state is None:
-                state = self._loops[loop] = LoopShards(self._make_shards)
+                state = self._loops.put(loop, LoopShards(self._make_shards))
                 close_before_loop(loop, self, ConnectionManager._loop_closing)
-            self._last_loop = (weakref.ref(loop), state)
         return state
 
 
