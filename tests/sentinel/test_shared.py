@@ -42,6 +42,17 @@ def test_names_are_checked_strictly_and_quoted() -> None:
             check_group(bad)
 
 
+def test_a_channel_name_is_judged_the_same_every_time() -> None:
+    """Valid names are remembered (a process sends to the same channels over and over): a bad name stays bad on
+    every call, an unhashable one gets the same error as any other, and a str subclass is checked for itself."""
+    for _ in range(3):
+        assert check_channel("chat.room") == "chat.room"
+        for bad in ["two!bangs!", "x" * 100, ["chat.room"], _Name("with space")]:
+            with pytest.raises(TypeError, match=r"invalid channel name " + re.escape(repr(bad))):
+                check_channel(bad)
+    assert check_channel(_Name("sub.name")) == "sub.name"
+
+
 def test_messages_are_dicts_without_the_reserved_key() -> None:
     check_message({"type": "ok"})
     with pytest.raises(TypeError, match=r"message must be a dict, not list \['type'\]"):
