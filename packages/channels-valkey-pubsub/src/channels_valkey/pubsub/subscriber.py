@@ -72,6 +72,8 @@ class Subscriber:
         self._shard = shard
         self.policy = policy
         self.sink = sink
+        #: The first element of a pushed message as the reply parser gives it (see :meth:`_on_any_reply`).
+        self._message_kind = self.MESSAGE.encode()
         #: Names this loop wants subscribed on the shard; restored after every reconnection.
         self.wanted: set[str] = set()
         #: Wanted names the server confirmed on the current connection.
@@ -313,7 +315,11 @@ class Subscriber:
 
     def _on_any_reply(self, link: Link, reply: object) -> None:
         link.last_read = time.monotonic()
-        if isinstance(reply, valkey_errors.ResponseError):
+        if type(reply) is list and len(reply) == 3 and reply[0] == self._message_kind:
+            # Almost every reply is a message, handed on here in one step; the rest are sorted by _on_reply.
+            name = reply[1]
+            self.sink.on_message(name.decode() if type(name) is bytes else str(name), reply[2])
+        elif isinstance(reply, valkey_errors.ResponseError):
             self._on_error_reply(link, reply)
         else:
             self._on_reply(link, reply)
