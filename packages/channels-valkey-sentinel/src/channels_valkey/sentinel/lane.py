@@ -138,6 +138,11 @@ class CommandLane:
 
     async def execute_command(self, *args: Any) -> Any:
         """Send one command and return its reply (the raw reply: no valkey-py response callbacks)."""
+        link = self._link
+        if link is not None and link.usable and link.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            # The usual case, without issue()'s coroutine. A write that takes the buffer over the mark is drained
+            # by the next command, which goes through issue().
+            return await self._write_on(link, args)
         return await (await self.issue(*args))
 
     async def issue(self, *args: Any) -> asyncio.Future[Any]:
