@@ -272,7 +272,7 @@ class ValkeyPubSubChannelLayer(BulkSends, ServerNames, SerializerMethods, SyncLa
 
     def _queue_reader(self, local: LocalChannel) -> QueueReader | None:
         """The reader of ``local``'s worker queue on this loop, or None when the channel travels on Pub/Sub."""
-        if not self._is_worker(local.name) or not self._queues.enabled(local.shard):
+        if not self._is_worker(local.name, local.kind) or not self._queues.enabled(local.shard):
             return None
         if local.reader is None:
             local.reader = self._queues.reader(local.shard, local.name)
