@@ -94,8 +94,9 @@ class SerializerMethods:
         return self._serializer.deserialize(message)
 
     def _payload(self, message: dict[str, Any], kind: str, name: str) -> bytes:
-        """The bytes to write for ``message`` (through :meth:`serialize`), or :class:`MessageTooLarge` naming the
-        ``kind`` (``"channel"``, ``"group"``) and ``name`` it was for when they are over ``max_message_bytes``.
+        """The bytes to write for ``message`` (the codec's ``encode``: :meth:`serialize`, or the serializer's own
+        where the layer's class keeps this one), or :class:`MessageTooLarge` naming the ``kind`` (``"channel"``,
+        ``"group"``) and ``name`` it was for when they are over ``max_message_bytes``.
 
         Every send of the layers encodes through here before it writes anything.
         """
