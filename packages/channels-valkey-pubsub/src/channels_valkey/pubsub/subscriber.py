@@ -72,8 +72,8 @@ class Subscriber:
         self._shard = shard
         self.policy = policy
         self.sink = sink
-        #: The first element of a pushed message as the reply parser gives it (see :meth:`_on_any_reply`).
-        self._message_kind = self.MESSAGE.encode()
+        #: The first element of a pushed message, as bytes or as text (see :meth:`_on_any_reply`).
+        self._message_kinds = (self.MESSAGE.encode(), self.MESSAGE)
         #: Names this loop wants subscribed on the shard; restored after every reconnection.
         self.wanted: set[str] = set()
         #: Wanted names the server confirmed on the current connection.
@@ -315,10 +315,9 @@ class Subscriber:
 
     def _on_any_reply(self, link: Link, reply: object) -> None:
         link.last_read = time.monotonic()
-        if type(reply) is list and len(reply) == 3 and reply[0] == self._message_kind:
-            # Almost every reply is a message, handed on here in one step; the rest are sorted by _on_reply.
-            name = reply[1]
-            self.sink.on_message(name.decode() if type(name) is bytes else str(name), reply[2])
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] in self._message_kinds:
+            # Almost every reply is a message: handed on here, without _on_reply sorting it from the rest.
+            self.sink.on_message(text(reply[1]), reply[2])
         elif isinstance(reply, valkey_errors.ResponseError):
             self._on_error_reply(link, reply)
         else:
@@ -332,9 +331,7 @@ class Subscriber:
             return
         kind = reply[0]
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-        if kind == self.MESSAGE and len(reply) == 3:
-            self.sink.on_message(text(reply[1]), reply[2])
-        elif kind == self.SUBSCRIBED:
+        if kind == self.SUBSCRIBED:
             link.sent.take_reply()
             self._on_subscribed(text(reply[1]))
         elif kind == self.UNSUBSCRIBED:
