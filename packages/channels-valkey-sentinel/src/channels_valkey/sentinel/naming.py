@@ -35,16 +35,18 @@ def check_channel(name: object) -> str:
     if type(name) is str:
         if _is_channel_name(name):
             return name
-    elif isinstance(name, str) and len(name) < MAX_NAME_LENGTH and _CHANNEL.fullmatch(name):
+    elif isinstance(name, str) and _valid_channel_name(name):
         return name  # a str subclass may hash and compare as it likes: checked without the cache
     raise TypeError(f"invalid channel name {name!r}: a channel name is {_ALLOWED}, with at most one '!'")
 
 
-@functools.lru_cache(maxsize=4096)
-def _is_channel_name(name: str) -> bool:
-    """Whether ``name`` is a valid channel name. Cached: a process sends to the same channels over and over, and
-    the match takes about half a microsecond, as long as the rest of a send's checks together."""
+def _valid_channel_name(name: str) -> bool:
     return len(name) < MAX_NAME_LENGTH and _CHANNEL.fullmatch(name) is not None
+
+
+#: :func:`_valid_channel_name`, remembered: a process sends to the same channels over and over, and the match takes
+#: about half a microsecond, as long as the rest of a send's checks together.
+_is_channel_name = functools.lru_cache(maxsize=4096)(_valid_channel_name)
 
 
 def check_group(name: object) -> str:
