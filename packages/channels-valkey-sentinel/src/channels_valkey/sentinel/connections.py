@@ -148,8 +148,7 @@ class ConnectionManager:
 
     def facts(self, index: int) -> ShardFacts:
         """What has been learned about shard ``index`` (refused commands); shared by every event loop."""
-        found = self._facts.get(index)  # asked several times per message: made once, then found here
-        return found if found is not None else self._of_shard(self._facts, index, ShardFacts)
+        return self._of_shard(self._facts, index, ShardFacts)
 
     def known_facts(self) -> dict[int, ShardFacts]:
         """The facts learned so far, by shard index (shards nothing was learned about are absent)."""
